@@ -1,0 +1,458 @@
+"""VCF/BCF -> normalized, streamed Parquet (one row per variant allele x sample), with cyvcf2.
+
+Reads plain, bgzipped or BCF files, indexed or not, record by record (memory is
+flat in file size: rows are built column-wise in batches of ``batch_size`` and
+written with ``pyarrow.parquet.ParquetWriter``). Multi-allelic records are split
+into one row per ALT, like ``bcftools norm -m-``: per-allele AD/AF are picked,
+and in each split genotype the other ALT alleles become ``0`` (so a ``1/2``
+genotype is ``0/1`` for ALT 1 and for ALT 2). ``*`` (spanning deletion) alleles
+and records without any ALT are skipped and counted in the summary.
+
+Output columns (:data:`VARIANT_SCHEMA`)
+---------------------------------------
+sample            pseudonymized sample (callback applied; raw name only when no callback); null for sites-only VCFs
+chrom, pos        contig as written in the VCF; 1-based POS
+ref, alt          REF and this row's single ALT, as written (not left-normalized)
+alt_index         1-based index of ``alt`` among the record's ALTs
+id                the ID column (dbSNP rs etc.), null for ``.``
+qual              QUAL, null for ``.``
+filter            ``PASS``, or the ``;``-joined filter names, null for ``.`` (unfiltered)
+gt                this allele's genotype: ``0/1``, ``1/1``, ``0|1`` (phase kept), ``.`` for missing alleles
+zygosity          hom_ref | het | hom_alt | hemizygous (haploid ALT) | missing
+depth             FORMAT DP, else the sum of AD
+ref_depth         AD of REF;  alt_depth: AD of this ALT
+allele_fraction   FORMAT AF, else FA (MuTect), else alt_depth / sum(AD)
+variant_type      SNV | MNV | INS | DEL | SV (symbolic ``<...>``) | BND (breakends)
+is_transition     SNVs only: A<->G or C<->T; null for other types
+gene, consequence, impact, transcript, hgvsc, hgvsp
+                  the picked transcript annotation (rule in :mod:`radplan.genomics.annotation`)
+hgvsp_short       one-letter protein change, e.g. ``p.L858R``
+annotation_source CSQ | ANN | EFF | null
+genome_build      GRCh37 | GRCh38 | unknown (also in the file's key-value metadata)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from radplan.errors import InvalidVcfError
+from radplan.genomics.annotation import ANNOTATION_TAGS, AnnotationParser, pick_annotation, short_protein_change
+from radplan.lake import atomic_path
+
+SCHEMA_VERSION = "1"
+
+VARIANT_SCHEMA = pa.schema([
+    ("sample", pa.string()),
+    ("chrom", pa.string()),
+    ("pos", pa.int64()),
+    ("ref", pa.string()),
+    ("alt", pa.string()),
+    ("alt_index", pa.int16()),
+    ("id", pa.string()),
+    ("qual", pa.float32()),
+    ("filter", pa.string()),
+    ("gt", pa.string()),
+    ("zygosity", pa.string()),
+    ("depth", pa.int32()),
+    ("ref_depth", pa.int32()),
+    ("alt_depth", pa.int32()),
+    ("allele_fraction", pa.float32()),
+    ("variant_type", pa.string()),
+    ("is_transition", pa.bool_()),
+    ("gene", pa.string()),
+    ("consequence", pa.string()),
+    ("impact", pa.string()),
+    ("transcript", pa.string()),
+    ("hgvsc", pa.string()),
+    ("hgvsp", pa.string()),
+    ("hgvsp_short", pa.string()),
+    ("annotation_source", pa.string()),
+    ("genome_build", pa.string()),
+])
+
+_BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
+_TRANSITIONS = {("A", "G"), ("G", "A"), ("C", "T"), ("T", "C")}
+_INT_MISSING = -2147483647  # htslib int32 missing (-2^31) and vector-end (-2^31+1) are both below this
+
+
+# --------------------------------------------------------------------------- build detection
+
+@lru_cache(maxsize=1)
+def _build_tables() -> dict:
+    return yaml.safe_load(resources.files("radplan.genomics").joinpath("data/genome_builds.yaml").read_text())
+
+
+def _build_from_name(text: str) -> str | None:
+    lowered = text.lower()
+    for build, aliases in _build_tables()["reference_aliases"].items():
+        if any(alias in lowered for alias in aliases):
+            return build
+    return None
+
+
+def build_from_header(raw_header: str) -> str:
+    """Genome build from header lines: ##reference, ##assembly, contig assembly= and contig lengths.
+
+    Each piece of evidence votes; contradicting votes give ``unknown``. A ``chr``
+    prefix alone proves nothing and is not used.
+    """
+    tables = _build_tables()
+    votes: set[str] = set()
+    for line in raw_header.splitlines():
+        if line.startswith(("##reference=", "##assembly=")):
+            build = _build_from_name(line.split("=", 1)[1])
+            if build:
+                votes.add(build)
+        elif line.startswith("##contig=<"):
+            attrs = dict(re.findall(r'([A-Za-z_]+)=("[^"]*"|[^,>]*)', line[len("##contig=<"):]))
+            if "assembly" in attrs:
+                build = _build_from_name(attrs["assembly"])
+                if build:
+                    votes.add(build)
+            name = attrs.get("ID", "")
+            name = name[3:] if name.lower().startswith("chr") else name
+            length = attrs.get("length", "")
+            if length.isdigit():
+                for build, lengths in tables["contig_lengths"].items():
+                    if lengths.get(name) == int(length):
+                        votes.add(build)
+    return votes.pop() if len(votes) == 1 else "unknown"
+
+
+def detect_genome_build(vcf_path: Path) -> str:
+    """``GRCh37`` | ``GRCh38`` | ``unknown``, from the VCF/BCF header (see :func:`build_from_header`)."""
+    return build_from_header(_open_vcf(Path(vcf_path)).raw_header)
+
+
+# --------------------------------------------------------------------------- opening / validation
+
+def _check_complete(path: Path) -> None:
+    """Reject files that end mid-way: BGZF without its EOF block, text without a final newline."""
+    if not path.is_file():
+        raise InvalidVcfError(f"VCF not found or not a file: {path.name}")
+    size = path.stat().st_size
+    if size == 0:
+        raise InvalidVcfError(f"{path.name}: empty file")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+        fh.seek(max(0, size - len(_BGZF_EOF)))
+        tail = fh.read()
+    if magic[:2] == b"\x1f\x8b":
+        if magic[3] & 4:  # FEXTRA set: BGZF (bgzipped VCF or BCF)
+            if tail != _BGZF_EOF:
+                raise InvalidVcfError(f"{path.name}: truncated BGZF file (no end-of-file block)")
+        else:  # plain gzip: only a full decompression can prove completeness; done while reading
+            return
+    elif not tail.endswith(b"\n"):
+        raise InvalidVcfError(f"{path.name}: truncated VCF (last line has no newline)")
+
+
+def _open_vcf(path: Path):
+    import cyvcf2
+
+    _check_complete(path)
+    try:
+        reader = cyvcf2.VCF(str(path), lazy=True, threads=None)
+    except Exception as exc:  # cyvcf2 raises bare Exception/OSError for unreadable headers
+        raise InvalidVcfError(f"{path.name}: cannot parse VCF header ({exc})") from exc
+    if not reader.raw_header.startswith("##fileformat=VCF"):
+        raise InvalidVcfError(f"{path.name}: missing ##fileformat=VCF header line")
+    return reader
+
+
+def _detect_annotation(reader) -> AnnotationParser | None:
+    for tag in ANNOTATION_TAGS:
+        try:
+            info = reader.get_header_type(tag)
+        except KeyError:
+            continue
+        try:
+            return AnnotationParser(tag, info.get("Description", ""))
+        except ValueError as exc:
+            raise InvalidVcfError(f"{tag} header: {exc}") from exc
+    return None
+
+
+# --------------------------------------------------------------------------- per-record helpers
+
+def variant_type(ref: str, alt: str) -> str:
+    """SNV | MNV | INS | DEL | SV | BND for one REF/ALT pair."""
+    if alt.startswith("<"):
+        return "SV"
+    if "[" in alt or "]" in alt or alt.startswith(".") or alt.endswith("."):
+        return "BND"
+    if len(ref) == len(alt):
+        return "SNV" if len(ref) == 1 else "MNV"
+    return "INS" if len(alt) > len(ref) else "DEL"
+
+
+def _split_genotype(alleles: list[int], phased: bool, k: int) -> tuple[str, str]:
+    """(gt, zygosity) of one sample for ALT ``k`` (1-based); other ALTs count as REF."""
+    codes = ["." if a < 0 else ("1" if a == k else "0") for a in alleles]
+    called = [c for c in codes if c != "."]
+    if not called:
+        zygosity = "missing"
+    elif "1" not in called:
+        zygosity = "hom_ref"
+    elif "0" in called:
+        zygosity = "het"
+    elif len(codes) == 1:
+        zygosity = "hemizygous"
+    else:
+        zygosity = "hom_alt"
+    if phased:
+        return "|".join(codes), zygosity
+    return "/".join(sorted(codes, key=lambda c: (c != ".", c))), zygosity
+
+
+def _int_or_none(value) -> int | None:
+    value = int(value)
+    return None if value <= _INT_MISSING else value
+
+
+def _float_or_none(value) -> float | None:
+    value = float(value)
+    return None if np.isnan(value) else value
+
+
+@dataclass
+class VcfStats:
+    """Running, PHI-free counts over the records read so far."""
+
+    records: int = 0
+    rows: int = 0
+    alleles: int = 0
+    pass_records: int = 0
+    transitions: int = 0
+    transversions: int = 0
+    records_without_alt: int = 0
+    spanning_deletion_alleles: int = 0
+    variant_types: dict[str, int] = field(default_factory=dict)
+
+
+class _BatchBuilder:
+    """Column lists for one batch; no per-row dicts."""
+
+    def __init__(self):
+        self.columns: dict[str, list] = {name: [] for name in VARIANT_SCHEMA.names}
+
+    def __len__(self) -> int:
+        return len(self.columns["chrom"])
+
+    def to_batch(self) -> pa.RecordBatch:
+        arrays = [pa.array(self.columns[f.name], type=f.type) for f in VARIANT_SCHEMA]
+        return pa.RecordBatch.from_arrays(arrays, schema=VARIANT_SCHEMA)
+
+
+class VariantReader:
+    """Streams a VCF as Arrow record batches and keeps :class:`VcfStats`."""
+
+    def __init__(self, vcf_path: Path, *, sample_pseudonym: Callable[[str], str] | None = None,
+                 batch_size: int = 50_000, genome_build: str | None = None):
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.path = Path(vcf_path)
+        self.reader = _open_vcf(self.path)
+        self.build = genome_build or build_from_header(self.reader.raw_header)
+        self.annotation = _detect_annotation(self.reader)
+        raw_samples = list(self.reader.samples)
+        self.samples: list[str | None] = [sample_pseudonym(s) for s in raw_samples] if sample_pseudonym else raw_samples
+        self.sample_count = len(raw_samples)
+        self.batch_size = batch_size
+        self.stats = VcfStats()
+        format_ids = set(re.findall(r"##FORMAT=<ID=([^,>]+)", self.reader.raw_header))
+        self._has = {key: key in format_ids for key in ("AD", "DP", "AF", "FA")}
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        builder = _BatchBuilder()
+        try:
+            for variant in self.reader:
+                self._add_record(variant, builder)
+                if len(builder) >= self.batch_size:
+                    yield builder.to_batch()
+                    builder = _BatchBuilder()
+        except InvalidVcfError:
+            raise
+        except (Exception, EOFError) as exc:  # htslib parse errors surface as bare Exception
+            raise InvalidVcfError(
+                f"{self.path.name}: malformed record after record {self.stats.records} ({exc})") from exc
+        if len(builder) or self.stats.rows == 0:
+            yield builder.to_batch()
+
+    def _format(self, variant, key: str):
+        if not self._has[key]:
+            return None
+        try:
+            return variant.format(key)
+        except KeyError:
+            return None
+
+    def _add_record(self, variant, builder: _BatchBuilder) -> None:
+        stats = self.stats
+        stats.records += 1
+        alts = variant.ALT
+        if not alts:
+            stats.records_without_alt += 1
+            return
+        ref = variant.REF
+        chrom, pos = variant.CHROM, variant.POS
+        vid = variant.ID
+        qual = variant.QUAL
+        filters = variant.FILTERS
+        filter_text = ";".join(filters) if filters and filters != ["."] else None
+        if filter_text == "PASS":
+            stats.pass_records += 1
+
+        annotations: list | None = None
+        if self.annotation is not None:
+            value = variant.INFO.get(self.annotation.tag)
+            if value:
+                if isinstance(value, tuple):
+                    value = ",".join(value)
+                annotations = [pick_annotation(c) for c in self.annotation.per_allele(value, ref, alts)]
+
+        n_samples = self.sample_count
+        genotypes = variant.genotypes if n_samples else None
+        ad = self._format(variant, "AD")
+        dp = self._format(variant, "DP")
+        af = self._format(variant, "AF")
+        if af is None:
+            af = self._format(variant, "FA")
+
+        cols = builder.columns
+        for k, alt in enumerate(alts, start=1):
+            if alt == "*":
+                stats.spanning_deletion_alleles += 1
+                continue
+            vtype = variant_type(ref, alt)
+            stats.alleles += 1
+            stats.variant_types[vtype] = stats.variant_types.get(vtype, 0) + 1
+            is_transition = None
+            if vtype == "SNV":
+                is_transition = (ref.upper(), alt.upper()) in _TRANSITIONS
+                if is_transition:
+                    stats.transitions += 1
+                else:
+                    stats.transversions += 1
+            picked = annotations[k - 1] if annotations else None
+            sample_range = range(n_samples) if n_samples else (None,)
+            for s in sample_range:
+                cols["sample"].append(self.samples[s] if s is not None else None)
+                cols["chrom"].append(chrom)
+                cols["pos"].append(pos)
+                cols["ref"].append(ref)
+                cols["alt"].append(alt)
+                cols["alt_index"].append(k)
+                cols["id"].append(vid)
+                cols["qual"].append(qual)
+                cols["filter"].append(filter_text)
+                cols["variant_type"].append(vtype)
+                cols["is_transition"].append(is_transition)
+                if s is None:
+                    for name in ("gt", "zygosity", "depth", "ref_depth", "alt_depth", "allele_fraction"):
+                        cols[name].append(None)
+                else:
+                    self._add_sample_fields(cols, genotypes[s], ad, dp, af, s, k)
+                self._add_annotation(cols, picked)
+
+    @staticmethod
+    def _add_sample_fields(cols, genotype, ad, dp, af, s: int, k: int) -> None:
+        gt, zygosity = _split_genotype(genotype[:-1], bool(genotype[-1]), k)
+        cols["gt"].append(gt)
+        cols["zygosity"].append(zygosity)
+        ref_depth = alt_depth = ad_sum = None
+        if ad is not None:
+            row = ad[s]
+            ref_depth = _int_or_none(row[0])
+            alt_depth = _int_or_none(row[k]) if k < len(row) else None
+            present = row[row > _INT_MISSING]
+            ad_sum = int(present.sum()) if len(present) else None
+        depth = _int_or_none(dp[s][0]) if dp is not None else None
+        if depth is None:
+            depth = ad_sum
+        fraction = None
+        if af is not None and k - 1 < af.shape[1]:
+            fraction = _float_or_none(af[s][k - 1])
+        if fraction is None and alt_depth is not None and ad_sum:
+            fraction = alt_depth / ad_sum
+        cols["depth"].append(depth)
+        cols["ref_depth"].append(ref_depth)
+        cols["alt_depth"].append(alt_depth)
+        cols["allele_fraction"].append(fraction)
+
+    def _add_annotation(self, cols, picked) -> None:
+        if picked is None:
+            for name in ("gene", "consequence", "impact", "transcript", "hgvsc", "hgvsp", "hgvsp_short", "annotation_source"):
+                cols[name].append(None)
+        else:
+            cols["gene"].append(picked.gene)
+            cols["consequence"].append(picked.consequence)
+            cols["impact"].append(picked.impact)
+            cols["transcript"].append(picked.transcript)
+            cols["hgvsc"].append(picked.hgvsc)
+            cols["hgvsp"].append(picked.hgvsp)
+            cols["hgvsp_short"].append(short_protein_change(picked.hgvsp))
+            cols["annotation_source"].append(self.annotation.tag)
+        cols["genome_build"].append(self.build)
+
+
+def iter_variant_batches(vcf_path: Path, *, sample_pseudonym: Callable[[str], str] | None = None,
+                         batch_size: int = 50_000) -> Iterator[pa.RecordBatch]:
+    """Record batches in :data:`VARIANT_SCHEMA`, streamed from ``vcf_path``."""
+    yield from VariantReader(Path(vcf_path), sample_pseudonym=sample_pseudonym, batch_size=batch_size).batches()
+
+
+def vcf_to_parquet(vcf_path: Path, out_path: Path, *, sample_pseudonym: Callable[[str], str] | None = None,
+                   batch_size: int = 50_000, progress: Callable[[int], None] | None = None,
+                   genome_build: str | None = None) -> dict:
+    """Convert a VCF/BCF to Parquet atomically; returns a PHI-free summary.
+
+    ``genome_build`` overrides header detection (for VCFs whose header names no
+    build). On malformed input raises :class:`InvalidVcfError` and leaves no output.
+    Summary keys: records, rows, samples, build, annotation, pass_fraction, titv,
+    alleles, variant_types, records_without_alt, spanning_deletion_alleles.
+    """
+    reader = VariantReader(Path(vcf_path), sample_pseudonym=sample_pseudonym, batch_size=batch_size,
+                           genome_build=genome_build)
+    annotation = reader.annotation.tag if reader.annotation else None
+    metadata = {
+        b"radplan.schema_version": SCHEMA_VERSION.encode(),
+        b"radplan.genome_build": reader.build.encode(),
+        b"radplan.annotation_source": (annotation or "").encode(),
+    }
+    schema = VARIANT_SCHEMA.with_metadata(metadata)
+    rows = 0
+    with atomic_path(out_path) as tmp:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            for batch in reader.batches():
+                writer.write_batch(batch)
+                rows += batch.num_rows
+                if progress is not None:
+                    progress(reader.stats.records)
+    stats = reader.stats
+    stats.rows = rows
+    snvs = stats.transitions + stats.transversions
+    return {
+        "records": stats.records,
+        "rows": rows,
+        "samples": reader.sample_count,
+        "build": reader.build,
+        "annotation": annotation,
+        "pass_fraction": stats.pass_records / stats.records if stats.records else None,
+        "titv": stats.transitions / stats.transversions if stats.transversions else None,
+        "snv_alleles": snvs,
+        "alleles": stats.alleles,
+        "variant_types": dict(sorted(stats.variant_types.items())),
+        "records_without_alt": stats.records_without_alt,
+        "spanning_deletion_alleles": stats.spanning_deletion_alleles,
+    }
