@@ -28,3 +28,13 @@ def pseudonymizer():
     from radplan.pseudonym import Pseudonymizer, DEMO_KEY
 
     return Pseudonymizer(DEMO_KEY)
+
+
+@pytest.fixture()
+def orthanc(tmp_path):
+    """A real Orthanc on free loopback ports with a temporary storage folder."""
+    from support.orthanc import OrthancServer
+
+    server = OrthancServer(tmp_path / "orthanc").start()
+    yield server
+    server.stop()

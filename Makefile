@@ -1,0 +1,58 @@
+# radplan: `make demo` and `make test` set up everything they need on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RADPLAN_HOME ?= $(CURDIR)/.radplan
+export RADPLAN_HOME
+INSTALL_STAMP := $(VENV)/.installed
+DEBIAN_PACKAGES := orthanc dcmtk dicom3tools bcftools tabix samtools chromium openjdk-17-jre-headless
+
+.PHONY: install system-deps demo test test-fast ui bench clean-data
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Re-runs only when a requirements file or pyproject.toml changes.
+$(INSTALL_STAMP): $(PY) pyproject.toml requirements/lock.txt requirements/extra.txt requirements/test.txt
+	$(PY) -m pip install --quiet pip==26.3 setuptools==84.2.1 wheel==0.48.0
+	$(PY) -m pip install --quiet -r requirements/lock.txt
+	# pyradiomics 3.1 has no buildable sdist; 3.0.1 builds against the installed numpy.
+	$(PY) -m pip install --quiet --no-build-isolation pyradiomics==3.0.1
+	$(PY) -m pip install --quiet -r requirements/extra.txt -r requirements/test.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+install: $(INSTALL_STAMP)
+
+# Debian packages for the real-service tests (Orthanc, dcmtk, dciodvfy, bcftools, Chromium, Java for Spark);
+# installed only when missing, and only when we are root.
+system-deps:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages: $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "missing Debian packages (install them as root): $$missing" >&2; exit 1; \
+	  fi; \
+	fi
+
+demo: install system-deps
+	RADPLAN_DEMO=1 $(PY) -m radplan.cli demo --patients 50 --seed 7
+
+test: install system-deps
+	$(PY) -m pytest
+
+test-fast: install
+	$(PY) -m pytest -m "not slow"
+
+ui: install
+	$(PY) -c "from radplan.instance import ensure_dagster_home; ensure_dagster_home()"
+	RADPLAN_DEMO=1 DAGSTER_HOME=$(RADPLAN_HOME)/dagster_home $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+bench: install system-deps
+	$(PY) benchmarks/run_all.py
+
+clean-data:
+	rm -rf $(RADPLAN_HOME)

@@ -1,0 +1,97 @@
+"""Asset jobs (the stages `make demo` runs in order) and schedules."""
+
+from dagster import AssetSelection, DefaultScheduleStatus, ScheduleDefinition, define_asset_job
+
+from radplan_assets.partitions import patient_partitions
+
+ingest_job = define_asset_job(
+    "ingest_job",
+    selection=AssetSelection.assets("landing_inventory"),
+    description="Scan the PACS and the landing zone; register new patient partitions.",
+)
+
+patient_preparation_job = define_asset_job(
+    "patient_preparation_job",
+    selection=AssetSelection.groups("imaging", "genomics", "ehr") - AssetSelection.assets("radiomic_features"),
+    partitions_def=patient_partitions,
+    description="Per patient: ingest, de-identify and featurize imaging, genomics and EHR (up to reference masks).",
+)
+
+segmentation_training_job = define_asset_job(
+    "segmentation_training_job",
+    selection=AssetSelection.assets("segmentation_model"),
+    description="Train the lesion segmentation model on studies with reference masks; champion/challenger in MLflow.",
+)
+
+patient_features_job = define_asset_job(
+    "patient_features_job",
+    selection=AssetSelection.assets("predicted_lesion_masks", "radiomic_features", "patient_features"),
+    partitions_def=patient_partitions,
+    description="Per patient: model masks where no reference mask exists, radiomics, the joined feature row.",
+)
+
+cohort_job = define_asset_job(
+    "cohort_job",
+    selection=AssetSelection.assets("cohort_features", "cohort_summary", "patient_strata", "response_model"),
+    description="Cohort table on Spark, strata, response model (champion/challenger in MLflow).",
+)
+
+recommendation_job = define_asset_job(
+    "recommendation_job",
+    selection=AssetSelection.assets("patient_recommendations"),
+    partitions_def=patient_partitions,
+    description="Per patient: rules + model scores + PGx + trials -> ranked recommendations with rationale.",
+)
+
+export_job = define_asset_job(
+    "export_job",
+    selection=AssetSelection.assets("recommendation_export"),
+    description="Write what clinicians use: Parquet, CSV, FHIR R4 bundles, HTML reports, model report.",
+)
+
+retraining_job = define_asset_job(
+    "retraining_job",
+    selection=AssetSelection.assets("segmentation_model", "response_model"),
+    description="Retrain both models; a new version becomes champion only if it beats the current one.",
+)
+
+# The order `make demo` runs them in: partitioned stages run once per patient.
+DEMO_STAGES = (
+    ingest_job,
+    patient_preparation_job,
+    segmentation_training_job,
+    patient_features_job,
+    cohort_job,
+    recommendation_job,
+    export_job,
+)
+
+nightly_cohort_schedule = ScheduleDefinition(
+    name="nightly_cohort_refresh",
+    job=cohort_job,
+    cron_schedule="0 2 * * *",
+    execution_timezone="UTC",
+    default_status=DefaultScheduleStatus.STOPPED,
+    description="Nightly: rebuild the cohort table, strata and response scores from the patients' latest features.",
+)
+
+nightly_export_schedule = ScheduleDefinition(
+    name="nightly_export",
+    job=export_job,
+    cron_schedule="0 4 * * *",
+    execution_timezone="UTC",
+    default_status=DefaultScheduleStatus.STOPPED,
+    description="Nightly: refresh the clinician exports after the cohort refresh.",
+)
+
+weekly_retraining_schedule = ScheduleDefinition(
+    name="weekly_retraining",
+    job=retraining_job,
+    cron_schedule="0 3 * * 0",
+    execution_timezone="UTC",
+    default_status=DefaultScheduleStatus.STOPPED,
+    description="Weekly: retrain the segmentation and response models (champion/challenger).",
+)
+
+ALL_JOBS = [*DEMO_STAGES, retraining_job]
+ALL_SCHEDULES = [nightly_cohort_schedule, nightly_export_schedule, weekly_retraining_schedule]

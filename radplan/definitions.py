@@ -1,0 +1,62 @@
+"""The one Definitions object: every asset, check, job, schedule, sensor and resource (workspace.yaml loads it)."""
+
+from __future__ import annotations
+
+import os
+
+from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
+
+from jobs import ALL_JOBS, ALL_SCHEDULES
+from radplan.pseudonym import demo_mode
+from radplan.runtime import disable_telemetry
+from radplan.settings import lake_dir, landing_dir
+from radplan_assets import ASSET_MODULES
+from radplan_resources import (
+    DeidKeyResource,
+    LakeResource,
+    LandingFolderPacs,
+    LandingZoneResource,
+    MlflowResource,
+    OrthancPacs,
+    SparkResource,
+)
+from sensors import ALL_SENSORS
+
+disable_telemetry()
+
+
+def build_resources() -> dict:
+    """Embedded defaults under RADPLAN_HOME; each production service is switched on by one environment variable."""
+    lake = lake_dir()
+    orthanc_url = os.environ.get("RADPLAN_ORTHANC_URL")
+    pacs = (
+        OrthancPacs(
+            url=orthanc_url,
+            username=os.environ.get("RADPLAN_ORTHANC_USER"),
+            password=os.environ.get("RADPLAN_ORTHANC_PASSWORD"),
+        )
+        if orthanc_url
+        else LandingFolderPacs(folder=str(landing_dir() / "dicom"))
+    )
+    models = lake / "models"
+    return {
+        "lake": LakeResource(root=str(lake)),
+        "landing": LandingZoneResource(folder=str(landing_dir())),
+        "pacs": pacs,
+        "deid_key": DeidKeyResource(demo=demo_mode()),
+        "mlflow": MlflowResource(
+            tracking_uri=os.environ.get("RADPLAN_MLFLOW_TRACKING_URI", f"sqlite:///{models / 'mlflow.db'}"),
+            artifact_root=os.environ.get("RADPLAN_MLFLOW_ARTIFACT_ROOT", str(models / "artifacts")),
+        ),
+        "spark": SparkResource(master=os.environ.get("RADPLAN_SPARK_MASTER", "local[*]")),
+    }
+
+
+defs = Definitions(
+    assets=load_assets_from_modules(ASSET_MODULES),
+    asset_checks=load_asset_checks_from_modules(ASSET_MODULES),
+    jobs=ALL_JOBS,
+    schedules=ALL_SCHEDULES,
+    sensors=ALL_SENSORS,
+    resources=build_resources(),
+)

@@ -1,0 +1,179 @@
+"""EHR chain: extracts -> Safe Harbor de-identification -> clinical features; notes -> de-identified notes -> findings."""
+
+from __future__ import annotations
+
+import pandas as pd
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+
+from radplan.ehr import extracts, features, findings, notes
+from radplan.ehr.deid import deidentify_tables
+from radplan_assets.ingest import landing_inventory, read_inventory
+from radplan_assets.partitions import patient_partitions
+from radplan_resources import DeidKeyResource, LakeResource, LandingZoneResource
+
+EHR_FHIR_TYPES = ("Patient", "Condition", "MedicationRequest", "Observation", "DocumentReference")
+
+
+def _source_patient_id(lake: LakeResource, patient_key: str) -> str | None:
+    rows = read_inventory(lake, "ehr_patients", patient_key)
+    return rows["source_patient_id"].iloc[0] if len(rows) else None
+
+
+def _raw_tables(lake: LakeResource, patient_key: str) -> dict[str, pd.DataFrame]:
+    folder = lake.zone("raw") / "ehr" / patient_key
+    return {p.stem: pd.read_parquet(p) for p in sorted(folder.glob("*.parquet"))} if folder.is_dir() else {}
+
+
+@asset(
+    group_name="ehr",
+    partitions_def=patient_partitions,
+    deps=[landing_inventory],
+    description="The patient's rows of the Synthea-style CSV extracts and FHIR R4 NDJSON (validated with fhir.resources), "
+    "copied into the raw zone (PHI). Malformed rows and invalid resources are quarantined with a reason and counted.",
+)
+def ehr_extracts(context: AssetExecutionContext, lake: LakeResource, landing: LandingZoneResource) -> MaterializeResult:
+    patient_key = context.partition_key
+    source_id = _source_patient_id(lake, patient_key)
+    quarantine_dir = lake.zone("quarantine") / "ehr"
+    tables: dict[str, pd.DataFrame] = {}
+    problems: list = []
+    if source_id is not None:
+        tables, problems = extracts.read_synthea_csv(landing.ehr_csv_dir, quarantine_dir=quarantine_dir, patient_ids={source_id})
+        resources, fhir_problems = extracts.read_fhir_ndjson(landing.ehr_fhir_dir, EHR_FHIR_TYPES, quarantine_dir=quarantine_dir)
+        problems += fhir_problems
+        fhir_tables = extracts.fhir_to_tables(resources)
+        for name, frame in fhir_tables.items():
+            mine = frame[frame["PATIENT" if "PATIENT" in frame.columns else "Id"].astype(str) == source_id]
+            tables[name] = pd.concat([tables[name], mine], ignore_index=True) if name in tables and name != "notes" else mine
+    with lake.rebuild_patient_dir("raw", "ehr", patient_key) as staging:
+        for name, frame in tables.items():
+            frame.to_parquet(staging / f"{name}.parquet", index=False)
+    return MaterializeResult(
+        metadata={
+            "tables": MetadataValue.json({name: len(frame) for name, frame in sorted(tables.items())}),
+            "quarantined_records": len(problems),
+        }
+    )
+
+
+@asset(
+    group_name="ehr",
+    partitions_def=patient_partitions,
+    deps=[ehr_extracts],
+    description="Structured EHR de-identified per HIPAA Safe Harbor: identifiers removed or replaced by the shared keyed "
+    "pseudonyms, dates shifted by the same per-patient shift as DICOM, ages over 89 grouped, ZIP cut to 3 digits.",
+)
+def deid_ehr(context: AssetExecutionContext, lake: LakeResource, deid_key: DeidKeyResource) -> MaterializeResult:
+    patient_key = context.partition_key
+    raw = {name: frame for name, frame in _raw_tables(lake, patient_key).items() if name != "notes"}
+    deid = deidentify_tables(raw, deid_key.pseudonymizer()) if raw else {}
+    for name, frame in deid.items():
+        lake.write_table(frame, "deid", f"ehr_{name}", patient_key)
+    return MaterializeResult(metadata={"tables": MetadataValue.json({name: len(frame) for name, frame in sorted(deid.items())})})
+
+
+@asset(
+    group_name="ehr",
+    partitions_def=patient_partitions,
+    deps=[ehr_extracts],
+    description="The patient's free-text clinical notes (FHIR DocumentReference attachments) in the raw zone (PHI).",
+)
+def clinical_notes(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
+    notes_frame = _raw_tables(lake, context.partition_key).get("notes", pd.DataFrame())
+    return MaterializeResult(metadata={"notes": len(notes_frame)})
+
+
+_DEIDENTIFIER: notes.NoteDeidentifier | None = None
+
+
+def note_deidentifier() -> notes.NoteDeidentifier:
+    """Built once per process: loading the spaCy model and recognizers takes seconds."""
+    global _DEIDENTIFIER
+    if _DEIDENTIFIER is None:
+        _DEIDENTIFIER = notes.NoteDeidentifier()
+    return _DEIDENTIFIER
+
+
+@asset(
+    group_name="ehr",
+    partitions_def=patient_partitions,
+    deps=[clinical_notes],
+    description="Notes de-identified with Presidio (spaCy NER when installed, pattern recognizers, and the patient's own "
+    "known identifiers as deny-lists); dates shifted by the patient's shift so timelines survive.",
+)
+def deid_notes(context: AssetExecutionContext, lake: LakeResource, deid_key: DeidKeyResource) -> MaterializeResult:
+    patient_key = context.partition_key
+    pseudonymizer = deid_key.pseudonymizer()
+    raw = _raw_tables(lake, patient_key)
+    notes_frame = raw.get("notes", pd.DataFrame())
+    source_id = _source_patient_id(lake, patient_key)
+    identifiers = extracts.patient_identifiers(raw["patients"].iloc[0]) if len(raw.get("patients", [])) else None
+    shift = pseudonymizer.date_shift_days(source_id) if source_id else None
+    deidentifier = note_deidentifier()
+    rows = []
+    for note in notes_frame.itertuples():
+        result = deidentifier.deidentify(note.text, identifiers, shift)
+        rows.append(
+            {
+                "note_id": pseudonymizer.token("note", str(note.note_id)),
+                "date_shifted": str(pseudonymizer.shift_date(pd.Timestamp(note.date).date(), source_id)) if source_id and pd.notna(note.date) else None,
+                "text": result.text,
+                "entities_removed": len(result.entities),
+            }
+        )
+    frame = pd.DataFrame(rows, columns=["note_id", "date_shifted", "text", "entities_removed"])
+    lake.write_table(frame, "deid", "notes", patient_key)
+    return MaterializeResult(
+        metadata={"notes": len(frame), "entities_removed": int(frame["entities_removed"].sum()), "spacy_ner": deidentifier.spacy_available}
+    )
+
+
+@asset(
+    group_name="ehr",
+    partitions_def=patient_partitions,
+    deps=[deid_notes],
+    description="Structured findings from the de-identified notes: stage/TNM, ECOG, smoking status and biomarker "
+    "mentions, negation-aware.",
+)
+def note_findings(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
+    patient_key = context.partition_key
+    deid = lake.read_table("deid", "notes", patient_key)
+    rows = [
+        {"note_id": note.note_id, "date_shifted": note.date_shifted, **finding}
+        for note in deid.itertuples()
+        for finding in findings.extract_note_findings(note.text)
+    ]
+    frame = pd.DataFrame(rows)
+    if "span" in frame.columns:
+        frame["span"] = frame["span"].astype(str)
+    lake.write_table(frame, "features", "note_findings", patient_key)
+    return MaterializeResult(metadata={"findings": len(frame)})
+
+
+@asset(
+    group_name="ehr",
+    partitions_def=patient_partitions,
+    deps=[deid_ehr, note_findings],
+    description="Normalized per-patient clinical features: age, sex, cancer type from SNOMED codes, stage, ECOG, "
+    "smoking, prior lines, key labs in harmonized units, current medications; notes fill gaps (with source columns).",
+)
+def clinical_features(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
+    patient_key = context.partition_key
+    folder = lake.zone("deid")
+    deid = {
+        path.name.removeprefix("ehr_"): lake.read_table("deid", path.name, patient_key)
+        for path in sorted(folder.glob("ehr_*"))
+        if lake.has_table("deid", path.name, patient_key)
+    }
+    found = lake.read_table("features", "note_findings", patient_key)
+    frame = features.clinical_features(deid, found if len(found) else None) if deid else pd.DataFrame({"patient_key": [patient_key]})
+    lake.write_table(frame, "features", "clinical_features", patient_key)
+    row = frame.iloc[0].to_dict() if len(frame) else {}
+    return MaterializeResult(
+        metadata={
+            "cancer_type": str(row.get("cancer_type")),
+            "stage": str(row.get("stage")),
+            "ecog": str(row.get("ecog")),
+            "medications": len(row.get("current_medications") or []),
+        }
+    )

@@ -1,0 +1,167 @@
+"""Genomics chain: raw VCF/BAM -> normalized variants -> actionable variants; coverage QC -> PGx phenotypes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+
+from radplan.errors import RadplanInputError
+from radplan.genomics import actionable, pgx, reads
+from radplan.genomics.vcf import vcf_to_parquet
+from radplan.lake import atomic_path
+from radplan_assets.ingest import landing_inventory, read_inventory
+from radplan_assets.partitions import patient_partitions
+from radplan_resources import DeidKeyResource, LakeResource
+
+GENOMICS_KIND = "genomics"
+
+
+def _raw_files(lake: LakeResource, patient_key: str, kind: str) -> list[Path]:
+    folder = lake.zone("raw") / GENOMICS_KIND / patient_key / kind
+    return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+
+
+@asset(
+    group_name="genomics",
+    partitions_def=patient_partitions,
+    deps=[landing_inventory],
+    description="The patient's VCF/BCF and BAM/CRAM files copied from the landing zone into the raw zone (PHI: sample names).",
+)
+def raw_genomics(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
+    patient_key = context.partition_key
+    files = read_inventory(lake, "genomics_files", patient_key)
+    with lake.rebuild_patient_dir("raw", GENOMICS_KIND, patient_key) as staging:
+        for index, row in enumerate(files.itertuples()):
+            source = Path(row.path)
+            target = staging / row.kind / f"{index:03d}{''.join(source.suffixes)}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(target) as tmp:
+                shutil.copyfile(source, tmp)
+            for index_suffix in (".tbi", ".csi", ".bai", ".crai"):
+                sidecar = source.with_name(source.name + index_suffix)
+                if sidecar.exists():
+                    shutil.copyfile(sidecar, target.with_name(target.name + index_suffix))
+    counts = files["kind"].value_counts().to_dict() if len(files) else {}
+    return MaterializeResult(metadata={"vcf_files": int(counts.get("vcf", 0)), "alignment_files": int(counts.get("alignment", 0))})
+
+
+@asset(
+    group_name="genomics",
+    partitions_def=patient_partitions,
+    deps=[raw_genomics],
+    description="Variants as normalized Parquet (cyvcf2, streamed): multi-allelic records split, genotype, depth, "
+    "allele fraction, FILTER, VEP CSQ / SnpEff ANN / EFF annotation; sample names pseudonymized; genome build recorded. "
+    "Truncated or malformed VCFs are quarantined whole.",
+)
+def variants(context: AssetExecutionContext, lake: LakeResource, deid_key: DeidKeyResource) -> MaterializeResult:
+    patient_key = context.partition_key
+    pseudonymizer = deid_key.pseudonymizer()
+    summaries, quarantined = [], []
+    with lake.rebuild_patient_dir("features", "variants", f"patient_key={patient_key}") as staging:
+        for index, path in enumerate(_raw_files(lake, patient_key, "vcf")):
+            try:
+                summary = vcf_to_parquet(path, staging / f"part-{index}.parquet", sample_pseudonym=pseudonymizer.patient_key)
+            except RadplanInputError as error:
+                quarantined.append(lake.quarantine(path, "vcf", error).safe_summary())
+                continue
+            summaries.append(summary)
+            context.log.info(f"VCF {index + 1}: {summary['rows']} variant rows, build {summary['build']}")
+    return MaterializeResult(
+        metadata={
+            "vcf_files": len(summaries),
+            "rows": sum(s["rows"] for s in summaries),
+            "builds": MetadataValue.json(sorted({s["build"] for s in summaries})),
+            "quarantined": len(quarantined),
+            "quarantine_ids": MetadataValue.json(quarantined),
+            "summaries": MetadataValue.json(summaries),
+        }
+    )
+
+
+def read_variants(lake: LakeResource, patient_key: str) -> pd.DataFrame:
+    folder = lake.partition_dir("features", "variants", patient_key)
+    if not folder.is_dir() or not any(folder.glob("*.parquet")):
+        return pd.DataFrame()
+    return lake.read_table("features", "variants", patient_key)
+
+
+@asset(
+    group_name="genomics",
+    partitions_def=patient_partitions,
+    deps=[variants, "clinical_features"],
+    description="Variants matched against radplan's versioned local knowledge base of actionable alterations "
+    "(AMP/ASCO/CAP tiers, drugs, citations), by protein change, genomic position (either build) or exon rule.",
+)
+def annotated_variants(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
+    patient_key = context.partition_key
+    found = read_variants(lake, patient_key)
+    clinical = lake.read_table("features", "clinical_features", patient_key)
+    tumour_type = clinical["cancer_type"].iloc[0] if len(clinical) else None
+    kb = actionable.load_knowledge_base()
+    matches = actionable.match_actionable(found, tumour_type=tumour_type, kb=kb) if len(found) else pd.DataFrame()
+    lake.write_table(matches, "features", "annotated_variants", patient_key)
+    return MaterializeResult(
+        metadata={"actionable_matches": len(matches), "kb_version": str(kb.version), "tumour_type": str(tumour_type)}
+    )
+
+
+class CoverageConfig(Config):
+    min_depth: int = 20
+
+
+@asset(
+    group_name="genomics",
+    partitions_def=patient_partitions,
+    deps=[raw_genomics],
+    description="Read depth at pharmacogenomic positions from the patient's BAM/CRAM (pysam); positions below the "
+    "configured minimum depth become PGx no-calls. Empty when no alignments were delivered.",
+)
+def coverage_qc(context: AssetExecutionContext, config: CoverageConfig, lake: LakeResource) -> MaterializeResult:
+    patient_key = context.partition_key
+    alignments = _raw_files(lake, patient_key, "alignment")
+    positions = pgx.pgx_positions()
+    frames = []
+    for path in alignments:
+        if path.suffix in {".bai", ".crai"}:
+            continue
+        try:
+            frames.append(reads.coverage_qc(path, regions=[], pgx_positions=positions, min_depth=config.min_depth))
+        except RadplanInputError as error:
+            lake.quarantine(path, "alignment", error)
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["chrom", "pos", "depth", "callable"])
+    lake.write_table(frame, "features", "coverage_qc", patient_key)
+    return MaterializeResult(metadata={"alignments": len(frames), "positions": len(frame), "min_depth": config.min_depth})
+
+
+@asset(
+    group_name="genomics",
+    partitions_def=patient_partitions,
+    deps=[raw_genomics, coverage_qc],
+    description="Pharmacogenomic phenotypes per CPIC: genotype -> star-allele diplotype -> phenotype (activity score "
+    "where defined) for CYP2C19, CYP2C9, VKORC1, DPYD, TPMT, NUDT15, SLCO1B1, UGT1A1; missing or low-depth positions "
+    "are reported as no-calls, never assumed reference.",
+)
+def pgx_phenotypes(context: AssetExecutionContext, config: CoverageConfig, lake: LakeResource) -> MaterializeResult:
+    patient_key = context.partition_key
+    coverage = lake.read_table("features", "coverage_qc", patient_key)
+    frames = []
+    for path in _raw_files(lake, patient_key, "vcf"):
+        try:
+            frames.append(
+                pgx.call_pgx(path, depth_by_position=coverage if len(coverage) else None, min_depth=config.min_depth if len(coverage) else 0)
+            )
+        except RadplanInputError:
+            continue  # the variants asset has quarantined this file with its reason
+    frame = pd.concat(frames, ignore_index=True).drop_duplicates("gene") if frames else pd.DataFrame()
+    lake.write_table(frame, "features", "pgx_phenotypes", patient_key)
+    called = frame[frame["phenotype"].notna()] if len(frame) else frame
+    return MaterializeResult(
+        metadata={
+            "genes": len(frame),
+            "called": len(called),
+            "phenotypes": MetadataValue.json(dict(zip(called["gene"], called["phenotype"])) if len(called) else {}),
+        }
+    )

@@ -1,0 +1,167 @@
+"""Models: MONAI lesion segmentation (Lightning, MLflow) and its masks; the multimodal response model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pydicom
+import SimpleITK as sitk
+import torch
+from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+
+from radplan.imaging import masks as mask_ops
+from radplan.imaging import volumes
+from radplan.imaging.series import group_series, read_instance_header
+from radplan.lake import atomic_write_json
+from radplan.models import registry, response, segmentation
+from radplan_assets.imaging import lesion_masks, normalized_volumes
+from radplan_assets.partitions import patient_partitions
+from radplan_resources import LakeResource, MlflowResource
+
+SEGMENTATION_MODEL_NAME = "radplan-lesion-seg"
+RESPONSE_MODEL_NAME = "radplan-response"
+
+
+def _client(mlflow_resource: MlflowResource):
+    return registry.mlflow_client(mlflow_resource.tracking_uri, mlflow_resource.artifact_path)
+
+
+class SegmentationTrainingRunConfig(Config):
+    max_epochs: int | None = None
+
+
+@asset(
+    group_name="models",
+    deps=[normalized_volumes, lesion_masks],
+    description="MONAI 3-D UNet trained with PyTorch Lightning on CT volumes that have reference masks (SEG/RTSTRUCT); "
+    "held-out Dice with sliding-window inference; logged and registered in MLflow as radplan-lesion-seg, promoted to "
+    "`champion` only if it beats the current champion on the same validation data.",
+)
+def segmentation_model(context: AssetExecutionContext, config: SegmentationTrainingRunConfig, lake: LakeResource, mlflow: MlflowResource) -> MaterializeResult:
+    vols = lake.read_table("features", "normalized_volumes")
+    refs = lake.read_table("features", "lesion_masks")
+    pairs_frame = refs.merge(vols, left_on=["patient_key", "image_series_uid"], right_on=["patient_key", "series_uid"])
+    pairs_frame = pairs_frame[pairs_frame["modality"] == "CT"].sort_values(["patient_key", "image_series_uid"])
+    pairs = [(lake.root_path / v, lake.root_path / m) for v, m in zip(pairs_frame["volume_path"], pairs_frame["mask_path"])]
+    training_config = segmentation.SegmentationTrainingConfig.for_device(torch.cuda.is_available())
+    if config.max_epochs is not None:
+        training_config.max_epochs = config.max_epochs
+    context.log.info(f"training on {len(pairs)} CT volumes with reference masks ({training_config.max_epochs} epochs)")
+    summary = segmentation.train_segmentation(
+        pairs,
+        training_config,
+        tracking_uri=mlflow.tracking_uri,
+        artifact_root=mlflow.artifact_path,
+        model_name=SEGMENTATION_MODEL_NAME,
+        progress=context.log.info,
+    )
+    return MaterializeResult(metadata={**{k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool))}, "training_volumes": len(pairs)})
+
+
+@asset(
+    group_name="models",
+    partitions_def=patient_partitions,
+    deps=[segmentation_model, normalized_volumes, lesion_masks],
+    description="Lesion masks from the champion segmentation model for CT series that have no reference mask; each is "
+    "also written back as a DICOM SEG (highdicom) referencing the de-identified CT so a PACS viewer can show it.",
+)
+def predicted_lesion_masks(context: AssetExecutionContext, lake: LakeResource, mlflow: MlflowResource) -> MaterializeResult:
+    patient_key = context.partition_key
+    vols = lake.read_table("features", "normalized_volumes", patient_key)
+    refs = lake.read_table("features", "lesion_masks", patient_key)
+    todo = vols[(vols["modality"] == "CT") & ~vols["series_uid"].isin(refs["image_series_uid"] if len(refs) else [])] if len(vols) else vols
+    champion = registry.load_champion(_client(mlflow), SEGMENTATION_MODEL_NAME) if len(todo) else None
+    rows = []
+    if champion is not None:
+        model, version = champion
+        headers = [read_instance_header(p) for p in sorted((lake.zone("deid") / "dicom" / patient_key).rglob("*.dcm"))]
+        series_paths = {uid: [h.path for h in inst] for study in group_series(headers).values() for uid, inst in study.items()}
+        config = segmentation.SegmentationTrainingConfig.for_device(torch.cuda.is_available())
+        with lake.rebuild_patient_dir("features", "predicted_masks", patient_key) as staging:
+            for volume in todo.itertuples():
+                image_path = lake.root_path / volume.volume_path
+                predicted = segmentation.predict_mask(model, image_path, config)
+                labels = mask_ops.label_lesions(predicted)
+                sitk.WriteImage(labels, str(staging / f"{volume.series_uid}.nii.gz"), useCompression=True)
+                source_datasets = [pydicom.dcmread(p) for p in series_paths.get(volume.series_uid, [])]
+                if source_datasets:
+                    reference = volumes.load_series_volume(series_paths[volume.series_uid])
+                    original_grid = sitk.Resample(labels, reference, sitk.Transform(), sitk.sitkNearestNeighbor)
+                    segmentation.write_seg_dicom(
+                        original_grid,
+                        source_datasets,
+                        staging / f"{volume.series_uid}.seg.dcm",
+                        algorithm_name=SEGMENTATION_MODEL_NAME,
+                        algorithm_version=str(version),
+                    )
+                stats = sitk.LabelShapeStatisticsImageFilter()
+                stats.Execute(labels)
+                rows.append(
+                    {
+                        "image_series_uid": volume.series_uid,
+                        "mask_series_uid": None,
+                        "source": f"model:{SEGMENTATION_MODEL_NAME}/{version}",
+                        "lesions": len(stats.GetLabels()),
+                        "mask_path": f"features/predicted_masks/{patient_key}/{volume.series_uid}.nii.gz",
+                    }
+                )
+    frame = pd.DataFrame(rows, columns=["image_series_uid", "mask_series_uid", "source", "lesions", "mask_path"])
+    lake.write_table(frame, "features", "predicted_lesion_masks", patient_key)
+    return MaterializeResult(
+        metadata={"series_without_reference_mask": len(todo), "predicted": len(frame), "model_version": str(champion[1]) if champion else "none"}
+    )
+
+
+
+def outcome_labels(lake: LakeResource) -> pd.DataFrame:
+    """Observed first-line response per patient from the de-identified EHR (patient_key, responded)."""
+    observations = lake.read_table("deid", "ehr_observations") if lake.has_table("deid", "ehr_observations") else pd.DataFrame()
+    if observations.empty:
+        return pd.DataFrame(columns=["patient_key", "responded"])
+    response_rows = observations[observations["CODE"].astype(str) == response.RESPONSE_OBSERVATION_CODE]
+    latest = response_rows.sort_values("DATE").groupby("patient_key").tail(1)
+    return pd.DataFrame(
+        {"patient_key": latest["patient_key"].values, "responded": latest["VALUE"].map(response.is_response_value).values}
+    )
+
+
+@asset(
+    group_name="models",
+    deps=["cohort_features", "patient_strata", "deid_ehr"],
+    description="Response to first-line therapy from cohort features: rules-only baseline vs gradient-boosted trees vs "
+    "a Lightning MLP vs their ensemble on the same stratified folds; calibrated, with bootstrap CIs and per-patient "
+    "attributions; registered as radplan-response with champion/challenger. Writes lake/exports/model_report.json.",
+)
+def response_model(context: AssetExecutionContext, lake: LakeResource, mlflow: MlflowResource) -> MaterializeResult:
+    cohort_frame = lake.read_table("features", "cohort_features")
+    labels = outcome_labels(lake)
+    training = cohort_frame.merge(labels, on="patient_key", how="inner")
+    context.log.info(f"{len(training)} of {len(cohort_frame)} patients have an observed response")
+    result = response.train_response_models(
+        training.drop(columns=["responded"]),
+        training["responded"].astype(int),
+        tracking_uri=mlflow.tracking_uri,
+        artifact_root=mlflow.artifact_path,
+        model_name=RESPONSE_MODEL_NAME,
+    )
+    predictions = response.predict_response(result["model"], cohort_frame)
+    predictions["top_attributions"] = predictions["top_attributions"].map(lambda a: json.dumps(a, default=float))
+    predictions["model_name"] = RESPONSE_MODEL_NAME
+    predictions["model_version"] = str(result["version"])
+    lake.write_table(predictions, "features", "response_predictions")
+    report_path = lake.zone("exports") / "model_report.json"
+    report = {"response_model": response.model_report_entry(result)}
+    if report_path.exists():
+        report = {**json.loads(report_path.read_text()), **report}
+    atomic_write_json(report_path, report)
+    entry = report["response_model"]
+    return MaterializeResult(
+        metadata={
+            "patients_with_outcome": len(training),
+            "version": str(result["version"]),
+            "alias": str(result.get("alias")),
+            "report": MetadataValue.json(entry),
+        }
+    )

@@ -1,0 +1,17 @@
+"""The de-identification key: from the environment, the built-in demo key only in demo mode."""
+
+from __future__ import annotations
+
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from radplan.pseudonym import Pseudonymizer, load_key
+
+
+class DeidKeyResource(ConfigurableResource):
+    """Builds the keyed Pseudonymizer. The key itself is never config, metadata or a log line."""
+
+    demo: bool = Field(default=False, description="Allow the built-in demo key when RADPLAN_DEID_KEY is unset (synthetic data only)")
+
+    def pseudonymizer(self) -> Pseudonymizer:
+        return Pseudonymizer(load_key(demo=self.demo))

@@ -1,0 +1,134 @@
+"""PACS access behind one interface: a landing folder (embedded default) or Orthanc's REST API."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import requests
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from radplan.errors import InvalidDicomError
+from radplan.imaging.series import read_instance_header
+from radplan.lake import atomic_path
+
+
+@dataclass(frozen=True)
+class StudyLocation:
+    """Where one study lives in the PACS. Holds PHI (patient id): never log it."""
+
+    source_patient_id: str
+    study_ref: str
+    files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class UnreadableFile:
+    path: Path
+    error: InvalidDicomError
+
+
+class PacsResource(ConfigurableResource):
+    """Common interface; use LandingFolderPacs or OrthancPacs."""
+
+    def list_studies(self) -> tuple[list[StudyLocation], list[UnreadableFile]]:
+        raise NotImplementedError
+
+    def fetch_study(self, study: StudyLocation, dest: Path) -> list[Path]:
+        raise NotImplementedError
+
+
+class LandingFolderPacs(PacsResource):
+    """DICOM files dropped in a folder tree; grouped into studies by UIDs, never by folder names."""
+
+    folder: str = Field(description="Landing folder of DICOM files (RADPLAN_HOME/landing/dicom by default)")
+
+    def iter_files(self) -> Iterator[Path]:
+        root = Path(self.folder)
+        if root.is_dir():
+            yield from sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+    def list_studies(self) -> tuple[list[StudyLocation], list[UnreadableFile]]:
+        studies: dict[tuple[str, str], list[str]] = {}
+        unreadable: list[UnreadableFile] = []
+        for path in self.iter_files():
+            try:
+                header = read_instance_header(path)
+            except InvalidDicomError as error:
+                unreadable.append(UnreadableFile(path, error))
+                continue
+            studies.setdefault((header.patient_id, header.study_uid), []).append(str(path))
+        locations = [
+            StudyLocation(source_patient_id=pid, study_ref=study_uid, files=tuple(sorted(files)))
+            for (pid, study_uid), files in sorted(studies.items())
+        ]
+        return locations, unreadable
+
+    def fetch_study(self, study: StudyLocation, dest: Path) -> list[Path]:
+        dest.mkdir(parents=True, exist_ok=True)
+        copied = []
+        for index, source in enumerate(study.files):
+            target = dest / f"{index:06d}.dcm"
+            with atomic_path(target) as tmp:
+                shutil.copyfile(source, tmp)
+            copied.append(target)
+        return copied
+
+
+class OrthancPacs(PacsResource):
+    """An Orthanc server over its REST API (study listing, instance download, /changes feed)."""
+
+    url: str = Field(description="Orthanc base URL, e.g. http://127.0.0.1:8042")
+    username: str | None = Field(default=None, description="HTTP basic auth user (from a secret store in production)")
+    password: str | None = Field(default=None, description="HTTP basic auth password")
+    timeout_s: float = 30.0
+    max_retries: int = 3
+
+    def _get(self, path: str, **params) -> requests.Response:
+        auth = (self.username, self.password) if self.username else None
+        delay = 1.0
+        for attempt in range(1, self.max_retries + 1):
+            try:
+                response = requests.get(f"{self.url.rstrip('/')}{path}", params=params or None, auth=auth, timeout=self.timeout_s)
+                if response.status_code < 500:
+                    response.raise_for_status()
+                    return response
+            except requests.ConnectionError:
+                if attempt == self.max_retries:
+                    raise
+            time.sleep(delay)
+            delay *= 2
+        response.raise_for_status()
+        return response
+
+    def list_studies(self) -> tuple[list[StudyLocation], list[UnreadableFile]]:
+        studies = self._get("/studies", expand="").json()
+        locations = [
+            StudyLocation(source_patient_id=study["PatientMainDicomTags"].get("PatientID", ""), study_ref=study["ID"])
+            for study in studies
+        ]
+        return sorted(locations, key=lambda s: s.study_ref), []
+
+    def study_location(self, orthanc_study_id: str) -> StudyLocation:
+        study = self._get(f"/studies/{orthanc_study_id}").json()
+        return StudyLocation(source_patient_id=study["PatientMainDicomTags"].get("PatientID", ""), study_ref=study["ID"])
+
+    def fetch_study(self, study: StudyLocation, dest: Path) -> list[Path]:
+        dest.mkdir(parents=True, exist_ok=True)
+        instances = self._get(f"/studies/{study.study_ref}/instances").json()
+        written = []
+        for index, instance in enumerate(sorted(instances, key=lambda i: i["ID"])):
+            target = dest / f"{index:06d}.dcm"
+            response = self._get(f"/instances/{instance['ID']}/file")
+            with atomic_path(target) as tmp:
+                tmp.write_bytes(response.content)
+            written.append(target)
+        return written
+
+    def changes(self, since: int, limit: int = 100) -> dict:
+        """One page of Orthanc's change feed: {'Changes': [...], 'Done': bool, 'Last': int}."""
+        return self._get("/changes", since=since, limit=limit).json()

@@ -1,0 +1,5 @@
+"""Sensors: new data in the landing zone triggers intake."""
+
+from sensors.landing import landing_sensor
+
+ALL_SENSORS = [landing_sensor]
