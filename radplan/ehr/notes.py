@@ -59,7 +59,7 @@ _MIN_PATTERN_SCORE = 0.6
 _STREET_SUFFIX = (
     r"(?:street|st|avenue|ave|road|rd|lane|ln|drive|dr|boulevard|blvd|court|ct|way|place|pl|terrace|ter|circle|cir|"
     r"highway|hwy|parkway|pkwy|square|sq|trail|trl|plaza|alley|crossing|xing|loop|run|path|pike|landing|lock|neck|"
-    r"viaduct|dam|fork|ville|mews|route|row|walk)"
+    r"viaduct|dam|fork|ville|mews|route)"
 )
 
 
@@ -98,7 +98,7 @@ def _custom_recognizers() -> list[EntityRecognizer]:
             patterns=[
                 Pattern(
                     "street",
-                    r"\b\d{1,6}(?:\s+[A-Z][A-Za-z'.]*){1,4}\s+" + _STREET_SUFFIX + r"\b\.?(?:,?\s+(?:apt|apartment|unit|suite|ste|#)\.?\s*[\w-]+)?",
+                    r"\b\d{1,6}(?:\s+(?-i:[A-Z])[A-Za-z'.]*){1,4}\s+" + _STREET_SUFFIX + r"\b\.?(?:,?\s+(?:apt|apartment|unit|suite|ste|#)\.?\s*[\w-]+)?",
                     0.7,
                 )
             ],
@@ -191,8 +191,12 @@ class NoteDeidentifier:
         self._anonymizer = AnonymizerEngine()
         self._entities = list(ENTITY_TYPES)
 
-    def detect(self, text: str, identifiers: PatientIdentifiers | None = None) -> list[RecognizerResult]:
-        """Non-overlapping PHI spans (Presidio entity names) in ``text``."""
+    def detect(self, text: str, identifiers: PatientIdentifiers | None = None, *, use_ner: bool = True) -> list[RecognizerResult]:
+        """Non-overlapping PHI spans (Presidio entity names) in ``text``.
+
+        ``use_ner=False`` keeps only deny lists and patterns: for coded-vocabulary text
+        (drug and condition names), where spaCy NER mistakes terms for names and places.
+        """
         results = self._analyzer.analyze(
             text=text,
             language="en",
@@ -200,19 +204,29 @@ class NoteDeidentifier:
             score_threshold=SCORE_THRESHOLD,
             ad_hoc_recognizers=_deny_list_recognizers(identifiers),
         )
+        if not use_ner:
+            # Bare dotted words ("Hemoglobin.total") pass Presidio's URL pattern: require a scheme or www.
+            results = [
+                r
+                for r in results
+                if (r.recognition_metadata or {}).get("recognizer_name") != "SpacyRecognizer"
+                and (r.entity_type != "URL" or re.search(r"://|www\.", text[r.start : r.end]))
+            ]
         # An age is not a date: spaCy tags "93 years old" DATE, the age recognizer owns it.
         ages = [r for r in results if r.entity_type == "AGE_OVER_89"]
         results = [r for r in results if r.entity_type != "DATE_TIME" or not any(r.start < a.end and a.start < r.end for a in ages)]
         return _resolve_overlaps(results)
 
-    def deidentify(self, text: str, identifiers: PatientIdentifiers | None, date_shift_days: int | None) -> DeidText:
+    def deidentify(
+        self, text: str, identifiers: PatientIdentifiers | None, date_shift_days: int | None, *, use_ner: bool = True
+    ) -> DeidText:
         if not isinstance(text, str):
             raise InvalidNoteError("note text must be a string")
         if not text.strip():
             return DeidText(text=text, entities=[])
         replacements: dict[int, str] = {}
         results = []
-        for result in self.detect(text, identifiers):
+        for result in self.detect(text, identifiers, use_ner=use_ner):
             span = text[result.start : result.end]
             if result.entity_type == "DATE_TIME":
                 replacement = _date_replacement(span, date_shift_days)

@@ -1,0 +1,375 @@
+"""EHR extract ingest: Synthea CSV tables and FHIR R4 bulk-export NDJSON.
+
+Both readers stream their input (CSV lines in chunks, NDJSON line by line), keep
+every good record and quarantine each bad one with its line number and reason.
+The returned quarantine records hold no PHI (table, line, reason); with a
+``quarantine_dir`` the rejected raw lines are also written there (that folder is
+part of the PHI zone).
+
+FHIR resources are parsed and validated with ``fhir.resources`` R4B models
+(FHIR 4.3, wire-compatible with R4 for the resources used here).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import datetime as dt
+import json
+from collections.abc import Iterable, Iterator
+from importlib import resources as importlib_resources
+from pathlib import Path
+
+import pandas as pd
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
+from radplan.ehr.identifiers import PatientIdentifiers, patient_identifiers  # noqa: F401  (re-exported API)
+from radplan.errors import InvalidEhrRecordError
+from radplan.lake import atomic_write_text
+
+SYNTHEA_TABLES = ("patients", "encounters", "conditions", "medications", "observations", "procedures")
+FHIR_TABLE_TYPES = ("Patient", "Condition", "MedicationRequest", "Observation", "DocumentReference")
+
+
+def _schema() -> dict:
+    return json.loads(importlib_resources.files("radplan.ehr").joinpath("data/synthea_schema.json").read_text())
+
+
+def _quarantine_record(table: str, line: int, reason: str) -> dict:
+    return {"table": table, "line": line, "reason": reason}
+
+
+def _write_quarantine(quarantine_dir: Path | None, name: str, rejected: list[dict]) -> None:
+    """Rejected raw lines with their reasons, one JSON object per line (PHI zone)."""
+    if quarantine_dir is None or not rejected:
+        return
+    atomic_write_text(Path(quarantine_dir) / f"{name}.rejected.jsonl", "".join(json.dumps(r) + "\n" for r in rejected))
+
+
+def _csv_rows(path: Path, table: str, rejected: list[dict]) -> Iterator[tuple[int, list[str], list[str]]]:
+    """(line number, header, fields) of each well-formed line; bad lines go to ``rejected``."""
+    with open(path, "rb") as handle:
+        header_bytes = handle.readline()
+        try:
+            header = next(csv.reader([header_bytes.decode("utf-8-sig")]))
+        except (UnicodeDecodeError, StopIteration) as error:
+            raise InvalidEhrRecordError(f"{table}: unreadable CSV header") from error
+        for line_number, raw in enumerate(handle, start=2):
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                rejected.append({"line": line_number, "reason": "invalid UTF-8 encoding", "raw": raw.decode("utf-8", "replace")})
+                continue
+            fields = next(csv.reader([text.rstrip("\r\n")]), [])
+            if len(fields) != len(header):
+                rejected.append({"line": line_number, "reason": f"expected {len(header)} columns, found {len(fields)}", "raw": text})
+                continue
+            yield line_number, header, fields
+
+
+def _typed_chunk(table: str, rows: list[tuple[int, list[str]]], header: list[str], spec: dict, rejected: list[dict]) -> pd.DataFrame:
+    """Type one chunk's columns; rows with unparsable values or missing keys are moved to ``rejected``."""
+    frame = pd.DataFrame([fields for _line, fields in rows], columns=header, dtype="string")
+    frame = frame.replace({"": pd.NA})
+    lines = pd.Series([line for line, _fields in rows], index=frame.index)
+    bad_reason = pd.Series(pd.NA, index=frame.index, dtype="object")
+
+    def mark(mask: pd.Series, reason: str) -> None:
+        bad_reason[mask & bad_reason.isna()] = reason
+
+    for column in spec["required"]:
+        if column in frame:
+            mark(frame[column].isna(), f"missing required value in {column}")
+        else:
+            raise InvalidEhrRecordError(f"{table}: required column {column} is missing")
+    for column in spec["dates"]:
+        if column in frame:
+            parsed = pd.to_datetime(frame[column], format="%Y-%m-%d", errors="coerce")
+            mark(parsed.isna() & frame[column].notna(), f"unparsable date in {column}")
+            frame[column] = parsed
+    for column in spec["datetimes"]:
+        if column in frame:
+            parsed = pd.to_datetime(frame[column], format="ISO8601", utc=True, errors="coerce")
+            mark(parsed.isna() & frame[column].notna(), f"unparsable date-time in {column}")
+            frame[column] = parsed
+    for column in spec["numbers"] + spec["integers"]:
+        if column in frame:
+            parsed = pd.to_numeric(frame[column], errors="coerce")
+            mark(parsed.isna() & frame[column].notna(), f"unparsable number in {column}")
+            frame[column] = parsed.astype("Int64") if column in spec["integers"] else parsed.astype("float64")
+    if table == "observations" and "TYPE" in frame:
+        numeric = frame["TYPE"].eq("numeric").fillna(False)
+        parsed = pd.to_numeric(frame["VALUE"], errors="coerce")
+        mark(numeric & parsed.isna() & frame["VALUE"].notna(), "unparsable numeric VALUE")
+    bad = bad_reason.notna()
+    for index in bad[bad].index:
+        rejected.append({"line": int(lines[index]), "reason": str(bad_reason[index]), "raw": ",".join(rows[index][1])})
+    return frame[~bad].reset_index(drop=True)
+
+
+def read_synthea_csv(
+    folder: Path, quarantine_dir: Path | None = None, patient_ids: set[str] | None = None, chunksize: int = 100_000
+) -> tuple[dict[str, pd.DataFrame], list[dict]]:
+    """The Synthea tables in ``folder`` with typed columns, and a PHI-free record per quarantined row.
+
+    Codes stay strings (SNOMED/RxNorm codes exceed float precision); dates are
+    ``datetime64`` (date columns naive, date-time columns UTC).
+    """
+    folder = Path(folder)
+    schema = _schema()
+    tables: dict[str, pd.DataFrame] = {}
+    quarantined: list[dict] = []
+    for table in SYNTHEA_TABLES:
+        path = folder / f"{table}.csv"
+        if not path.is_file():
+            continue
+        spec = schema[table]
+        rejected: list[dict] = []
+        chunks: list[pd.DataFrame] = []
+        buffer: list[tuple[int, list[str]]] = []
+        header: list[str] = []
+        for line_number, header, fields in _csv_rows(path, table, rejected):
+            buffer.append((line_number, fields))
+            if len(buffer) >= chunksize:
+                chunks.append(_filter_patients(_typed_chunk(table, buffer, header, spec, rejected), spec, patient_ids))
+                buffer = []
+        if buffer or not chunks:
+            if not header:
+                header = next(csv.reader([path.open(encoding="utf-8-sig", errors="replace").readline()]), [])
+            chunks.append(_filter_patients(_typed_chunk(table, buffer, header, spec, rejected), spec, patient_ids))
+        tables[table] = pd.concat(chunks, ignore_index=True)
+        _write_quarantine(quarantine_dir, f"synthea_{table}", [{"table": table, **r} for r in rejected])
+        quarantined += [_quarantine_record(table, r["line"], r["reason"]) for r in rejected]
+    return tables, quarantined
+
+
+def _filter_patients(frame: pd.DataFrame, spec: dict, patient_ids: set[str] | None) -> pd.DataFrame:
+    if patient_ids is None:
+        return frame
+    return frame[frame[spec["patient_column"]].isin(patient_ids)].reset_index(drop=True)
+
+
+def _ndjson_files(folder: Path) -> list[tuple[str, Path]]:
+    """(resource type, file) pairs: ``Patient.ndjson``, ``Patient.000.ndjson`` and the like."""
+    return sorted((path.name.split(".")[0], path) for path in Path(folder).glob("*.ndjson"))
+
+
+def _validation_reason(error: ValidationError) -> str:
+    """Where validation failed, without the offending value (it may be PHI)."""
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first.get("loc", ()))
+    return f"invalid {location or 'resource'}: {first.get('type', 'error')} ({error.error_count()} error(s))"
+
+
+def parse_fhir_line(line: str, expected_type: str | None = None):
+    """One NDJSON line -> a validated fhir.resources model; InvalidEhrRecordError if it is not one."""
+    try:
+        payload = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise InvalidEhrRecordError(f"not JSON: {error.msg} at column {error.colno}") from error
+    if not isinstance(payload, dict) or "resourceType" not in payload:
+        raise InvalidEhrRecordError("no resourceType")
+    resource_type = payload["resourceType"]
+    if expected_type and resource_type != expected_type:
+        raise InvalidEhrRecordError(f"resourceType {resource_type} in a {expected_type} file")
+    try:
+        model = get_fhir_model_class(resource_type)
+    except (KeyError, ValueError) as error:
+        raise InvalidEhrRecordError(f"unknown resourceType {resource_type}") from error
+    try:
+        return model.model_validate(payload)
+    except ValidationError as error:
+        raise InvalidEhrRecordError(_validation_reason(error)) from error
+
+
+def read_fhir_ndjson(
+    folder: Path, resource_types: Iterable[str] | None = None, quarantine_dir: Path | None = None
+) -> tuple[dict[str, list], list[dict]]:
+    """Validated resources per type from a bulk-export folder; invalid lines quarantined."""
+    wanted = set(resource_types) if resource_types is not None else None
+    resources: dict[str, list] = {}
+    quarantined: list[dict] = []
+    for resource_type, path in _ndjson_files(folder):
+        if wanted is not None and resource_type not in wanted:
+            continue
+        rejected: list[dict] = []
+        kept = resources.setdefault(resource_type, [])
+        with open(path, "rb") as handle:
+            for line_number, raw in enumerate(handle, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    kept.append(parse_fhir_line(raw.decode("utf-8"), resource_type))
+                except UnicodeDecodeError:
+                    rejected.append({"line": line_number, "reason": "invalid UTF-8 encoding", "raw": raw.decode("utf-8", "replace")})
+                except InvalidEhrRecordError as error:
+                    rejected.append({"line": line_number, "reason": str(error), "raw": raw.decode("utf-8", "replace")})
+        _write_quarantine(quarantine_dir, f"fhir_{path.stem}", [{"table": resource_type, **r} for r in rejected])
+        quarantined += [_quarantine_record(resource_type, r["line"], r["reason"]) for r in rejected]
+    return resources, quarantined
+
+
+# ---------------------------------------------------------------- FHIR -> tables
+
+
+def _ref_id(reference) -> str | None:
+    if reference is None or not reference.reference:
+        return None
+    return reference.reference.split("/")[-1].replace("urn:uuid:", "")
+
+
+def _first_coding(concept):
+    if concept is None or not concept.coding:
+        return None, (concept.text if concept is not None else None)
+    coding = concept.coding[0]
+    return coding.code, coding.display or concept.text
+
+
+def _timestamp(value) -> pd.Timestamp | None:
+    if value is None:
+        return None
+    stamp = pd.Timestamp(value)
+    return stamp.tz_convert("UTC") if stamp.tzinfo else stamp.tz_localize("UTC")
+
+
+def _date(value) -> pd.Timestamp | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        value = value.date()
+    return pd.Timestamp(value)
+
+
+def _patient_row(patient) -> dict:
+    ids = patient_identifiers(patient)
+    official = next((n for n in patient.name or [] if n.use in (None, "official", "usual")), None)
+    maiden = next((n for n in patient.name or [] if n.use == "maiden"), None)
+    address = (patient.address or [None])[0]
+    lat = lon = None
+    for extension in (address.extension or []) if address else []:
+        if extension.url.endswith("geolocation"):
+            for part in extension.extension or []:
+                if part.url == "latitude":
+                    lat = float(part.valueDecimal)
+                elif part.url == "longitude":
+                    lon = float(part.valueDecimal)
+    return {
+        "Id": patient.id,
+        "BIRTHDATE": _date(patient.birthDate),
+        "DEATHDATE": _date(patient.deceasedDateTime),
+        "SSN": (ids.ssn or [None])[0],
+        "DRIVERS": (ids.drivers or [None])[0],
+        "PASSPORT": (ids.passport or [None])[0],
+        "PREFIX": " ".join(official.prefix or []) if official and official.prefix else None,
+        "FIRST": " ".join(official.given or []) if official and official.given else None,
+        "LAST": official.family if official else None,
+        "SUFFIX": " ".join(official.suffix or []) if official and official.suffix else None,
+        "MAIDEN": maiden.family if maiden else None,
+        "GENDER": {"female": "F", "male": "M"}.get(patient.gender or ""),
+        "ADDRESS": " ".join(address.line or []) if address and address.line else None,
+        "CITY": address.city if address else None,
+        "STATE": address.state if address else None,
+        "ZIP": address.postalCode if address else None,
+        "LAT": lat,
+        "LON": lon,
+    }
+
+
+def _observation_value(observation) -> tuple[str | None, str | None, str]:
+    if observation.valueQuantity is not None:
+        quantity = observation.valueQuantity
+        value = None if quantity.value is None else str(quantity.value)
+        return value, quantity.unit or quantity.code, "numeric"
+    if observation.valueCodeableConcept is not None:
+        code, display = _first_coding(observation.valueCodeableConcept)
+        return display or code, None, "text"
+    if observation.valueString is not None:
+        return observation.valueString, None, "text"
+    return None, None, "text"
+
+
+FHIR_TABLE_COLUMNS = {
+    "patients": ["Id", "BIRTHDATE", "DEATHDATE", "SSN", "DRIVERS", "PASSPORT", "PREFIX", "FIRST", "LAST", "SUFFIX", "MAIDEN",
+                 "GENDER", "ADDRESS", "CITY", "STATE", "ZIP", "LAT", "LON"],
+    "conditions": ["START", "STOP", "PATIENT", "ENCOUNTER", "CODE", "DESCRIPTION"],
+    "medications": ["START", "STOP", "PATIENT", "ENCOUNTER", "CODE", "DESCRIPTION", "REASONCODE", "REASONDESCRIPTION", "STATUS"],
+    "observations": ["DATE", "PATIENT", "ENCOUNTER", "CATEGORY", "CODE", "DESCRIPTION", "VALUE", "UNITS", "TYPE"],
+    "notes": ["patient", "note_id", "date", "text"],
+}
+
+
+def fhir_to_tables(resources: dict[str, list]) -> dict[str, pd.DataFrame]:
+    """FHIR resources -> tables with the Synthea CSV column names where they overlap, plus ``notes``."""
+    from radplan.ehr.scoring import document_text
+
+    rows: dict[str, list[dict]] = {"patients": [], "conditions": [], "medications": [], "observations": [], "notes": []}
+    for patient in resources.get("Patient", []):
+        rows["patients"].append(_patient_row(patient))
+    for condition in resources.get("Condition", []):
+        code, display = _first_coding(condition.code)
+        rows["conditions"].append(
+            {
+                "START": _date(condition.onsetDateTime or condition.recordedDate),
+                "STOP": _date(condition.abatementDateTime),
+                "PATIENT": _ref_id(condition.subject),
+                "ENCOUNTER": _ref_id(condition.encounter),
+                "CODE": code,
+                "DESCRIPTION": display,
+            }
+        )
+    for request in resources.get("MedicationRequest", []):
+        code, display = _first_coding(request.medicationCodeableConcept)
+        reason_code, reason_display = _first_coding((request.reasonCode or [None])[0])
+        # A request no longer active has ended; bulk exports carry no stop date.
+        rows["medications"].append(
+            {
+                "START": _timestamp(request.authoredOn),
+                "STOP": None,
+                "PATIENT": _ref_id(request.subject),
+                "ENCOUNTER": _ref_id(request.encounter),
+                "CODE": code,
+                "DESCRIPTION": display,
+                "REASONCODE": reason_code,
+                "REASONDESCRIPTION": reason_display,
+                "STATUS": request.status,
+            }
+        )
+    for observation in resources.get("Observation", []):
+        code, display = _first_coding(observation.code)
+        value, units, value_type = _observation_value(observation)
+        category = _first_coding((observation.category or [None])[0])[0]
+        rows["observations"].append(
+            {
+                "DATE": _timestamp(observation.effectiveDateTime or observation.issued),
+                "PATIENT": _ref_id(observation.subject),
+                "ENCOUNTER": _ref_id(observation.encounter),
+                "CATEGORY": category,
+                "CODE": code,
+                "DESCRIPTION": display,
+                "VALUE": value,
+                "UNITS": units,
+                "TYPE": value_type,
+            }
+        )
+    for document in resources.get("DocumentReference", []):
+        rows["notes"].append(
+            {"patient": _ref_id(document.subject), "note_id": document.id, "date": _timestamp(document.date), "text": document_text(document)}
+        )
+    tables = {name: pd.DataFrame(table_rows, columns=FHIR_TABLE_COLUMNS[name]) for name, table_rows in rows.items()}
+    for name, columns in (("conditions", ("START", "STOP")), ("patients", ("BIRTHDATE", "DEATHDATE"))):
+        for column in columns:
+            if column in tables[name]:
+                tables[name][column] = pd.to_datetime(tables[name][column])
+    for name, columns in (("medications", ("START", "STOP")), ("observations", ("DATE",)), ("notes", ("date",))):
+        for column in columns:
+            if column in tables[name]:
+                tables[name][column] = pd.to_datetime(tables[name][column], utc=True)
+    return tables
+
+
+def encode_note_text(text: str) -> bytes:
+    """Attachment.data content for a text/plain note (base64 of UTF-8)."""
+    return base64.b64encode(text.encode("utf-8"))
