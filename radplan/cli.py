@@ -16,6 +16,7 @@ SUBCOMMAND_MODULES = (
     "radplan.genomics.cli",
     "radplan.ehr.cli",
     "radplan.demo",
+    "radplan.privacy",
 )
 
 
