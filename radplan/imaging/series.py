@@ -61,7 +61,8 @@ def is_image_sop_class(sop_class_uid: str) -> bool:
     return name.endswith("Image Storage") or name in ("Segmentation Storage", "Legacy Converted Enhanced CT Image Storage")
 
 
-def _read_dataset(path: Path, *, with_pixels: bool) -> pydicom.Dataset:
+def read_dataset(path: Path, *, with_pixels: bool) -> pydicom.Dataset:
+    """pydicom read with InvalidDicomError for anything unreadable; large values deferred unless ``with_pixels``."""
     try:
         if with_pixels:
             return pydicom.dcmread(path)
@@ -83,7 +84,8 @@ def _float_tuple(value, expected_length: int) -> tuple[float, ...] | None:
     return numbers if len(numbers) == expected_length else None
 
 
-def _header_from_dataset(path: Path, ds: pydicom.Dataset) -> InstanceHeader:
+def instance_header_from_dataset(path: Path, ds: pydicom.Dataset) -> InstanceHeader:
+    """InstanceHeader of an already read dataset; InvalidDicomError when required UIDs are missing."""
     try:
         missing = [keyword for keyword in _REQUIRED_UIDS if not str(ds.get(keyword, "") or "").strip()]
         if missing:
@@ -121,7 +123,7 @@ def read_instance_header(path: Path) -> InstanceHeader:
     instances missing the study/series/SOP instance/SOP class UIDs or the modality.
     """
     path = Path(path)
-    return _header_from_dataset(path, _read_dataset(path, with_pixels=False))
+    return instance_header_from_dataset(path, read_dataset(path, with_pixels=False))
 
 
 def _check_pixel_data(path: Path, ds: pydicom.Dataset) -> None:
@@ -148,8 +150,8 @@ def validate_instance(path: Path) -> InstanceHeader:
     Truncated files fail here (the decoded pixel buffer is short). Raises InvalidDicomError.
     """
     path = Path(path)
-    ds = _read_dataset(path, with_pixels=True)
-    header = _header_from_dataset(path, ds)
+    ds = read_dataset(path, with_pixels=True)
+    header = instance_header_from_dataset(path, ds)
     if is_image_sop_class(header.sop_class_uid) and not header.has_pixel_data:
         raise InvalidDicomError(f"{path.name}: image SOP class {UID(header.sop_class_uid).name} without pixel data")
     if header.has_pixel_data:

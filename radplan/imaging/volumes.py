@@ -33,7 +33,7 @@ import SimpleITK as sitk
 from pydicom.pixels import apply_modality_lut
 
 from radplan.errors import InvalidDicomError
-from radplan.imaging.series import read_instance_header
+from radplan.imaging.series import instance_header_from_dataset, read_dataset
 
 CT_CLIP_RANGE_HU = (-1024.0, 3071.0)
 # Relative tolerance on slice steps and in-plane offsets (fraction of the slice step / pixel).
@@ -143,8 +143,9 @@ def _series_geometry_from_datasets(paths: Sequence[Path], datasets: Sequence[pyd
 
 
 def _read_header(path: Path) -> pydicom.Dataset:
-    read_instance_header(path)  # uniform InvalidDicomError for non-DICOM / missing UIDs
-    return pydicom.dcmread(path, stop_before_pixels=True)
+    ds = read_dataset(path, with_pixels=False)
+    instance_header_from_dataset(path, ds)  # uniform InvalidDicomError for missing UIDs
+    return ds
 
 
 def series_geometry(paths: Sequence[Path]) -> SeriesGeometry:
