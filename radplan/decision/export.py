@@ -43,6 +43,7 @@ SEVERITY = {"avoid": "high", "adjust_dose": "moderate", "monitor": "low"}
 CANCER_LABELS = {"nsclc": "Non-small cell lung cancer", "breast": "Breast cancer",
                  "colorectal": "Colorectal cancer", "melanoma": "Melanoma", "other": "Other cancer"}
 MAX_TABLE_ROWS = 40
+ATTRIBUTION_VALUE_KEYS = ("attribution", "value", "shap", "contribution")
 
 
 class InvalidExportInputError(RadplanInputError):
@@ -235,7 +236,10 @@ def _attribution_pairs(top_attributions: Any) -> list[tuple[str, float]]:
     pairs = []
     for item in top_attributions or []:
         if isinstance(item, Mapping):
-            pairs.append((str(item["feature"]), float(item["attribution"])))
+            value_key = next((k for k in ATTRIBUTION_VALUE_KEYS if k in item), None)
+            if "feature" not in item or value_key is None:
+                raise InvalidExportInputError(f"attribution entry needs 'feature' and one of {ATTRIBUTION_VALUE_KEYS}")
+            pairs.append((str(item["feature"]), float(item[value_key])))
         else:
             name, value = item
             pairs.append((str(name), float(value)))

@@ -40,6 +40,12 @@ ALERT_ACTIONS = ("avoid", "adjust_dose")
 # model_predictions columns (the response model's output contract)
 PREDICTION_COLUMNS = ("patient_key", "probability", "ci_low", "ci_high", "top_attributions", "model_name", "model_version")
 
+PREDICTION_ALIASES = {
+    "probability": ("response_probability", "p_response", "prob"),
+    "ci_low": ("probability_ci_low", "ci_lower", "lower"),
+    "ci_high": ("probability_ci_high", "ci_upper", "upper"),
+}
+
 RECOMMENDATION_COLUMNS = (
     "patient_key", "recommendation_id", "rank", "therapy", "drugs", "action", "category", "is_alert",
     "rule_ids", "rule_versions", "evidence_level", "guideline", "model_probability", "model_ci_low",
@@ -68,6 +74,8 @@ def _json(value: Any) -> str:
 
 
 def _json_default(value: Any) -> Any:
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
     if hasattr(value, "item"):
         return value.item()
     if hasattr(value, "tolist"):
@@ -130,10 +138,7 @@ def recommend_for_patient(
     if _missing(patient_key) or not str(patient_key):
         raise MissingPatientKeyError("facts have no patient_key")
     patient_key = str(patient_key)
-    if model_predictions is not None and not model_predictions.empty:
-        absent = [c for c in ("patient_key", "probability") if c not in model_predictions.columns]
-        if absent:
-            raise ValueError(f"model_predictions lacks column(s) {absent}")
+    model_predictions = _normalise_predictions(model_predictions)
 
     outcomes = evaluate_rules(facts, rule_base)
     matched = [m for m in outcomes if m.matched]
@@ -231,6 +236,18 @@ def recommend_for_patient(
     table["rank"] = range(1, len(table) + 1)
     table = table[list(RECOMMENDATION_COLUMNS)].reset_index(drop=True)
     return table.astype({c: _dtype(c) for c in RECOMMENDATION_COLUMNS})
+
+
+def _normalise_predictions(predictions: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Accept the documented columns or their common aliases (response_probability, probability_ci_low, ...)."""
+    if predictions is None or predictions.empty:
+        return None
+    renamed = predictions.rename(columns={old: new for new, olds in PREDICTION_ALIASES.items() for old in olds
+                                          if old in predictions.columns and new not in predictions.columns})
+    absent = [c for c in ("patient_key", "probability") if c not in renamed.columns]
+    if absent:
+        raise ValueError(f"model_predictions lacks column(s) {absent}")
+    return renamed
 
 
 def _candidate_evidence(candidate: _Candidate, rule_base: RuleBase) -> str:

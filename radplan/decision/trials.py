@@ -291,6 +291,8 @@ def parse_ctgov_json_v2(path: Path) -> Trial:
 def load_trial_catalog(paths: Iterable[Path]) -> list[Trial]:
     """Parse trial records; a directory is searched for ``*.xml`` and ``*.json`` files.
 
+    Files with other suffixes are skipped (a landing folder may hold a README).
+
     Raises :class:`InvalidTrialRecordError` for a record that cannot be read.
     The catalogue is sorted by NCT id; duplicate NCT ids keep the first record.
     """
@@ -298,8 +300,9 @@ def load_trial_catalog(paths: Iterable[Path]) -> list[Trial]:
     for path in map(Path, paths):
         if path.is_dir():
             files.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in (".xml", ".json")))
-        else:
+        elif path.suffix.lower() in (".xml", ".json"):
             files.append(path)
+        # other files (README, licences) are not trial records and are skipped
     trials: dict[str, Trial] = {}
     for file in files:
         trial = parse_ctgov_xml(file) if file.suffix.lower() == ".xml" else parse_ctgov_json_v2(file)
