@@ -1,0 +1,64 @@
+"""The genomics CLI subcommands run the library code paths end to end."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pyarrow.parquet as pq
+import pytest
+
+from radplan.genomics.cli import register
+
+
+def _radplan(*args: str) -> SimpleNamespace:
+    """Run a genomics subcommand in-process through the same argparse wiring radplan.cli uses."""
+    parser = argparse.ArgumentParser(prog="radplan")
+    register(parser.add_subparsers(dest="command", required=True))
+    parsed = parser.parse_args(list(args))
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = parsed.func(parsed)
+    return SimpleNamespace(returncode=code, stdout=stdout.getvalue(), stderr=stderr.getvalue())
+
+
+def test_vcf_to_parquet_cli(shared_data, tmp_path, pseudonymizer):
+    out = tmp_path / "o.parquet"
+    done = _radplan("vcf-to-parquet", str(shared_data / "genomics/vcf/vcf2maf_test_mutect.vcf"), str(out))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["records"] == 500 and summary["samples"] == 2
+    assert set(pq.read_table(out).column("sample").to_pylist()) == {pseudonymizer.patient_key("TUMOR"), pseudonymizer.patient_key("NORMAL")}
+
+
+def test_vcf_to_parquet_cli_rejects_bad_input(tmp_path):
+    bad = tmp_path / "bad.vcf"
+    bad.write_text("not a vcf\n")
+    done = _radplan("vcf-to-parquet", str(bad), str(tmp_path / "o.parquet"))
+    assert done.returncode == 2 and "error:" in done.stderr and not (tmp_path / "o.parquet").exists()
+
+
+def test_pgx_cli(shared_data, tmp_path):
+    pgx = shared_data / "genomics/pgx"
+    out = tmp_path / "report.tsv"
+    done = _radplan("pgx", str(pgx / "pharmcat.example.vcf"), "--outside-call", str(pgx / "pharmcat.example.outsideCall.tsv"), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    rows = {r["gene"]: r for r in csv.DictReader(out.open(), delimiter="\t")}
+    assert list(next(iter(rows.values()))) == ["gene", "diplotype", "phenotype", "activity_score"]
+    assert (rows["CYP2D6"]["diplotype"], rows["CYP2D6"]["phenotype"], rows["CYP2D6"]["activity_score"]) == ("*1/*3", "Intermediate Metabolizer", "1.0")
+
+
+@pytest.mark.slow
+def test_radplan_console_command(shared_data, tmp_path):
+    out = tmp_path / "o.parquet"
+    done = subprocess.run([sys.executable, "-m", "radplan.cli", "vcf-to-parquet",
+                           str(shared_data / "genomics/vcf/vcf2maf_test.vcf"), str(out), "--build", "GRCh37"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["build"] == "GRCh37"
