@@ -204,6 +204,14 @@ def _png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
+def largest_lesion_slice(mask: np.ndarray) -> int:
+    """Index along z of the axial slice with the most lesion voxels (first one on ties)."""
+    areas = (np.asarray(mask) > 0).reshape(mask.shape[0], -1).sum(axis=1)
+    if not areas.any():
+        raise InvalidExportInputError("mask has no lesion voxels")
+    return int(np.argmax(areas))
+
+
 def key_slice_png(image: np.ndarray, mask: np.ndarray, *, window_center: float = 40.0,
                   window_width: float = 400.0) -> bytes:
     """PNG of the axial slice (z, y, x) with the largest lesion area, CT-windowed, lesion contour overlaid."""
@@ -212,17 +220,15 @@ def key_slice_png(image: np.ndarray, mask: np.ndarray, *, window_center: float =
     if image.ndim != 3 or image.shape != mask.shape:
         raise InvalidExportInputError(f"image and mask must be 3-D arrays of the same shape, got {image.shape} and {mask.shape}")
     lesion = mask > 0
-    areas = lesion.reshape(lesion.shape[0], -1).sum(axis=1)
-    if not areas.any():
-        raise InvalidExportInputError("mask has no lesion voxels")
-    z = int(np.argmax(areas))
+    z = largest_lesion_slice(lesion)
+    area = int(lesion[z].sum())
     low, high = window_center - window_width / 2, window_center + window_width / 2
     shown = np.clip(image[z].astype(float), low, high)
     figure = Figure(figsize=(4.6, 4.6))
     axis = figure.add_subplot()
     axis.imshow(shown, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
     axis.contour(lesion[z].astype(float), levels=[0.5], colors=["#ffd400"], linewidths=1.6)
-    axis.set_title(f"Axial slice {z + 1}/{image.shape[0]} - lesion area {int(areas[z])} px "
+    axis.set_title(f"Axial slice {z + 1}/{image.shape[0]} - lesion area {area} px "
                    f"(window {window_center:g}/{window_width:g} HU)", fontsize=8)
     axis.set_axis_off()
     return _png(figure)

@@ -219,7 +219,8 @@ def recommend_for_patient(
                                      or _trial_uses(t, trials, candidate.drugs)]),
             "stratum": None if _missing(facts.get("stratum")) else int(facts["stratum"]),
             "rationale": " ".join(sentences),
-            "rationale_facts": _json(sentences),
+            # insertion order = sentence order in ``rationale``
+            "rationale_facts": json.dumps(sentences, default=_json_default, ensure_ascii=False),
             "rules_not_evaluated": _json(not_evaluated),
             "model_name": model_name,
             "model_version": model_version,

@@ -30,6 +30,8 @@ import yaml
 from radplan.errors import RadplanInputError
 
 MATCHING_CONFIG_PATH = Path(__file__).with_name("data") / "trial_matching.yaml"
+LOCAL_CATALOG_DIR = Path(__file__).with_name("data") / "trials"
+LOCAL_CATALOG_VERSION = "local-2018-aact-5a060286"  # see data/trials/SOURCE.md
 OPEN_STATUSES = ("recruiting", "not yet recruiting", "enrolling by invitation", "available")
 
 _HEADER = re.compile(
@@ -308,6 +310,11 @@ def load_trial_catalog(paths: Iterable[Path]) -> list[Trial]:
         trial = parse_ctgov_xml(file) if file.suffix.lower() == ".xml" else parse_ctgov_json_v2(file)
         trials.setdefault(trial.nct_id, trial)
     return [trials[k] for k in sorted(trials)]
+
+
+def load_local_trial_catalog() -> list[Trial]:
+    """The small catalogue shipped with the package (``LOCAL_CATALOG_VERSION``)."""
+    return load_trial_catalog([LOCAL_CATALOG_DIR])
 
 
 # ----------------------------------------------------------------------------- matching
