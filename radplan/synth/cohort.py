@@ -136,9 +136,10 @@ class PatientPlan:
     height_cm: float
     studies: list[Study]
     heterogeneity: float
-    outcome_probability: float = 0.0
-    responder: bool = False
-    csq_annotated: bool = False
+    outcome_features: dict[str, float]
+    outcome_probability: float
+    responder: bool
+    csq_annotated: bool
 
     @property
     def full_name(self) -> str:
@@ -247,6 +248,12 @@ def _scaled_lesion(lesion: Lesion, factor: float) -> Lesion:
     return Lesion(lesion.center_mm, tuple(r * factor for r in lesion.radii_mm), lesion.lobes, lesion.mean_hu, lesion.heterogeneity, lesion.site)
 
 
+def outcome_probability(features: dict[str, float]) -> float:
+    """The documented logistic outcome model (see the module docstring)."""
+    logit = OUTCOME_COEFFICIENTS["intercept"] + sum(OUTCOME_COEFFICIENTS[name] * value for name, value in features.items())
+    return 1.0 / (1.0 + math.exp(-logit))
+
+
 def approx_lesion_volume_ml(lesion: Lesion) -> float:
     """Ellipsoid volume of the main blob (used by the outcome model before rasterisation)."""
     a, b, c = lesion.radii_mm
@@ -322,17 +329,14 @@ def draw_patient(seed: int, index: int) -> PatientPlan:
         for _ in range(int(rng.integers(1, 4)))
     ]
     baseline_volume = sum(approx_lesion_volume_ml(les) for les in baseline_lesions)
-    stage_iv = stage_group.startswith("IV")
-    c = OUTCOME_COEFFICIENTS
-    logit = (
-        c["intercept"]
-        + c["log_tumour_volume_ml_centered_at_2"] * (math.log(baseline_volume) - 2.0)
-        + c["ecog"] * ecog
-        + c["targeted_match"] * targeted_match
-        + c["texture_heterogeneity_centered_at_0.5"] * (heterogeneity - 0.5)
-        + c["stage_iv"] * stage_iv
-    )
-    probability = 1.0 / (1.0 + math.exp(-logit))
+    outcome_features = {
+        "log_tumour_volume_ml_centered_at_2": math.log(baseline_volume) - 2.0,
+        "ecog": float(ecog),
+        "targeted_match": float(targeted_match),
+        "texture_heterogeneity_centered_at_0.5": heterogeneity - 0.5,
+        "stage_iv": float(stage_group.startswith("IV")),
+    }
+    probability = outcome_probability(outcome_features)
     responder = bool(rng.random() < probability)
 
     institution = _choice(rng, kb["institutions"])
@@ -406,6 +410,7 @@ def draw_patient(seed: int, index: int) -> PatientPlan:
         height_cm=height,
         studies=studies,
         heterogeneity=heterogeneity,
+        outcome_features=outcome_features,
         outcome_probability=probability,
         responder=responder,
         csq_annotated=bool(rng.random() < 0.5),

@@ -27,10 +27,10 @@ import numpy as np
 
 from radplan.lake import atomic_write_json, atomic_write_text, atomic_write_bytes
 from radplan.synth import ct
-from radplan.synth.cohort import OUTCOME_COEFFICIENTS, PatientPlan, draw_patient, knowledge, patient_rng, stable_uid
+from radplan.synth.cohort import OUTCOME_COEFFICIENTS, REFERENCE_DATE, PatientPlan, draw_patient, knowledge, patient_rng, stable_uid
 from radplan.synth.ehr import CREATININE_MGDL_TO_UMOL, csv_columns, ehr_rows, fhir_patient, plan_latitude, plan_longitude
 from radplan.synth.notes import clinical_notes, document_reference
-from radplan.synth.vcf import bgzip_bytes, vcf_text, write_vcf
+from radplan.synth.vcf import vcf_bgzf, write_vcf
 
 OUTCOME_MODEL_DOC = {
     "description": "logit(p_response) = intercept + sum(coefficient * feature); responder ~ Bernoulli(p_response)",
@@ -125,7 +125,7 @@ def generate_cohort(out_dir: Path, n_patients: int, seed: int = 7, bad_inputs: b
     all_strings = sorted({s for strings in canaries.values() for s in strings} | set(uids))
     atomic_write_json(truth_dir / "phi_canaries.json", {"patients": canaries, "uids": sorted(set(uids)), "all": all_strings})
     atomic_write_json(truth_dir / "bad_inputs.json", bad)
-    atomic_write_json(truth_dir / "truth.json", {"seed": seed, "outcome_model": OUTCOME_MODEL_DOC, "patients": truth})
+    atomic_write_json(truth_dir / "truth.json", {"seed": seed, "age_reference_date": REFERENCE_DATE.isoformat(), "outcome_model": OUTCOME_MODEL_DOC, "patients": truth})
     return summary
 
 
@@ -196,9 +196,10 @@ def _plant_bad_inputs(landing: Path, victim: PatientPlan, seed: int, extra_insta
     bad.append({"path": str(not_dicom.relative_to(landing.parent)), "problem": "not DICOM: plain text with a .dcm name (no preamble/DICM)"})
 
     broken_vcf = landing / "genomics" / "BROKEN_1.vcf.gz"
-    compressed = bgzip_bytes(vcf_text(victim, seed).encode("utf-8"))
-    atomic_write_bytes(broken_vcf, compressed[: len(compressed) // 2])
-    bad.append({"path": str(broken_vcf.relative_to(landing.parent)), "problem": "truncated BGZF stream (no EOF block, cut mid-block); sample is an existing patient's MRN"})
+    header, body = vcf_bgzf(victim, seed)
+    atomic_write_bytes(broken_vcf, header + body[: len(body) // 2])
+    bad.append({"path": str(broken_vcf.relative_to(landing.parent)),
+                "problem": "truncated BGZF stream: header intact, records block cut in half, no EOF block; sample is an existing patient's MRN"})
 
     lines = csv_texts["conditions"].split("\n")
     first_row = next(csv.DictReader(io.StringIO(csv_texts["conditions"])))
@@ -213,13 +214,15 @@ def _patient_canaries(plan: PatientPlan) -> list[str]:
     """Every patient-identifying string planted anywhere (the privacy tests search de-identified output for them)."""
     b = plan.birth_date
     strings = {
-        plan.mrn, plan.other_mrn, plan.full_name, plan.dicom_name, f"{plan.last}, {plan.first}", f"{plan.last.upper()}, {plan.first.upper()}",
-        f"{plan.last.upper()} {plan.first.upper()}", f"{plan.prefix} {plan.last}", plan.first, plan.last, plan.ssn, plan.drivers_license,
+        plan.mrn, plan.other_mrn, plan.full_name, plan.dicom_name, f"{plan.last.upper()}, {plan.first.upper()}",
+        f"{plan.prefix} {plan.last}", plan.first, plan.last, plan.ssn, plan.drivers_license,
         plan.passport, plan.street, plan.address_line, plan.phone, b.strftime("%Y%m%d"), b.isoformat(), b.strftime("%m/%d/%Y"),
         repr(plan_latitude(plan)), repr(plan_longitude(plan)),
     }
     for study in plan.studies:
         strings |= {study.accession, f"RP{study.accession[3:]}"}
+        if plan.last.upper() in study.description:
+            strings.add(f"{plan.last.upper()} {plan.first.upper()}")
     return sorted(strings)
 
 
@@ -257,7 +260,7 @@ def _patient_truth(plan: PatientPlan) -> dict:
         "weight_kg": plan.weight_kg,
         "height_cm": plan.height_cm,
         "texture_heterogeneity": round(plan.heterogeneity, 6),
-        "outcome": {"responder": plan.responder, "probability": round(plan.outcome_probability, 6)},
+        "outcome": {"responder": plan.responder, "probability": plan.outcome_probability, "features": plan.outcome_features},
         "studies": [],
         "notes": [],
     }

@@ -121,17 +121,18 @@ def vcf_records(plan: PatientPlan, seed: int) -> list[tuple[int, int, str]]:
     return records
 
 
-def vcf_text(plan: PatientPlan, seed: int) -> str:
+def vcf_text(plan: PatientPlan, seed: int) -> tuple[str, str]:
+    """(header, body) of the patient's VCF."""
     records = sorted(vcf_records(plan, seed), key=lambda r: (r[0], r[1], r[2]))
-    return "\n".join(_header(plan, plan.csq_annotated) + [line for _, _, line in records]) + "\n"
+    return "\n".join(_header(plan, plan.csq_annotated)) + "\n", "".join(line + "\n" for _, _, line in records)
 
 
 BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 BGZF_MAX_INPUT = 65280  # as htslib: keeps every compressed block under 64 KiB
 
 
-def bgzip_bytes(data: bytes) -> bytes:
-    """BGZF-compress (gzip members with the BC extra field, MTIME 0, then the EOF block), as bgzip does."""
+def bgzf_blocks(data: bytes) -> bytes:
+    """BGZF blocks (gzip members with the BC extra field and MTIME 0) for ``data``, without the EOF block."""
     out = bytearray()
     for start in range(0, len(data), BGZF_MAX_INPUT):
         chunk = data[start : start + BGZF_MAX_INPUT]
@@ -140,11 +141,16 @@ def bgzip_bytes(data: bytes) -> bytes:
         block_size = 18 + len(deflated) + 8
         out += b"\x1f\x8b\x08\x04\x00\x00\x00\x00\x00\xff\x06\x00BC\x02\x00" + struct.pack("<H", block_size - 1)
         out += deflated + struct.pack("<II", zlib.crc32(chunk) & 0xFFFFFFFF, len(chunk))
-    return bytes(out + BGZF_EOF)
+    return bytes(out)
 
 
-def write_vcf(plan: PatientPlan, seed: int, path: Path) -> bytes:
-    data = bgzip_bytes(vcf_text(plan, seed).encode("utf-8"))
+def vcf_bgzf(plan: PatientPlan, seed: int) -> tuple[bytes, bytes]:
+    """(header blocks, record blocks) of the BGZF VCF; the header sits in its own block, as htslib writes it."""
+    header, body = vcf_text(plan, seed)
+    return bgzf_blocks(header.encode("utf-8")), bgzf_blocks(body.encode("utf-8"))
+
+
+def write_vcf(plan: PatientPlan, seed: int, path: Path) -> None:
+    header, body = vcf_bgzf(plan, seed)
     with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return data
+        tmp.write_bytes(header + body + BGZF_EOF)
