@@ -142,7 +142,8 @@ def recommend_for_patient(
 
     outcomes = evaluate_rules(facts, rule_base)
     matched = [m for m in outcomes if m.matched]
-    not_evaluated = [{"rule_id": m.rule_id, "missing_facts": list(m.missing_facts)} for m in outcomes if not m.matched]
+    not_evaluated = [{"rule_id": m.rule_id, "title": m.title, "missing_facts": list(m.missing_facts)}
+                     for m in outcomes if not m.matched]
 
     candidates: dict[tuple[str, str], _Candidate] = {}
     for match in matched:

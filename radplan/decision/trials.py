@@ -354,7 +354,8 @@ def screen_trial(facts: Mapping[str, Any], trial: Trial) -> tuple[bool, list[str
         low = trial.min_age_years if trial.min_age_years is not None else 0
         high = trial.max_age_years if trial.max_age_years is not None else float("inf")
         if low <= float(age) <= high:
-            reasons.append(f"age {float(age):g} within {low:g}-{'no limit' if high == float('inf') else f'{high:g}'} years")
+            allowed = f"{low:g}+ years" if high == float("inf") else f"{low:g}-{high:g} years"
+            reasons.append(f"age {float(age):g} within {allowed}")
         else:
             excluded.append(f"age {float(age):g} outside {low:g}-{high:g} years")
 

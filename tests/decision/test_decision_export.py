@@ -227,3 +227,14 @@ def test_write_exports(recommendations, report_html, tmp_path):
 def test_write_exports_rejects_unknown_columns(recommendations, tmp_path):
     with pytest.raises(InvalidExportInputError, match="extra"):
         write_exports(recommendations.assign(mrn="123"), {}, {}, tmp_path)
+
+
+def test_patient_without_recommendations_still_exports(rule_base):
+    key = "p0000000000000001"
+    bare = {"patient_key": key, "cancer_type": "other"}
+    rows = recommend_for_patient(bare, rule_base, model_predictions=None, trials=[], versions={})
+    bundle = fhir_bundle(key, rows, bare)
+    assert [e["resource"]["resourceType"] for e in bundle["entry"]] == ["Patient", "CarePlan", "Provenance"]
+    html = render_report_html(key, bare, rows, key_slice_png=None, attribution_png=None, variants=None, pgx=None,
+                              radiomics_highlights=None)
+    assert "Decision support, not a diagnosis" in html and "No rule matched" in html
