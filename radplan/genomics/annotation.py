@@ -16,9 +16,9 @@ documented rule so the output is deterministic:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from typing import NamedTuple
 from urllib.parse import unquote
 
 import yaml
@@ -35,9 +35,8 @@ _AMINO_ACID_ONE_LETTER = {
 _THREE_LETTER = re.compile("|".join(_AMINO_ACID_ONE_LETTER))
 
 
-@dataclass(frozen=True)
-class TranscriptAnnotation:
-    """One transcript-level annotation of one ALT allele."""
+class TranscriptAnnotation(NamedTuple):
+    """One transcript-level annotation of one ALT allele (a NamedTuple: cheap to build in the hot loop)."""
 
     gene: str | None
     consequence: str | None
@@ -58,6 +57,7 @@ def _severity_tables() -> tuple[dict[str, int], dict[str, int], dict[str, str]]:
     return so_rank, impact_rank, data["snpeff_legacy"]
 
 
+@lru_cache(maxsize=4096)
 def consequence_rank(consequence: str | None) -> int:
     """Rank of the most severe term in an ``&``/``+``-joined consequence (0 = most severe)."""
     so_rank, _, legacy = _severity_tables()

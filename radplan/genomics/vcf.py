@@ -40,7 +40,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterator
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
@@ -82,6 +81,7 @@ VARIANT_SCHEMA = pa.schema([
 
 _BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 _TRANSITIONS = {("A", "G"), ("G", "A"), ("C", "T"), ("T", "C")}
+_NO_ANNOTATION = (None,) * 8  # gene .. annotation_source
 _INT_MISSING = -2147483647  # htslib int32 missing (-2^31) and vector-end (-2^31+1) are both below this
 
 
@@ -215,16 +215,6 @@ def _split_genotype(alleles: list[int], phased: bool, k: int) -> tuple[str, str]
     return "/".join(sorted(codes, key=lambda c: (c != ".", c))), zygosity
 
 
-def _int_or_none(value) -> int | None:
-    value = int(value)
-    return None if value <= _INT_MISSING else value
-
-
-def _float_or_none(value) -> float | None:
-    value = float(value)
-    return None if np.isnan(value) else value
-
-
 @dataclass
 class VcfStats:
     """Running, PHI-free counts over the records read so far."""
@@ -241,16 +231,17 @@ class VcfStats:
 
 
 class _BatchBuilder:
-    """Column lists for one batch; no per-row dicts."""
+    """Rows of one batch as plain tuples in schema order (one append per row), transposed once per batch."""
 
     def __init__(self):
-        self.columns: dict[str, list] = {name: [] for name in VARIANT_SCHEMA.names}
+        self.rows: list[tuple] = []
 
     def __len__(self) -> int:
-        return len(self.columns["chrom"])
+        return len(self.rows)
 
     def to_batch(self) -> pa.RecordBatch:
-        arrays = [pa.array(self.columns[f.name], type=f.type) for f in VARIANT_SCHEMA]
+        columns = list(zip(*self.rows)) if self.rows else [() for _ in VARIANT_SCHEMA]
+        arrays = [pa.array(values, type=f.type) for values, f in zip(columns, VARIANT_SCHEMA)]
         return pa.RecordBatch.from_arrays(arrays, schema=VARIANT_SCHEMA)
 
 
@@ -272,32 +263,33 @@ class VariantReader:
         self.stats = VcfStats()
         format_ids = set(re.findall(r"##FORMAT=<ID=([^,>]+)", self.reader.raw_header))
         self._has = {key: key in format_ids for key in ("AD", "DP", "AF", "FA")}
+        self._split_cache: dict[tuple, tuple[str, str]] = {}
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         builder = _BatchBuilder()
         try:
             for variant in self.reader:
-                self._add_record(variant, builder)
+                self._add_record(variant, builder.rows)
                 if len(builder) >= self.batch_size:
                     yield builder.to_batch()
                     builder = _BatchBuilder()
         except InvalidVcfError:
             raise
-        except (Exception, EOFError) as exc:  # htslib parse errors surface as bare Exception
+        except Exception as exc:  # htslib parse errors surface as bare Exception
             raise InvalidVcfError(
                 f"{self.path.name}: malformed record after record {self.stats.records} ({exc})") from exc
         if len(builder) or self.stats.rows == 0:
             yield builder.to_batch()
 
-    def _format(self, variant, key: str):
+    def _format_rows(self, variant, key: str) -> list | None:
+        """FORMAT ``key`` as per-sample Python lists (one ``tolist`` per record: cheaper than numpy scalars)."""
         if not self._has[key]:
             return None
-        try:
-            return variant.format(key)
-        except KeyError:
-            return None
+        values = variant.format(key)
+        return None if values is None else values.tolist()
 
-    def _add_record(self, variant, builder: _BatchBuilder) -> None:
+    def _add_record(self, variant, rows: list[tuple]) -> None:
+        # Hot loop: one call per cyvcf2 property, plain lists, memoized genotype strings.
         stats = self.stats
         stats.records += 1
         alts = variant.ALT
@@ -305,15 +297,13 @@ class VariantReader:
             stats.records_without_alt += 1
             return
         ref = variant.REF
-        chrom, pos = variant.CHROM, variant.POS
-        vid = variant.ID
-        qual = variant.QUAL
+        chrom, pos, vid, qual = variant.CHROM, variant.POS, variant.ID, variant.QUAL
         filters = variant.FILTERS
         filter_text = ";".join(filters) if filters and filters != ["."] else None
         if filter_text == "PASS":
             stats.pass_records += 1
 
-        annotations: list | None = None
+        annotations = None
         if self.annotation is not None:
             value = variant.INFO.get(self.annotation.tag)
             if value:
@@ -322,14 +312,15 @@ class VariantReader:
                 annotations = [pick_annotation(c) for c in self.annotation.per_allele(value, ref, alts)]
 
         n_samples = self.sample_count
-        genotypes = variant.genotypes if n_samples else None
-        ad = self._format(variant, "AD")
-        dp = self._format(variant, "DP")
-        af = self._format(variant, "AF")
-        if af is None:
-            af = self._format(variant, "FA")
-
-        cols = builder.columns
+        if n_samples:
+            genotypes = variant.genotypes
+            ad = self._format_rows(variant, "AD")
+            dp = self._format_rows(variant, "DP")
+            af = self._format_rows(variant, "AF") or self._format_rows(variant, "FA")
+        sample_range = range(n_samples) if n_samples else (None,)
+        split_cache = self._split_cache
+        build = self.build
+        tag = self.annotation.tag if self.annotation is not None else None
         for k, alt in enumerate(alts, start=1):
             if alt == "*":
                 stats.spanning_deletion_alleles += 1
@@ -345,65 +336,37 @@ class VariantReader:
                 else:
                     stats.transversions += 1
             picked = annotations[k - 1] if annotations else None
-            sample_range = range(n_samples) if n_samples else (None,)
+            if picked is None:
+                annotation_values = _NO_ANNOTATION
+            else:
+                annotation_values = (picked.gene, picked.consequence, picked.impact, picked.transcript, picked.hgvsc,
+                                     picked.hgvsp, short_protein_change(picked.hgvsp), tag)
+            append = rows.append
             for s in sample_range:
-                cols["sample"].append(self.samples[s] if s is not None else None)
-                cols["chrom"].append(chrom)
-                cols["pos"].append(pos)
-                cols["ref"].append(ref)
-                cols["alt"].append(alt)
-                cols["alt_index"].append(k)
-                cols["id"].append(vid)
-                cols["qual"].append(qual)
-                cols["filter"].append(filter_text)
-                cols["variant_type"].append(vtype)
-                cols["is_transition"].append(is_transition)
                 if s is None:
-                    for name in ("gt", "zygosity", "depth", "ref_depth", "alt_depth", "allele_fraction"):
-                        cols[name].append(None)
-                else:
-                    self._add_sample_fields(cols, genotypes[s], ad, dp, af, s, k)
-                self._add_annotation(cols, picked)
-
-    @staticmethod
-    def _add_sample_fields(cols, genotype, ad, dp, af, s: int, k: int) -> None:
-        gt, zygosity = _split_genotype(genotype[:-1], bool(genotype[-1]), k)
-        cols["gt"].append(gt)
-        cols["zygosity"].append(zygosity)
-        ref_depth = alt_depth = ad_sum = None
-        if ad is not None:
-            row = ad[s]
-            ref_depth = _int_or_none(row[0])
-            alt_depth = _int_or_none(row[k]) if k < len(row) else None
-            present = row[row > _INT_MISSING]
-            ad_sum = int(present.sum()) if len(present) else None
-        depth = _int_or_none(dp[s][0]) if dp is not None else None
-        if depth is None:
-            depth = ad_sum
-        fraction = None
-        if af is not None and k - 1 < af.shape[1]:
-            fraction = _float_or_none(af[s][k - 1])
-        if fraction is None and alt_depth is not None and ad_sum:
-            fraction = alt_depth / ad_sum
-        cols["depth"].append(depth)
-        cols["ref_depth"].append(ref_depth)
-        cols["alt_depth"].append(alt_depth)
-        cols["allele_fraction"].append(fraction)
-
-    def _add_annotation(self, cols, picked) -> None:
-        if picked is None:
-            for name in ("gene", "consequence", "impact", "transcript", "hgvsc", "hgvsp", "hgvsp_short", "annotation_source"):
-                cols[name].append(None)
-        else:
-            cols["gene"].append(picked.gene)
-            cols["consequence"].append(picked.consequence)
-            cols["impact"].append(picked.impact)
-            cols["transcript"].append(picked.transcript)
-            cols["hgvsc"].append(picked.hgvsc)
-            cols["hgvsp"].append(picked.hgvsp)
-            cols["hgvsp_short"].append(short_protein_change(picked.hgvsp))
-            cols["annotation_source"].append(self.annotation.tag)
-        cols["genome_build"].append(self.build)
+                    append((None, chrom, pos, ref, alt, k, vid, qual, filter_text, None, None, None, None, None, None,
+                            vtype, is_transition, *annotation_values, build))
+                    continue
+                call = genotypes[s]
+                key = (*call, k)
+                split = split_cache.get(key)
+                if split is None:
+                    split = split_cache[key] = _split_genotype(call[:-1], bool(call[-1]), k)
+                ref_depth = alt_depth = ad_sum = None
+                if ad is not None:
+                    row = ad[s]
+                    ref_depth = row[0] if row[0] > _INT_MISSING else None
+                    alt_depth = row[k] if k < len(row) and row[k] > _INT_MISSING else None
+                    ad_sum = sum(x for x in row if x > _INT_MISSING) if ref_depth is not None else None
+                depth = dp[s][0] if dp is not None and dp[s][0] > _INT_MISSING else ad_sum
+                fraction = None
+                if af is not None and k - 1 < len(af[s]) and af[s][k - 1] == af[s][k - 1]:  # NaN = missing
+                    fraction = af[s][k - 1]
+                elif alt_depth is not None and ad_sum:
+                    fraction = alt_depth / ad_sum
+                # tuple in VARIANT_SCHEMA column order
+                append((self.samples[s], chrom, pos, ref, alt, k, vid, qual, filter_text, split[0], split[1], depth,
+                        ref_depth, alt_depth, fraction, vtype, is_transition, *annotation_values, build))
 
 
 def iter_variant_batches(vcf_path: Path, *, sample_pseudonym: Callable[[str], str] | None = None,
