@@ -184,6 +184,9 @@ def _draw_pgx(rng: np.random.Generator) -> tuple[dict[str, dict], dict[str, list
         }
         if any("pharmcat_name" in a for a in pair):
             calls[gene]["pharmcat_diplotype"] = "/".join(a.get("pharmcat_name", a["name"]) for a in pair)
+        if spec["phenotype_rule"] == "vkorc1":  # plus-strand rs9923231 genotype, C reference / T variant
+            variant_copies = sum("rs9923231" in a["variants"] for a in pair)
+            calls[gene]["rs9923231_genotype"] = "/".join(["C"] * (2 - variant_copies) + ["T"] * variant_copies)
         if "activity" in pair[0]:
             calls[gene]["activity_score"] = pair[0]["activity"] + pair[1]["activity"]
         for allele in pair:
@@ -386,7 +389,7 @@ def draw_patient(seed: int, index: int) -> PatientPlan:
         passport=f"X{int(rng.integers(10_000_000, 99_999_999))}X",
         street=f"{int(rng.integers(3, 999))} {_choice(rng, kb['streets'])}",
         place=place,
-        phone=f"{place['area']}-555-{int(rng.integers(100, 199)):04d}",
+        phone=f"{place['area']}-555-{int(rng.integers(100, 198)):04d}",  # 555-0198/0199 belong to the institutions
         other_mrn=f"EPI{int(rng.integers(100_000, 999_999))}",
         institution=institution,
         oncologist=oncologist,

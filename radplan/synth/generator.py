@@ -21,6 +21,7 @@ import io
 import json
 import os
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,7 @@ def generate_cohort(out_dir: Path, n_patients: int, seed: int = 7, bad_inputs: b
     all_studies = [(plan, study) for plan in plans for study in plan.studies]
     order = layout_rng.permutation(len(all_studies))
     folder_of = {int(position): f"export_{max(rank, 1):04d}" for rank, position in enumerate(order)}
+    studies_left = Counter(folder_of.values())
     folder_files: dict[str, list[tuple[str, object]]] = {}
     extra_instance = None
     for position, (plan, study) in enumerate(all_studies):
@@ -88,10 +90,9 @@ def generate_cohort(out_dir: Path, n_patients: int, seed: int = 7, bad_inputs: b
         truth[plan.mrn]["studies"].append(_study_truth(plan, study, labels, geo, study_uids))
         summary["studies"] += 1
         summary["ct_instances"] += len(datasets)
-        # Write folder by folder as soon as complete, to keep memory bounded.
-        if sum(1 for p in folder_of if folder_of[p] == folder_of[position]) == sum(
-            1 for p in range(position + 1) if folder_of[p] == folder_of[position]
-        ):
+        # Write each folder as soon as its last study is rendered, to keep memory bounded.
+        studies_left[folder_of[position]] -= 1
+        if studies_left[folder_of[position]] == 0:
             _write_folder(landing / "dicom" / folder_of[position], folder_files.pop(folder_of[position]), layout_rng)
 
     # Genomics.

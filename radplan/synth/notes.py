@@ -44,7 +44,7 @@ def biomarker_sentences(plan: PatientPlan) -> list[str]:
 
 def _header(plan: PatientPlan, title: str, day: dt.date) -> str:
     return (
-        f"{title}\n{plan.institution['name']}\n{plan.institution['address']}\n\n"
+        f"{title}\n{plan.institution['name']}\n{plan.institution['address']}    Tel {plan.institution['phone']}\n\n"
         f"Patient: {plan.last.upper()}, {plan.first.upper()}    MRN: {plan.mrn}    DOB: {_us_date(plan.birth_date)}\n"
         f"Date of service: {_us_date(day)}\n"
     )
@@ -87,7 +87,8 @@ def clinical_notes(plan: PatientPlan, seed: int) -> list[tuple[str, dt.date, str
         for v in plan.somatic
     ] or ["  No pathogenic somatic variants detected in the genes tested."]
     pgx_lines = [f"  {gene} {call['diplotype']}" + (f" ({call['phenotype'].lower()})" if call["phenotype"] else "")
-                 for gene, call in plan.pgx.items()]
+                 for gene, call in plan.pgx.items() if gene != "VKORC1"]
+    pgx_lines.append(f"  VKORC1 rs9923231 (c.-1639G>A) genotype {plan.pgx['VKORC1']['rs9923231_genotype']}")
     notes.append(("molecular", molecular_day, _header(plan, "MOLECULAR PATHOLOGY REPORT", molecular_day) + (
         f"Specimen: tumour biopsy collected {_us_date(plan.diagnosis_date)}; ordering physician Dr. {plan.oncologist}.\n"
         "Method: hybrid-capture NGS panel, GRCh38.\n"
