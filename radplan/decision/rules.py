@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import pandas as pd
 import yaml
 
 from radplan.errors import RadplanInputError
@@ -309,15 +310,8 @@ def _required_facts(node: Mapping[str, Any]) -> set[str]:
 
 
 def _is_missing(value: Any) -> bool:
-    if value is None:
+    if value is None or value is pd.NA or value is pd.NaT:
         return True
-    try:
-        import pandas as pd
-
-        if value is pd.NA or value is pd.NaT:
-            return True
-    except ImportError:  # pragma: no cover - pandas is a dependency
-        pass
     return isinstance(value, float) and math.isnan(value)
 
 
