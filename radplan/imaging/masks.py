@@ -1,7 +1,8 @@
 """Lesion masks from DICOM SEG and RTSTRUCT, on the grid of the referenced image series.
 
 SEG (via highdicom): frames are placed by their per-frame ReferencedSOPInstanceUID when
-every frame carries one, otherwise by their plane positions (highdicom's volume of the
+every frame carries one and the SEG has the series' pixel grid (each frame's plane
+position, when present, must then match the referenced slice), otherwise by their plane positions (highdicom's volume of the
 SEG, resampled nearest-neighbour onto the series grid; exact when the grids coincide).
 A SEG that references instances outside the given series, or another frame of
 reference, is refused. FRACTIONAL segments are binarised at 0.5.
@@ -49,6 +50,19 @@ def _frames_reference_instances(seg: pydicom.Dataset) -> bool:
         if not derivation or not derivation[0].get("SourceImageSequence"):
             return False
     return True
+
+
+def _same_pixel_grid(seg: pydicom.Dataset, geometry: SeriesGeometry) -> bool:
+    """Frames have the series' rows, columns and pixel spacing (else they are placed geometrically)."""
+    columns, rows, _ = geometry.size
+    if (int(seg.Rows), int(seg.Columns)) != (rows, columns):
+        return False
+    shared = seg.get("SharedFunctionalGroupsSequence")
+    measures = shared[0].get("PixelMeasuresSequence") if shared else None
+    if not measures or "PixelSpacing" not in measures[0]:
+        return True  # per-frame spacing: checked by the plane position test only
+    row_spacing, column_spacing = (float(v) for v in measures[0].PixelSpacing)
+    return bool(np.allclose([column_spacing, row_spacing], geometry.spacing[:2], rtol=1e-4))
 
 
 def _check_frame_positions(seg: pydicom.Dataset, geometry: SeriesGeometry, name: str) -> None:
@@ -101,7 +115,7 @@ def mask_from_seg(seg_path: Path, reference_series_paths: Sequence[Path]) -> dic
 
     segment_numbers = [int(item.SegmentNumber) for item in seg.SegmentSequence]
     masks: dict[str, sitk.Image] = {}
-    if _frames_reference_instances(seg):
+    if _frames_reference_instances(seg) and _same_pixel_grid(seg, geometry):
         _check_frame_positions(seg, geometry, seg_path.name)
         try:
             # Positions were just checked against the referenced slices, so highdicom's

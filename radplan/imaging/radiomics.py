@@ -4,7 +4,8 @@ Parameters are pyradiomics parameter files (``setting`` / ``imageType`` / ``feat
 ``params/{ct,mr,pet}.yaml`` are the IBSI-aligned defaults, one comment per choice.
 Every lesion label of the label map gives one row: ``lesion_label``, ``voxel_count`` and
 ``volume_ml`` (on the input grid), every pyradiomics feature (``original_<class>_<Feature>``)
-as float, and ``params_sha256`` / ``pyradiomics_version`` so any row can be traced to the
+as float, ``extraction_error`` (None, or why pyradiomics refused that lesion; its features
+are then NaN), and ``params_sha256`` / ``pyradiomics_version`` so any row can be traced to the
 exact settings (``extraction_settings`` gives the full record).
 
 Lesions are extracted in parallel with a process pool; each worker receives the image,
@@ -85,20 +86,30 @@ def _init_worker(image: sitk.Image, label_map: sitk.Image, params: dict) -> None
     _worker_state.update(image=image, label_map=label_map, extractor=_extractor(params))
 
 
-def _extract_one(label: int) -> tuple[int, dict[str, float]]:
+def _extract_one(label: int) -> tuple[int, dict[str, float], str | None]:
+    """Features of one lesion, or the reason pyradiomics refused it (ROI too small/flat for the settings)."""
     extractor = _worker_state["extractor"]
     try:
         result = extractor.execute(_worker_state["image"], _worker_state["label_map"], label=int(label))
     except (ValueError, AssertionError) as exc:
-        # pyradiomics rejects ROIs that are too small/flat for the settings.
-        raise RadplanInputError(f"lesion {label}: pyradiomics cannot extract features ({exc})") from exc
+        return int(label), {}, f"{type(exc).__name__}: {exc}"
     features = {name: float(np.asarray(value)) for name, value in result.items() if not name.startswith("diagnostics_")}
-    return int(label), features
+    return int(label), features, None
 
 
 def _lesion_sizes(label_map: sitk.Image) -> dict[int, int]:
     labels, counts = np.unique(sitk.GetArrayViewFromImage(label_map), return_counts=True)
     return {int(label): int(count) for label, count in zip(labels, counts) if label != 0}
+
+
+def _integer_labels(label_map: sitk.Image) -> sitk.Image:
+    """pyradiomics needs an integer label map; a float one is accepted only with whole-number labels."""
+    if label_map.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        values = sitk.GetArrayViewFromImage(label_map)
+        if not np.array_equal(values, np.round(values)) or values.min() < 0:
+            raise RadplanInputError("label map has non-integer or negative values (a probability map?)")
+        return sitk.Cast(label_map, sitk.sitkUInt32)
+    return label_map
 
 
 def _check_same_grid(image: sitk.Image, label_map: sitk.Image) -> None:
@@ -121,24 +132,28 @@ def extract_lesion_features(
     """One row per nonzero label of ``label_map`` (sorted by label), features as float.
 
     ``progress(done, total)`` is called after each lesion. ``df.attrs['extraction_settings']``
-    holds ``extraction_settings(params)``. Raises RadplanInputError for mismatched grids, an
-    empty label map or a lesion pyradiomics cannot process.
+    holds ``extraction_settings(params)``. A lesion pyradiomics refuses (too small or flat for
+    the settings) keeps its row with NaN features and the reason in ``extraction_error``
+    (None otherwise), so one bad lesion neither hides nor blocks the others. Raises
+    RadplanInputError for mismatched grids, an empty or non-integer label map.
     """
     params = params if isinstance(params, dict) else load_params(params)
     settings = extraction_settings(params)
     _check_same_grid(image, label_map)
+    label_map = _integer_labels(label_map)
     sizes = _lesion_sizes(label_map)
     if not sizes:
         raise RadplanInputError("label map contains no lesion (all zero)")
     voxel_ml = float(np.prod(label_map.GetSpacing())) / 1000.0
     labels = sorted(sizes)
-    features_by_label: dict[int, dict[str, float]] = {}
+    results: dict[int, tuple[dict[str, float], str | None]] = {}
 
     if n_workers <= 1 or len(labels) == 1:
         _init_worker(image, label_map, params)
         try:
             for done, label in enumerate(labels, start=1):
-                features_by_label[label] = _extract_one(label)[1]
+                _, features, error = _extract_one(label)
+                results[label] = (features, error)
                 if progress:
                     progress(done, len(labels))
         finally:
@@ -153,8 +168,8 @@ def extract_lesion_features(
         ) as pool:
             futures = [pool.submit(_extract_one, label) for label in labels]
             for done, future in enumerate(as_completed(futures), start=1):
-                label, features = future.result()
-                features_by_label[label] = features
+                label, features, error = future.result()
+                results[label] = (features, error)
                 if progress:
                     progress(done, len(labels))
 
@@ -163,12 +178,17 @@ def extract_lesion_features(
             "lesion_label": label,
             "voxel_count": sizes[label],
             "volume_ml": sizes[label] * voxel_ml,
-            **features_by_label[label],
+            **results[label][0],
+            "extraction_error": results[label][1],
             "params_sha256": settings["params_sha256"],
             "pyradiomics_version": settings["pyradiomics_version"],
         }
         for label in labels
     ]
     table = pd.DataFrame(rows)
+    # Feature columns in a fixed order even when the first lesion failed (its row is NaN).
+    feature_columns = list(dict.fromkeys(name for label in labels for name in results[label][0]))
+    table = table.reindex(columns=["lesion_label", "voxel_count", "volume_ml", *feature_columns,
+                                   "extraction_error", "params_sha256", "pyradiomics_version"])
     table.attrs["extraction_settings"] = settings
     return table

@@ -58,7 +58,7 @@ class InstanceHeader:
 def is_image_sop_class(sop_class_uid: str) -> bool:
     """True for SOP classes whose instances must carry decodable pixel data (CT/MR/PET/SEG/...)."""
     name = UID(sop_class_uid).name
-    return name.endswith("Image Storage") or name in ("Segmentation Storage", "Legacy Converted Enhanced CT Image Storage")
+    return name.endswith("Image Storage") or name == "Segmentation Storage"
 
 
 def read_dataset(path: Path, *, with_pixels: bool) -> pydicom.Dataset:

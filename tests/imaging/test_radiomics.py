@@ -200,6 +200,23 @@ def test_parallel_equals_serial_with_progress(brain1):
     assert parallel.attrs["extraction_settings"]["params_sha256"] == parallel["params_sha256"].iloc[0]
 
 
+def test_lesion_pyradiomics_refuses_keeps_its_row(brain1):
+    image, label, _ = brain1
+    array = sitk.GetArrayFromImage(label).astype(np.float32)  # float label maps are accepted
+    array[2, 5, 5] = 2  # a one-voxel "lesion", far from the real one
+    label_map = sitk.GetImageFromArray(array)
+    label_map.CopyInformation(label)
+    params = {"setting": {"binWidth": 25, "minimumROIDimensions": 3}, "imageType": {"Original": {}},
+              "featureClass": {"firstorder": None}}
+    table = extract_lesion_features(image, label_map, params)
+    assert list(table["lesion_label"]) == [1, 2]
+    assert table["extraction_error"].iloc[0] is None
+    assert "ValueError" in table["extraction_error"].iloc[1]
+    assert table["voxel_count"].iloc[1] == 1
+    assert np.isfinite(table["original_firstorder_Mean"].iloc[0])
+    assert np.isnan(table["original_firstorder_Mean"].iloc[1])
+
+
 def test_mismatched_grid_and_empty_mask_are_refused(brain1):
     image, label, _ = brain1
     params = load_params("mr")
