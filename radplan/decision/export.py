@@ -35,6 +35,7 @@ from radplan.lake import atomic_path, atomic_write_json, atomic_write_text
 
 DATA_DIR = Path(__file__).with_name("data")
 COLUMNS_PATH = DATA_DIR / "recommendation_columns.yaml"
+REPORT_COLUMNS_PATH = DATA_DIR / "report_columns.yaml"
 PATIENT_KEY = re.compile(r"^p[0-9a-f]{16}$")
 FHIR_NAMESPACE = uuid.UUID("6f1c9a52-3c0e-5b7e-9d8f-2a4b6c8d0e1f")  # fixed: ids are stable across runs
 ACTION_LABELS = {"avoid": "Avoid", "adjust_dose": "Adjust dose", "recommend": "Recommend",
@@ -290,10 +291,22 @@ def _display(value: Any) -> str:
     return str(value)
 
 
-def _table(frame: pd.DataFrame | None) -> dict | None:
+def _report_columns(frame: pd.DataFrame, kind: str) -> list[str]:
+    """The columns of an upstream table worth showing (data/report_columns.yaml)."""
+    spec = yaml.safe_load(REPORT_COLUMNS_PATH.read_text(encoding="utf-8"))
+    by_lower = {str(c).casefold(): c for c in frame.columns}
+    chosen = []
+    for alternatives in spec[kind]:
+        found = next((by_lower[a] for a in alternatives if a in by_lower), None)
+        if found is not None:
+            chosen.append(found)
+    return chosen or list(frame.columns[: spec["max_columns_fallback"]])
+
+
+def _table(frame: pd.DataFrame | None, kind: str) -> dict | None:
     if frame is None or frame.empty:
         return None
-    shown = frame.head(MAX_TABLE_ROWS)
+    shown = frame[_report_columns(frame, kind)].head(MAX_TABLE_ROWS)
     return {"columns": [str(c) for c in shown.columns],
             "rows": [[_display(v) for v in row] for row in shown.itertuples(index=False)],
             "hidden": max(0, len(frame) - MAX_TABLE_ROWS)}
@@ -362,8 +375,8 @@ def render_report_html(
         key_slice_uri=_data_uri(key_slice_png),
         attribution_uri=_data_uri(attribution_png),
         radiomics=[(str(k), _display(v)) for k, v in (radiomics_highlights or {}).items()],
-        variants=_table(variants),
-        pgx=_table(pgx),
+        variants=_table(variants, "variants"),
+        pgx=_table(pgx, "pgx"),
         not_evaluated=not_evaluated,
     )
     return html

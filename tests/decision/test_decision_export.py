@@ -238,3 +238,13 @@ def test_patient_without_recommendations_still_exports(rule_base):
     html = render_report_html(key, bare, rows, key_slice_png=None, attribution_png=None, variants=None, pgx=None,
                               radiomics_highlights=None)
     assert "Decision support, not a diagnosis" in html and "No rule matched" in html
+
+
+def test_report_shows_selected_columns_of_wide_upstream_tables(recommendations):
+    wide = pd.DataFrame([{"CHROM": "chr7", "POS": 55191822, "Hugo_Symbol": "EGFR", "HGVSp_Short": "p.L858R",
+                          "Variant_Classification": "Missense_Mutation", "t_vaf": 0.31, **{f"extra_{i}": i for i in range(30)}}])
+    html = render_report_html(KEY, facts(), recommendations, key_slice_png=None, attribution_png=None,
+                              variants=wide, pgx=None, radiomics_highlights=None)
+    table = html[html.index('id="variant-table"'):html.index("</table>", html.index('id="variant-table"'))]
+    assert "Hugo_Symbol" in table and "p.L858R" in table and "0.31" in table
+    assert "extra_" not in table and "CHROM" not in table
