@@ -49,6 +49,11 @@ def _number_like(original: str, value: int) -> str:
     return f"{value:02d}" if len(original) == 2 else str(value)
 
 
+def _day_like(original: str, value: int) -> str:
+    """Day after a month name: zero-padded only when the original was ("March 04")."""
+    return f"{value:02d}" if original.startswith("0") else str(value)
+
+
 @dataclass(frozen=True)
 class DateFormat:
     name: str
@@ -94,13 +99,13 @@ DATE_FORMATS: tuple[DateFormat, ...] = (
         "month_day_year",
         r"\b" + _MONTH + r"(?P<s1>\s+)(?P<day>0?[1-9]|[12]\d|3[01])(?P<ord>st|nd|rd|th)?(?P<s2>,?\s+)(?P<year>(?:19|20)\d\d)\b",
         lambda m: dt.date(int(m["year"]), _month_number(m["month"]), int(m["day"])),
-        lambda m, d: f"{_month_like(m['month'], d.month)}{m['s1']}{_number_like(m['day'], d.day)}{_ordinal(d.day) if m['ord'] else ''}{m['s2']}{d.year}",
+        lambda m, d: f"{_month_like(m['month'], d.month)}{m['s1']}{_day_like(m['day'], d.day)}{_ordinal(d.day) if m['ord'] else ''}{m['s2']}{d.year}",
     ),
     _fmt(
         "day_month_year",
         r"\b(?P<day>0?[1-9]|[12]\d|3[01])(?P<ord>st|nd|rd|th)?(?P<s1>[\s-]+(?:of\s+)?)" + _MONTH + r"(?P<s2>,?[\s-]+)(?P<year>(?:19|20)\d\d)\b",
         lambda m: dt.date(int(m["year"]), _month_number(m["month"]), int(m["day"])),
-        lambda m, d: f"{_number_like(m['day'], d.day)}{_ordinal(d.day) if m['ord'] else ''}{m['s1']}{_month_like(m['month'], d.month)}{m['s2']}{d.year}",
+        lambda m, d: f"{_day_like(m['day'], d.day)}{_ordinal(d.day) if m['ord'] else ''}{m['s1']}{_month_like(m['month'], d.month)}{m['s2']}{d.year}",
     ),
     _fmt(
         "month_year",

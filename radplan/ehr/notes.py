@@ -39,7 +39,6 @@ ENTITY_TYPES = {
     "AGE_OVER_89": "AGE",
     "LOCATION": "LOCATION",
     "STREET_ADDRESS": "ADDRESS",
-    "ZIP_CODE": "ADDRESS",
     "PHONE_NUMBER": "PHONE",
     "EMAIL_ADDRESS": "EMAIL",
     "US_SSN": "SSN",
@@ -93,9 +92,28 @@ def _custom_recognizers() -> list[EntityRecognizer]:
             ],
         ),
         PatternRecognizer(
+            supported_entity="PHONE_NUMBER",
+            name="radplan_phone",
+            patterns=[
+                # Separated digit groups, optional country code and extension; phonenumbers misses
+                # extensions ("x04732") and many non-US layouts.
+                Pattern(
+                    "phone_grouped",
+                    r"(?<![\w-])(?:\+?\d{1,3}[-.\s])?(?:\(\d{2,4}\)\s?|\d{2,4}[-.\s])\d{3,4}[-.\s]\d{3,4}(?:\s?(?:x|ext\.?)\s?\d{1,6})?(?![\w-])",
+                    0.5,
+                )
+            ],
+        ),
+        PatternRecognizer(
             supported_entity="STREET_ADDRESS",
             name="radplan_street",
             patterns=[
+                Pattern("unit", r"\b(?:apt|apartment|suite|ste|unit)\.?\s?#?\d+[a-z]?\b", 0.6),
+                Pattern(
+                    "continental_street",
+                    r"\b(?-i:[A-Z])\w+(?:straat|strasse|straße|gasse|weg|laan|plein|vej|gatan|gade|allee|platz)\s\d{1,5}\b",
+                    0.7,
+                ),
                 Pattern(
                     "street",
                     r"\b\d{1,6}(?:\s+(?-i:[A-Z])[A-Za-z'.]*){1,4}\s+" + _STREET_SUFFIX + r"\b\.?(?:,?\s+(?:apt|apartment|unit|suite|ste|#)\.?\s*[\w-]+)?",

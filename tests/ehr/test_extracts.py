@@ -1,0 +1,111 @@
+"""Ingest of the real Synthea CSV and FHIR bulk samples, and quarantine of bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from radplan.ehr.extracts import SYNTHEA_TABLES, fhir_to_tables, read_fhir_ndjson, read_synthea_csv
+
+
+def _data_lines(path) -> int:
+    return sum(1 for line in path.read_bytes().splitlines()[1:] if line.strip())
+
+
+def test_synthea_csv_reads_every_row_typed(shared_data):
+    folder = shared_data / "ehr" / "synthea_csv"
+    tables, quarantined = read_synthea_csv(folder)
+    assert quarantined == []
+    for table in SYNTHEA_TABLES:
+        assert len(tables[table]) == _data_lines(folder / f"{table}.csv"), table
+    assert pd.api.types.is_datetime64_any_dtype(tables["patients"]["BIRTHDATE"])
+    assert str(tables["encounters"]["START"].dt.tz) == "UTC"
+    assert tables["medications"]["DISPENSES"].dtype == "Int64"
+    # Codes stay exact strings (SNOMED ids exceed float precision).
+    assert tables["procedures"]["CODE"].str.fullmatch(r"\d+").all()
+    assert "428211000124100" in set(tables["procedures"]["CODE"])
+    # Leading zeros of ZIP codes survive.
+    assert tables["patients"]["ZIP"].dropna().str.len().eq(5).all()
+
+
+def test_patient_filter_and_small_chunks_give_the_same_rows(shared_data):
+    folder = shared_data / "ehr" / "synthea_csv"
+    full, _ = read_synthea_csv(folder)
+    some = set(full["patients"]["Id"][:3])
+    filtered, _ = read_synthea_csv(folder, patient_ids=some, chunksize=64)
+    assert set(filtered["patients"]["Id"]) == some
+    expected = full["observations"][full["observations"]["PATIENT"].isin(some)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(filtered["observations"], expected)
+
+
+def test_malformed_csv_rows_are_quarantined_and_the_rest_kept(shared_data, tmp_path):
+    source = shared_data / "ehr" / "synthea_csv"
+    folder = tmp_path / "csv"
+    folder.mkdir()
+    for table in ("patients", "conditions"):
+        shutil.copy(source / f"{table}.csv", folder / f"{table}.csv")
+    lines = (folder / "conditions.csv").read_bytes().splitlines(keepends=True)
+    good = lines[1].decode()
+    fields = good.rstrip("\n").split(",")
+    bad_date = ",".join(["2023-13-45"] + fields[1:]) + "\n"
+    missing_key = ",".join(fields[:2] + [""] + fields[3:]) + "\n"
+    too_few = ",".join(fields[:3]) + "\n"
+    bad_encoding = good.replace("Acute", "Acut\udce9", 1).encode("utf-8", "surrogateescape")
+    (folder / "conditions.csv").write_bytes(
+        b"".join(lines) + bad_date.encode() + missing_key.encode() + too_few.encode() + bad_encoding
+    )
+    quarantine = tmp_path / "quarantine"
+    tables, quarantined = read_synthea_csv(folder, quarantine_dir=quarantine)
+    assert len(tables["conditions"]) == len(lines) - 1
+    reasons = {record["line"]: record["reason"] for record in quarantined}
+    first_bad = len(lines) + 1
+    assert set(reasons) == {first_bad, first_bad + 1, first_bad + 2, first_bad + 3}
+    assert "date" in reasons[first_bad]
+    assert "PATIENT" in reasons[first_bad + 1]
+    assert "columns" in reasons[first_bad + 2]
+    assert "UTF-8" in reasons[first_bad + 3]
+    rejected = [json.loads(line) for line in (quarantine / "synthea_conditions.rejected.jsonl").read_text().splitlines()]
+    assert len(rejected) == 4 and all("raw" in r for r in rejected)
+    # The returned records are PHI-free: no raw line content.
+    assert all(set(record) == {"table", "line", "reason"} for record in quarantined)
+
+
+def test_fhir_bulk_validates_and_converts(fhir_resources):
+    assert {k: len(v) for k, v in fhir_resources.items()} == {
+        "Condition": 190, "Device": 8, "DocumentReference": 247, "Immunization": 74, "MedicationRequest": 556, "Patient": 6,
+    }
+    tables = fhir_to_tables(fhir_resources)
+    assert len(tables["notes"]) == 247
+    assert tables["notes"]["text"].str.len().gt(100).all()
+    assert set(tables["conditions"]["PATIENT"]) <= set(tables["patients"]["Id"])
+    assert {"START", "STOP", "PATIENT", "ENCOUNTER", "CODE", "DESCRIPTION"} <= set(tables["conditions"].columns)
+    assert "254637007" in set(tables["conditions"]["CODE"])
+
+
+def test_invalid_fhir_lines_are_quarantined_with_line_numbers(shared_data, tmp_path):
+    lines = (shared_data / "ehr" / "synthea_fhir_bulk" / "Patient.ndjson").read_text().splitlines()
+    broken = json.loads(lines[1])
+    broken["birthDate"] = "21/05/1927"
+    wrong_type = json.loads(lines[2])
+    wrong_type["gender"] = {"not": "a code"}
+    content = [lines[0], json.dumps(broken), json.dumps(wrong_type), "{not json", '{"resourceType": "Condition"}', *lines[3:]]
+    (tmp_path / "Patient.ndjson").write_text("\n".join(content) + "\n")
+    resources, quarantined = read_fhir_ndjson(tmp_path, quarantine_dir=tmp_path / "q")
+    assert len(resources["Patient"]) == len(lines) - 2
+    assert [r["line"] for r in quarantined] == [2, 3, 4, 5]
+    assert "birthDate" in quarantined[0]["reason"] and "1927" not in quarantined[0]["reason"]
+    assert "not JSON" in quarantined[2]["reason"]
+    assert "Condition" in quarantined[3]["reason"]
+    assert (tmp_path / "q" / "fhir_Patient.rejected.jsonl").is_file()
+
+
+@pytest.mark.parametrize("missing_column_table", ["conditions"])
+def test_missing_required_column_is_a_clear_error(tmp_path, missing_column_table):
+    from radplan.errors import InvalidEhrRecordError
+
+    (tmp_path / f"{missing_column_table}.csv").write_text("START,STOP,ENCOUNTER,CODE\n2020-01-01,,e,1\n")
+    with pytest.raises(InvalidEhrRecordError, match="PATIENT"):
+        read_synthea_csv(tmp_path)
