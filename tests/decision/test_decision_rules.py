@@ -176,6 +176,8 @@ def test_cyp2c19_poor_metabolizer_on_clopidogrel_gets_alternative(rule_base):
         ({"pgx_NUDT15_phenotype": "Poor Metabolizer"}, "pgx_nudt15_poor_thiopurine"),
         ({"pgx_UGT1A1_phenotype": "Poor Metabolizer"}, "pgx_ugt1a1_poor_irinotecan"),
         ({"current_medications": ["warfarin"], "pgx_VKORC1_phenotype": "rs9923231 T/T"}, "pgx_cyp2c9_vkorc1_warfarin"),
+        ({"current_medications": ["warfarin"], "pgx_VKORC1_phenotype": "-1639 GA"}, "pgx_cyp2c9_vkorc1_warfarin"),
+        ({"current_medications": ["warfarin"], "pgx_CYP2C9_phenotype": "Poor Metabolizer"}, "pgx_cyp2c9_vkorc1_warfarin"),
         ({"current_medications": ["simvastatin"], "pgx_SLCO1B1_phenotype": "Decreased Function"}, "pgx_slco1b1_decreased_simvastatin"),
         ({"current_medications": ["simvastatin"], "pgx_SLCO1B1_phenotype": "Poor Function"}, "pgx_slco1b1_poor_simvastatin"),
         ({"current_medications": ["tamoxifen"], "pgx_CYP2D6_phenotype": "Poor Metabolizer"}, "pgx_cyp2d6_poor_tamoxifen"),
@@ -189,7 +191,7 @@ def test_pgx_phenotypes_trigger_cpic_rules(rule_base, facts, rule_id):
 
 def test_normal_pgx_phenotypes_trigger_nothing(rule_base):
     facts = {f"pgx_{gene}_phenotype": "Normal Metabolizer" for gene in ("CYP2C19", "CYP2C9", "TPMT", "NUDT15", "UGT1A1", "CYP2D6")}
-    facts.update(pgx_SLCO1B1_phenotype="Normal Function", pgx_VKORC1_phenotype="rs9923231 C/C",
+    facts.update(pgx_SLCO1B1_phenotype="Normal Function", pgx_VKORC1_phenotype="-1639 GG",
                  pgx_DPYD_activity_score=2.0, current_medications=["clopidogrel", "warfarin", "simvastatin", "tamoxifen"])
     assert [m for m in matched(facts, rule_base).values() if m.category == "pgx"] == []
 
