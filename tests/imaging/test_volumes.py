@@ -188,3 +188,13 @@ def test_mask_resampled_to_normalized_grid_keeps_volume(sts_dir, series_files, v
     resampled_ml = sitk.GetArrayViewFromImage(on_grid).sum() * math.prod(on_grid.GetSpacing()) / 1000
     assert resampled_ml == pytest.approx(original_ml, rel=0.03)
     assert set(np.unique(sitk.GetArrayViewFromImage(on_grid))) == {0, 1}
+
+
+def test_sheared_stack_is_refused(tmp_path, series_files):
+    files = _copies(tmp_path, series_files("PET"))
+    ds = pydicom.dcmread(files[10])
+    position = [float(v) for v in ds.ImagePositionPatient]
+    ds.ImagePositionPatient = [position[0] + 3.0, position[1], position[2]]  # as with gantry tilt
+    ds.save_as(files[10])
+    with pytest.raises(InvalidDicomError, match="not aligned"):
+        load_series_volume(files)
