@@ -53,11 +53,6 @@ def study_geometry(study: Study) -> Geometry:
     return Geometry(study.n_slices, study.pixel_spacing, study.slice_thickness, (-half_xy, -half_xy, TABLE_Z_MM - half_z))
 
 
-def lesion_world_center(center_mm: tuple[float, float, float]) -> tuple[float, float, float]:
-    """Lesion centres are drawn relative to the slab centre; this gives LPS world mm."""
-    return (center_mm[0], center_mm[1], center_mm[2] + TABLE_Z_MM)
-
-
 def render_study(plan: PatientPlan, study: Study, seed: int) -> tuple[np.ndarray, np.ndarray, Geometry]:
     """Return (HU int16 volume z,y,x; lesion label map uint8 z,y,x with labels 1..n; geometry)."""
     rng = patient_rng(seed, plan.index, f"ct/{study.index}")

@@ -4,7 +4,7 @@ Layout under ``out_dir`` (the ingest code depends on it)::
 
     landing/dicom/export_NNNN/IM_NNNN.dcm     CT series + SEGs; names are not in slice order and one
                                               folder holds two studies (ingest must group by UID)
-    landing/genomics/<MRN>.vcf.gz             one BGZF GRCh38 VCF per patient
+    landing/genomics/<MRN>.vcf.gz(.tbi)       one BGZF GRCh38 VCF per patient, tabix-indexed
     landing/ehr/csv/<table>.csv               Synthea v3 CSV layout
     landing/ehr/fhir/Patient.ndjson, DocumentReference.ndjson
     truth/truth.json, truth/masks/<MRN>_<study>.nii.gz, truth/phi_canaries.json, truth/bad_inputs.json

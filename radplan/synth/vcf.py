@@ -1,4 +1,4 @@
-"""Per-patient GRCh38 VCF: PharmCAT PGx positions (every position of the genotyped genes, 0/0
+"""Per-patient GRCh38 VCF (BGZF + tabix index): PharmCAT PGx positions (every position of the genotyped genes, 0/0
 where reference so "missing" differs from "reference") plus the planted somatic variants, single
 sample named by MRN, FORMAT GT:AD:DP:AF, optionally VEP-style CSQ on the somatic records."""
 
@@ -11,6 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import pysam
 
 from radplan.lake import atomic_path
 from radplan.synth.cohort import PatientPlan, knowledge, patient_rng
@@ -151,6 +152,9 @@ def vcf_bgzf(plan: PatientPlan, seed: int) -> tuple[bytes, bytes]:
 
 
 def write_vcf(plan: PatientPlan, seed: int, path: Path) -> None:
+    """Write ``<MRN>.vcf.gz`` and its tabix index ``<MRN>.vcf.gz.tbi`` (htslib's index is deterministic)."""
     header, body = vcf_bgzf(plan, seed)
     with atomic_path(path) as tmp:
         tmp.write_bytes(header + body + BGZF_EOF)
+    with atomic_path(path.with_name(path.name + ".tbi")) as tmp_index:
+        pysam.tabix_index(str(path), preset="vcf", force=True, index=str(tmp_index))

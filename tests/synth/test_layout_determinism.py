@@ -39,6 +39,7 @@ def test_layout(cohort, truth):
         assert (cohort / "truth" / name).is_file()
     for mrn, patient in truth["patients"].items():
         assert (landing / "genomics" / f"{mrn}.vcf.gz").is_file()
+        assert (landing / "genomics" / f"{mrn}.vcf.gz.tbi").is_file()
         assert 1 <= len(patient["studies"]) <= 2
         for study in patient["studies"]:
             assert (cohort / study["mask"]).is_file()

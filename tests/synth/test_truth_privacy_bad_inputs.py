@@ -27,6 +27,8 @@ def landing_text(cohort, bad_paths):
         # Broken files count too (the truncated CT's header is intact), except what cannot be decompressed.
         if not path.is_file() or (path.name.endswith(".vcf.gz") and str(path.relative_to(cohort)) in bad_paths):
             continue
+        if path.name.endswith(".tbi"):  # binary index: contig names and offsets only
+            continue
         data = path.read_bytes()
         if path.suffix == ".dcm":
             pixel_data_tag = data.rfind(b"\xe0\x7f\x10\x00")  # (7FE0,0010): everything before it is header
