@@ -15,6 +15,7 @@ SUBCOMMAND_MODULES = (
     "radplan.imaging.radiomics_cli",
     "radplan.genomics.cli",
     "radplan.ehr.cli",
+    "radplan.decision.cli",
     "radplan.demo",
     "radplan.privacy",
 )

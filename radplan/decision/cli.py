@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--facts", type=Path, required=True, help="patient_features Parquet, or JSON object/list of objects")
     run.add_argument("--predictions", type=Path, default=None, help="model predictions (Parquet or CSV)")
     run.add_argument("--trials", type=Path, nargs="*", default=None,
-                     help="trial record files/folders (default: the packaged local catalogue)")
+                     help="ClinicalTrials.gov records (API v2 JSON or legacy XML): files or folders; none = no trial matching")
     run.add_argument("--rules", type=Path, default=None, help="rule file (default: the packaged rules.yaml)")
     run.add_argument("--out", type=Path, required=True, help="exports folder")
     run.set_defaults(func=run_recommend)
@@ -63,12 +63,12 @@ def run_recommend(args: argparse.Namespace) -> int:
     except rules.RuleBaseError as exc:
         print(f"invalid rule base: {exc}", file=sys.stderr)
         return 2
-    catalogue = trials.load_trial_catalog(args.trials) if args.trials else trials.load_local_trial_catalog()
+    catalogue = trials.load_trial_catalog(args.trials or [])
     predictions = None
     if args.predictions is not None:
         reader = pd.read_parquet if args.predictions.suffix.lower() == ".parquet" else pd.read_csv
         predictions = reader(args.predictions)
-    versions = {"trial_catalog": trials.LOCAL_CATALOG_VERSION if not args.trials else "user-supplied"}
+    versions = {"trial_catalog": trials.catalog_version(catalogue)}
     tables, bundles, reports = [], {}, {}
     for facts in _read_facts(args.facts):
         table = recommend.recommend_for_patient(facts, rule_base, model_predictions=predictions, trials=catalogue,

@@ -30,8 +30,6 @@ import yaml
 from radplan.errors import RadplanInputError
 
 MATCHING_CONFIG_PATH = Path(__file__).with_name("data") / "trial_matching.yaml"
-LOCAL_CATALOG_DIR = Path(__file__).with_name("data") / "trials"
-LOCAL_CATALOG_VERSION = "local-2018-aact-5a060286"  # see data/trials/SOURCE.md
 OPEN_STATUSES = ("recruiting", "not yet recruiting", "enrolling by invitation", "available")
 
 _HEADER = re.compile(
@@ -312,9 +310,12 @@ def load_trial_catalog(paths: Iterable[Path]) -> list[Trial]:
     return [trials[k] for k in sorted(trials)]
 
 
-def load_local_trial_catalog() -> list[Trial]:
-    """The small catalogue shipped with the package (``LOCAL_CATALOG_VERSION``)."""
-    return load_trial_catalog([LOCAL_CATALOG_DIR])
+def catalog_version(trials: list[Trial]) -> str:
+    """Identifies a catalogue by its records' ids and content (recorded beside every recommendation)."""
+    import hashlib
+
+    digest = hashlib.sha256("\n".join(f"{t.nct_id}:{t.overall_status}:{t.title}" for t in trials).encode()).hexdigest()[:12]
+    return f"{len(trials)}-trials-{digest}"
 
 
 # ----------------------------------------------------------------------------- matching

@@ -134,9 +134,3 @@ def test_unreadable_records_raise_input_errors(tmp_path):
         load_trial_catalog([not_v2])
     (tmp_path / "README.md").write_text("not a record")
     assert load_trial_catalog([tmp_path / "README.md"]) == []
-
-
-def test_packaged_catalogue_equals_the_shared_records(trial_catalog):
-    from radplan.decision.trials import load_local_trial_catalog
-
-    assert load_local_trial_catalog() == trial_catalog
