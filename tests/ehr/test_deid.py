@@ -8,25 +8,21 @@ import pandas as pd
 import pytest
 
 from radplan.ehr.deid import deidentify_tables, restricted_zip3, zip3
-from radplan.ehr.extracts import read_synthea_csv
 
-REFERENCE_DATE = dt.date(2024, 1, 1)
+REFERENCE_DATE = dt.date(2024, 1, 1)  # as in the synthea_deid fixture
 IDENTIFIER_COLUMNS = {"Id", "PATIENT", "SSN", "DRIVERS", "PASSPORT", "PREFIX", "FIRST", "LAST", "SUFFIX", "MAIDEN",
                       "ADDRESS", "CITY", "COUNTY", "FIPS", "ZIP", "LAT", "LON", "BIRTHDATE", "BIRTHPLACE", "ENCOUNTER",
                       "PAYER", "PROVIDER", "ORGANIZATION"}
 
 
-@pytest.fixture(scope="module")
-def raw_tables(shared_data):
-    tables, _ = read_synthea_csv(shared_data / "ehr" / "synthea_csv")
-    return tables
+@pytest.fixture()
+def raw_tables(synthea_raw):
+    return synthea_raw
 
 
-@pytest.fixture(scope="module")
-def deid_tables(raw_tables, note_deidentifier):
-    from radplan.pseudonym import DEMO_KEY, Pseudonymizer
-
-    return deidentify_tables(raw_tables, Pseudonymizer(DEMO_KEY), reference_date=REFERENCE_DATE, deidentifier=note_deidentifier)
+@pytest.fixture()
+def deid_tables(synthea_deid):
+    return synthea_deid
 
 
 def test_patient_keys_and_date_shifts_match_the_shared_pseudonymizer(raw_tables, deid_tables, pseudonymizer):

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from radplan.ehr.deid import deidentify_tables
-from radplan.ehr.extracts import fhir_to_tables, read_synthea_csv
+from radplan.ehr.extracts import fhir_to_tables
 from radplan.ehr.features import FEATURE_COLUMNS, clinical_features, convert_lab, ingredients_from_description
 
 
@@ -90,11 +90,9 @@ def test_features_from_fhir(fhir_features, fhir_resources, pseudonymizer_module)
     assert row["age_years"] == expected_age and row["sex"] == "F"
 
 
-def test_features_from_synthea_csv(shared_data, pseudonymizer_module, note_deidentifier):
-    tables, _ = read_synthea_csv(shared_data / "ehr" / "synthea_csv")
-    subset = {k: v for k, v in tables.items() if k in ("patients", "observations", "medications")}
-    deid = deidentify_tables(subset, pseudonymizer_module, reference_date=dt.date(2024, 1, 1), deidentifier=note_deidentifier)
-    features = clinical_features(deid).set_index("patient_key")
+def test_features_from_synthea_csv(synthea_raw, synthea_deid, pseudonymizer_module):
+    tables = synthea_raw
+    features = clinical_features(synthea_deid).set_index("patient_key")
     assert len(features) == len(tables["patients"])
     smoking = tables["observations"][tables["observations"]["CODE"] == "72166-2"]
     former = smoking[smoking["VALUE"] == "Former smoker"]["PATIENT"].iloc[0]
