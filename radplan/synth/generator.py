@@ -65,35 +65,7 @@ def generate_cohort(out_dir: Path, n_patients: int, seed: int = 7, bad_inputs: b
     truth = {plan.mrn: _patient_truth(plan) for plan in plans}
     summary = {"patients": n_patients, "studies": 0, "ct_instances": 0, "seg_files": 0, "vcf_files": 0, "notes": 0, "bad_inputs": 0}
 
-    # DICOM: studies in a seed-shuffled order, one folder each, except that the first folder also takes the second study.
-    layout_rng = patient_rng(seed, -1, "layout")
-    all_studies = [(plan, study) for plan in plans for study in plan.studies]
-    order = layout_rng.permutation(len(all_studies))
-    folder_of = {int(position): f"export_{max(rank, 1):04d}" for rank, position in enumerate(order)}
-    studies_left = Counter(folder_of.values())
-    folder_files: dict[str, list[tuple[str, object]]] = {}
-    extra_instance = None
-    for position, (plan, study) in enumerate(all_studies):
-        hu, labels, geo = ct.render_study(plan, study, seed)
-        datasets = ct.ct_datasets(plan, study, seed, hu, geo)
-        study_uids = ct.study_uids(seed, plan, study)
-        uids += [study_uids["study"], study_uids["series"], study_uids["frame_of_reference"]] + [d.SOPInstanceUID for d in datasets]
-        entries = folder_files.setdefault(folder_of[position], [])
-        entries += [("ct", d) for d in datasets]
-        if study.has_seg:
-            entries.append(("seg", ct.segmentation(plan, study, seed, datasets, labels)))
-            uids += [study_uids["seg_series"], study_uids["seg_instance"]]
-            summary["seg_files"] += 1
-        if extra_instance is None:
-            extra_instance = (folder_of[position], _extra_instance(datasets[0], seed, plan, study, len(datasets)))
-        ct.write_label_nifti(labels, geo, truth_dir / "masks" / f"{plan.mrn}_{study.index}.nii.gz")
-        truth[plan.mrn]["studies"].append(_study_truth(plan, study, labels, geo, study_uids))
-        summary["studies"] += 1
-        summary["ct_instances"] += len(datasets)
-        # Write each folder as soon as its last study is rendered, to keep memory bounded.
-        studies_left[folder_of[position]] -= 1
-        if studies_left[folder_of[position]] == 0:
-            _write_folder(landing / "dicom" / folder_of[position], folder_files.pop(folder_of[position]), layout_rng)
+    extra_instance = _write_dicom(landing / "dicom", truth_dir / "masks", plans, seed, truth, uids, summary)
 
     # Genomics.
     for plan in plans:
@@ -128,6 +100,44 @@ def generate_cohort(out_dir: Path, n_patients: int, seed: int = 7, bad_inputs: b
     atomic_write_json(truth_dir / "bad_inputs.json", bad)
     atomic_write_json(truth_dir / "truth.json", {"seed": seed, "age_reference_date": REFERENCE_DATE.isoformat(), "outcome_model": OUTCOME_MODEL_DOC, "patients": truth})
     return summary
+
+
+def _write_dicom(dicom_dir: Path, masks_dir: Path, plans: list[PatientPlan], seed: int, truth: dict, uids: list[str], summary: dict):
+    """Render and write every study; fill truth/uids/summary; return (folder, extra CT instance) for the bad inputs.
+
+    Studies go to folders in a seed-shuffled order, one folder each, except that export_0001 takes two
+    studies (ingest must group by UID, not by folder).
+    """
+    layout_rng = patient_rng(seed, -1, "layout")
+    all_studies = [(plan, study) for plan in plans for study in plan.studies]
+    order = layout_rng.permutation(len(all_studies))
+    folder_of = {int(position): f"export_{max(rank, 1):04d}" for rank, position in enumerate(order)}
+    studies_left = Counter(folder_of.values())
+    folder_files: dict[str, list[tuple[str, object]]] = {}
+    extra_instance = None
+    for position, (plan, study) in enumerate(all_studies):
+        folder = folder_of[position]
+        hu, labels, geo = ct.render_study(plan, study, seed)
+        datasets = ct.ct_datasets(plan, study, seed, hu, geo)
+        study_uids = ct.study_uids(seed, plan, study)
+        uids += [study_uids["study"], study_uids["series"], study_uids["frame_of_reference"]] + [d.SOPInstanceUID for d in datasets]
+        entries = folder_files.setdefault(folder, [])
+        entries += [("ct", d) for d in datasets]
+        if study.has_seg:
+            entries.append(("seg", ct.segmentation(plan, study, seed, datasets, labels)))
+            uids += [study_uids["seg_series"], study_uids["seg_instance"]]
+            summary["seg_files"] += 1
+        if extra_instance is None:
+            extra_instance = (folder, _extra_instance(datasets[0], seed, plan, study, len(datasets)))
+        ct.write_label_nifti(labels, geo, masks_dir / f"{plan.mrn}_{study.index}.nii.gz")
+        truth[plan.mrn]["studies"].append(_study_truth(plan, study, labels, geo, study_uids))
+        summary["studies"] += 1
+        summary["ct_instances"] += len(datasets)
+        # Write each folder as soon as its last study is rendered, to keep memory bounded.
+        studies_left[folder] -= 1
+        if studies_left[folder] == 0:
+            _write_folder(dicom_dir / folder, folder_files.pop(folder), layout_rng)
+    return extra_instance
 
 
 def _draw_unique(seed: int, n_patients: int) -> list[PatientPlan]:

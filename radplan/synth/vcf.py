@@ -1,6 +1,10 @@
 """Per-patient GRCh38 VCF (BGZF + tabix index): PharmCAT PGx positions (every position of the genotyped genes, 0/0
 where reference so "missing" differs from "reference") plus the planted somatic variants, single
-sample named by MRN, FORMAT GT:AD:DP:AF, optionally VEP-style CSQ on the somatic records."""
+sample named by MRN, FORMAT GT:AD:DP:AF, optionally VEP-style CSQ on the somatic records.
+
+No reference FASTA ships with radplan, so the ERBB2 <DUP> and the EML4-ALK breakend records carry
+REF "N" (allowed by VCF 4.2); every SNV/indel REF is the true GRCh38 base(s).
+"""
 
 from __future__ import annotations
 
