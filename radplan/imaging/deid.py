@@ -37,21 +37,23 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import os
 import re
 import struct
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterable, Literal
+from typing import BinaryIO, Callable, Iterable, Literal
 
 import pydicom
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.datadict import DicomDictionary, dictionary_VR
+from pydicom.datadict import DicomDictionary, dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID_dictionary
 
 from radplan.errors import BurnedInAnnotationError, InvalidDicomError
@@ -78,10 +80,14 @@ CID7050 = {
     "modified_dates": ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
     "patient_characteristics": ("113108", "Retain Patient Characteristics Option"),
     "clean_descriptors": ("113105", "Clean Descriptors Option"),
+    "clean_pixel_data": ("113101", "Clean Pixel Data Option"),
+    "clean_visual_features": ("113102", "Clean Recognizable Visual Features Option"),
 }
+# Written by deidentify_dataset itself, so the walk skips them.
+_REWRITTEN_TAGS = frozenset({0x00100010, 0x00100020, 0x00120062, 0x00120063, 0x00120064, 0x00280303})
 
-# Clean Pixel Data / Clean Recognizable Visual Features: kept from an earlier de-identification.
-PIXEL_OPTION_CODES = frozenset({"113101", "113102"})
+# Pixel options an earlier de-identification may have applied: still true, since pixels are untouched.
+PIXEL_OPTIONS = ("clean_pixel_data", "clean_visual_features")
 
 _DA_RE = re.compile(r"^(\d{4})\.?(\d{2})\.?(\d{2})$")
 _DT_RE = re.compile(r"^(\d{8})(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?([+-]\d{4})?$")
@@ -90,6 +96,9 @@ _AS_RE = re.compile(r"^\d{3}[DWMY]$")
 _IS_RE = re.compile(r"^[+-]?\d{1,12}$")
 _DS_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 _ASCII_VRS = frozenset({"UI", "DA", "DT", "TM", "CS", "AS", "IS", "DS"})
+_SINGLE_VALUE_VRS = frozenset({"LT", "ST", "UT", "UR"})
+# pydicom's Python codec names for the default repertoire, ISO_IR 100 and ISO_IR 192.
+_SIMPLE_CODECS = frozenset({"iso8859", "latin_1", "UTF8"})
 _FORMAT_VALIDATORS = {"TM": _TM_RE, "AS": _AS_RE, "IS": _IS_RE, "DS": _DS_RE}
 _DATE_LIKE = (
     r"(?<!\d)(?:19|20)\d\d[-/.]?(?:0[1-9]|1[0-2])[-/.]?(?:0[1-9]|[12]\d|3[01])(?!\d)"
@@ -178,13 +187,13 @@ class _PhiMatcher:
     def __init__(self, ds: Dataset):
         names: set[str] = set()
         ids: set[str] = set()
-        sources = [ds] + list(ds.get("OtherPatientIDsSequence", []))
+        sources = [ds] + (list(ds.OtherPatientIDsSequence) if "OtherPatientIDsSequence" in ds else [])
         for source in sources:
             for keyword in _NAME_KEYWORDS:
-                for value in _string_values(source.get(keyword)):
+                for value in _root_texts(source, keyword):
                     names.update(p for p in re.split(r"[\^=\s,]+", value) if len(p) >= 2)
             for keyword in _ID_KEYWORDS:
-                for value in _string_values(source.get(keyword)):
+                for value in _root_texts(source, keyword):
                     value = value.strip()
                     if len(value) >= 2:
                         ids.add(value)
@@ -218,12 +227,20 @@ class _Deidentifier:
     def __init__(self, ds: Dataset, pseudonymizer: Pseudonymizer, options: DeidOptions):
         self.pseudonymizer = pseudonymizer
         self.options = options
-        self.source_patient_id = str(ds.PatientID)
+        self.source_patient_id = _required(ds, "PatientID")
         self.shift = dt.timedelta(days=pseudonymizer.date_shift_days(self.source_patient_id))
         self.actions = _action_table(options)
         self.safe_keep, self.not_shifted = _policy_tags()
         self.dummy = _policy()["dummy_values"]
         self.matcher = _PhiMatcher(ds)
+        self.rewritten: frozenset[int] = frozenset()
+
+    def walk_root(self, ds: Dataset) -> Dataset:
+        self.rewritten = _REWRITTEN_TAGS
+        try:
+            return self.walk(ds)
+        finally:
+            self.rewritten = frozenset()
 
     # -- values -----------------------------------------------------------------------------
     def remap_uid(self, value: str) -> str:
@@ -255,25 +272,28 @@ class _Deidentifier:
 
     # -- elements ---------------------------------------------------------------------------
     def walk(self, src: Dataset) -> Dataset:
-        # Same encoding and character set as the source (sequence items inherit the parent's),
-        # so pydicom writes untouched raw elements byte for byte instead of re-encoding them.
-        out = Dataset(parent_encoding=src.original_character_set)
-        implicit_vr, little_endian = src.original_encoding
-        out.set_original_encoding(implicit_vr, little_endian, src.original_character_set)
-        for tag in src.keys():
-            group, element = tag >> 16, tag & 0xFFFF
-            if group & 1 or element == 0 or group in (0x0000, 0x0002) or (group & 0xFF00) in (0x5000, 0x6000):
+        elements = {}
+        for tag, raw in src.items():  # raw elements stay undecoded unless an action needs the value
+            number = tag.real  # a plain int: BaseTag's Python-level __eq__ slows every dict look-up
+            group = number >> 16
+            if group & 1 or not number & 0xFFFF or group in (0x0000, 0x0002) or (group & 0xFF00) in (0x5000, 0x6000):
                 continue
-            raw = src.get_item(tag)
-            vr = raw.VR if raw.VR not in (None, "UN") else _dictionary_vr(tag)
+            vr = raw.VR
             if vr is None or vr == "UN":
-                continue  # unknown standard element: its content cannot be judged
-            action = self.actions.get(tag) or self.default_action(tag, vr)
-            if action == REMOVE:
+                vr = _dictionary_vr(number)
+                if vr is None or vr == "UN":
+                    continue  # unknown standard element: its content cannot be judged
+            action = self.actions.get(number) or self.default_action(number, vr)
+            if action == REMOVE or number in self.rewritten:
                 continue
             new_elem = self.transform(src, raw, vr, action)
             if new_elem is not None:
-                out[tag] = new_elem
+                elements[tag] = new_elem
+        # Same encoding and character set as the source (sequence items inherit the parent's),
+        # so pydicom writes untouched raw elements byte for byte instead of re-encoding them.
+        out = Dataset(elements, parent_encoding=src.original_character_set)
+        implicit_vr, little_endian = src.original_encoding
+        out.set_original_encoding(implicit_vr, little_endian, src.original_character_set)
         return out
 
     def default_action(self, tag: int, vr: str) -> str:
@@ -299,9 +319,9 @@ class _Deidentifier:
                 return DataElement(tag, vr, Sequence())
             return DataElement(tag, vr, Sequence([self.walk(item) for item in _decoded(src, tag).value]))
         if action == EMPTY:
-            return DataElement(tag, vr, None if vr in BINARY_VRS else "")
-        if action == DUMMY and vr not in ("UI", "SQ"):
-            return DataElement(tag, vr, None if vr in BINARY_VRS else self.dummy.get(vr, ""))
+            return _new_element(raw, vr, [])
+        if action == DUMMY and vr != "UI":
+            return _new_element(raw, vr, [] if vr in BINARY_VRS else [self.dummy.get(vr, "")])
         if vr in BINARY_VRS:
             return kept
         validator = _FORMAT_VALIDATORS.get(vr)
@@ -312,18 +332,18 @@ class _Deidentifier:
             return kept
         if vr == "UI":
             new = [self.remap_uid(v) for v in values]
-            return kept if new == values else _element(tag, vr, new)
+            return kept if new == values else _new_element(raw, vr, new)
         if vr in ("DA", "DT"):
             pattern = _DA_RE if vr == "DA" else _DT_RE
             if action == KEEP:
-                return kept if all(pattern.match(v) for v in values) else DataElement(tag, vr, "")
+                return kept if all(pattern.match(v) for v in values) else _new_element(raw, vr, [])
             if action != SHIFT:
-                return DataElement(tag, vr, "")
+                return _new_element(raw, vr, [])
             shifter = self.shift_da if vr == "DA" else self.shift_dt
             new = [shifter(v) for v in values]
-            return _element(tag, vr, [] if None in new else new)
+            return _new_element(raw, vr, [] if None in new else new)
         # Every text value that survives (K, C, safe-keep, CS...) must be free of identifying text.
-        return kept if self.clean_text(values) else DataElement(tag, vr, "")
+        return kept if self.clean_text(values) else _new_element(raw, vr, [])
 
 
 def _elem_copy(elem: DataElement) -> DataElement:
@@ -350,25 +370,59 @@ def _well_formed(elem: DataElement | RawDataElement, validator: re.Pattern) -> b
 def _text_values(src: Dataset, raw: DataElement | RawDataElement, vr: str) -> list[str]:
     """The element's string values (stripped, empty ones dropped).
 
-    ASCII-only VRs are decoded straight from the raw bytes; the others go through
-    pydicom so that the dataset's Specific Character Set is honoured.
+    Raw values are decoded straight from their bytes when that is what pydicom would do anyway:
+    ASCII-only VRs, and text under the default, Latin-1 or UTF-8 character sets. Anything else
+    (ISO 2022 code extensions...) goes through pydicom's character-set handling.
     """
-    if isinstance(raw, RawDataElement) and vr in _ASCII_VRS:
-        try:
-            text = (raw.value or b"").decode("ascii")
-        except UnicodeDecodeError:
-            text = (raw.value or b"").decode("latin-1")
-        values = text.split("\\")
-    else:
-        values = _string_values(_decoded(src, raw.tag).value)
-    values = [v.strip(" \x00") for v in values]
+    if isinstance(raw, RawDataElement):
+        codec = "ascii" if vr in _ASCII_VRS else _simple_codec(src.original_character_set)
+        if codec is not None:
+            data = raw.value or b""
+            try:
+                text = data.decode(codec)
+            except UnicodeDecodeError:
+                text = data.decode("latin-1")
+            values = text.split("\\") if vr not in _SINGLE_VALUE_VRS else [text]
+            return [v for v in (v.strip(" \x00") for v in values) if v]
+    values = [v.strip(" \x00") for v in _string_values(_decoded(src, raw.tag).value)]
     return [v for v in values if v]
 
 
-def _element(tag: int, vr: str, values: list[str]) -> DataElement:
-    if not values:
-        return DataElement(tag, vr, "")
-    return DataElement(tag, vr, values[0] if len(values) == 1 else values)
+def _simple_codec(character_set: str | list[str] | None) -> str | None:
+    if isinstance(character_set, (list, MultiValue)):
+        character_set = character_set[0] if len(character_set) == 1 else None
+    return character_set if character_set in _SIMPLE_CODECS or character_set is None else None
+
+
+def _root_texts(ds: Dataset, keyword: str) -> list[str]:
+    """String values of a top-level attribute, without decoding anything else."""
+    tag = _keyword_tag(keyword)
+    if tag not in ds:
+        return []
+    raw = ds.get_item(tag)
+    return _text_values(ds, raw, raw.VR if raw.VR not in (None, "UN") else (_dictionary_vr(tag) or "UN"))
+
+
+@lru_cache(maxsize=256)
+def _keyword_tag(keyword: str) -> BaseTag:
+    return BaseTag(tag_for_keyword(keyword))
+
+
+def _new_element(like: DataElement | RawDataElement, vr: str, values: list[str]) -> DataElement | RawDataElement:
+    """An element with new (ASCII) values, encoded like ``like``.
+
+    Beside a raw source element it is built raw too: the writer then copies bytes instead of
+    validating and re-encoding a DataElement, which is most of the cost of a de-identified write.
+    """
+    if not isinstance(like, RawDataElement):
+        if not values:
+            return DataElement(like.tag, vr, None if vr in BINARY_VRS else "")
+        return DataElement(like.tag, vr, values[0] if len(values) == 1 else values)
+    data = "\\".join(values).encode("ascii")
+    if len(data) % 2:
+        data += b"\x00" if vr == "UI" else b" "
+    return RawDataElement(like.tag, None if like.is_implicit_VR else vr, len(data), data, 0,
+                          like.is_implicit_VR, like.is_little_endian)
 
 
 @lru_cache(maxsize=4096)
@@ -388,14 +442,14 @@ def _decoded(ds: Dataset, tag: int) -> DataElement:
 
 def burned_in_risk(ds: Dataset) -> bool:
     """True when the pixels may carry burned-in text (flag YES, or absent on a high-risk class/modality)."""
-    flag = str(ds.get("BurnedInAnnotation", "")).strip().upper()
+    flag = "".join(_root_texts(ds, "BurnedInAnnotation")).upper()
     if flag == "YES":
         return True
     if flag == "NO":
         return False
     policy = _policy()
-    return (str(ds.get("SOPClassUID", "")) in policy["burned_in_risk_sop_class_uids"]
-            or str(ds.get("Modality", "")).upper() in policy["burned_in_risk_modalities"])
+    return ("".join(_root_texts(ds, "SOPClassUID")) in policy["burned_in_risk_sop_class_uids"]
+            or "".join(_root_texts(ds, "Modality")).upper() in policy["burned_in_risk_modalities"])
 
 
 def deidentification_method(options: DeidOptions) -> str:
@@ -422,7 +476,7 @@ def _method_codes(options: DeidOptions) -> list[tuple[str, str]]:
 
 
 def _required(ds: Dataset, keyword: str) -> str:
-    value = str(ds.get(keyword, "") or "").strip()
+    value = "\\".join(_root_texts(ds, keyword))
     if not value:
         raise InvalidDicomError(f"missing {keyword}: cannot de-identify this instance")
     return value
@@ -438,28 +492,31 @@ def deidentify_dataset(ds: Dataset, pseudonymizer: Pseudonymizer,
         raise BurnedInAnnotationError("pixel data may contain burned-in annotation (quarantine policy)")
 
     walker = _Deidentifier(ds, pseudonymizer, options)
-    out = walker.walk(ds)
+    out = walker.walk_root(ds)
     patient_key = pseudonymizer.patient_key(walker.source_patient_id)
-    out.PatientID = patient_key
-    out.PatientName = patient_key
-    out.PatientIdentityRemoved = "YES"
-    previous_methods = [m for m in _string_values(ds.get("DeidentificationMethod")) if walker.clean_text([m])]
-    out.DeidentificationMethod = previous_methods + [deidentification_method(options)] if previous_methods \
-        else deidentification_method(options)
+    methods = [m for m in _root_texts(ds, "DeidentificationMethod") if walker.clean_text([m])]
+    methods.append(deidentification_method(options))
+    temporal = "MODIFIED" if options.retain_modified_dates else "REMOVED"
+    for tag, vr, value in ((0x00100020, "LO", patient_key), (0x00100010, "PN", patient_key),
+                           (0x00120062, "CS", "YES"), (0x00120063, "LO", methods if len(methods) > 1 else methods[0]),
+                           (0x00280303, "CS", temporal)):
+        out.add_new(tag, vr, value)
     # Earlier pixel cleaning still holds (pixels are untouched); other earlier option claims may not.
-    codes = Sequence([item for item in out.get("DeidentificationMethodCodeSequence", [])
-                      if str(item.get("CodeValue", "")) in PIXEL_OPTION_CODES])
-    for value, meaning in _method_codes(options):
-        item = Dataset()
-        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "DCM", meaning
-        codes.append(item)
-    out.DeidentificationMethodCodeSequence = codes
-    out.LongitudinalTemporalInformationModified = "MODIFIED" if options.retain_modified_dates else "REMOVED"
+    earlier = {value for item in ds.get("DeidentificationMethodCodeSequence", [])
+               for value in _root_texts(item, "CodeValue")}
+    codes = Sequence()
+    for value, meaning in [CID7050[key] for key in PIXEL_OPTIONS if CID7050[key][0] in earlier] + \
+            _method_codes(options):
+        codes.append(Dataset({BaseTag(tag): DataElement(tag, vr, text) for tag, vr, text in
+                              ((0x00080100, "SH", value), (0x00080102, "SH", "DCM"), (0x00080104, "LO", meaning))}))
+    out.add_new(0x00120064, "SQ", codes)
 
     source_meta = getattr(ds, "file_meta", None)
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = out.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
+    identity = {keyword: "\\".join(_root_texts(out, keyword)) for keyword in
+                ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality")}
+    meta.MediaStorageSOPClassUID = identity["SOPClassUID"]
+    meta.MediaStorageSOPInstanceUID = identity["SOPInstanceUID"]
     transfer_syntax = source_meta.get("TransferSyntaxUID") if source_meta is not None else None
     meta.TransferSyntaxUID = transfer_syntax or pydicom.uid.ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
@@ -467,30 +524,42 @@ def deidentify_dataset(ds: Dataset, pseudonymizer: Pseudonymizer,
 
     result = DeidInstanceResult(
         patient_key=patient_key,
-        study_uid=str(out.StudyInstanceUID),
-        series_uid=str(out.SeriesInstanceUID),
-        sop_uid=str(out.SOPInstanceUID),
-        modality=str(out.get("Modality", "")),
-        sop_class_uid=str(out.SOPClassUID),
+        study_uid=identity["StudyInstanceUID"],
+        series_uid=identity["SeriesInstanceUID"],
+        sop_uid=identity["SOPInstanceUID"],
+        modality=identity["Modality"],
+        sop_class_uid=identity["SOPClassUID"],
         burned_in_flagged=flagged,
         output_path=None,
     )
     return out, result
 
 
-def read_dicom(src: Path) -> Dataset:
-    """Read a DICOM Part 10 file, turning every form of bad input into ``InvalidDicomError``."""
+def read_dicom(src: Path | BinaryIO) -> Dataset:
+    """Read a DICOM Part 10 file (path or binary file object); bad input raises ``InvalidDicomError``."""
     try:
         ds = pydicom.dcmread(src)
     except (PydicomInvalidDicomError, EOFError, struct.error, ValueError, TypeError, KeyError,
             NotImplementedError, UnicodeDecodeError) as exc:
         raise InvalidDicomError(f"not a readable DICOM file: {type(exc).__name__}") from exc
     except OSError as exc:  # pydicom's "No tag to read" on a file cut inside an element header
-        if not Path(src).is_file():
-            raise
+        if isinstance(src, (str, os.PathLike)) and not Path(src).is_file():
+            raise  # a missing file is the caller's error, not bad input
         raise InvalidDicomError(f"not a readable DICOM file: {type(exc).__name__}") from exc
     _check_complete(ds)
     return ds
+
+
+def _us_value(ds: Dataset, tag: int, default: int) -> int:
+    """A top-level US value, unpacked from the raw bytes when still raw."""
+    if tag not in ds:
+        return default
+    raw = ds.get_item(tag)
+    if isinstance(raw, RawDataElement):
+        if len(raw.value or b"") < 2:
+            return default
+        return struct.unpack("<H" if raw.is_little_endian else ">H", raw.value[:2])[0]
+    return int(raw.value) if raw.value is not None else default
 
 
 def _check_complete(ds: Dataset) -> None:
@@ -500,10 +569,10 @@ def _check_complete(ds: Dataset) -> None:
         if isinstance(raw, RawDataElement) and raw.length != 0xFFFFFFFF and len(raw.value or b"") != raw.length:
             raise InvalidDicomError(f"truncated file: element ({tag >> 16:04X},{tag & 0xFFFF:04X}) is incomplete")
     transfer_syntax = getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID")
-    if "PixelData" in ds and transfer_syntax is not None and not transfer_syntax.is_compressed:
-        rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-        samples, bits = int(ds.get("SamplesPerPixel", 1) or 1), int(ds.get("BitsAllocated", 0) or 0)
-        frames = int(str(ds.get("NumberOfFrames", 1) or 1))
+    if 0x7FE00010 in ds and transfer_syntax is not None and not transfer_syntax.is_compressed:
+        rows, columns = _us_value(ds, 0x00280010, 0), _us_value(ds, 0x00280011, 0)
+        samples, bits = _us_value(ds, 0x00280002, 1), _us_value(ds, 0x00280100, 0)
+        frames = int("".join(_root_texts(ds, "NumberOfFrames")) or 1)
         expected = (rows * columns * samples * frames * bits + 7) // 8
         if len(ds.get_item(0x7FE00010).value or b"") < expected:
             raise InvalidDicomError("truncated file: pixel data shorter than Rows x Columns x frames")
