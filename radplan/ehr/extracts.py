@@ -12,7 +12,6 @@ FHIR resources are parsed and validated with ``fhir.resources`` R4B models
 
 from __future__ import annotations
 
-import base64
 import csv
 import datetime as dt
 import json
@@ -369,7 +368,3 @@ def fhir_to_tables(resources: dict[str, list]) -> dict[str, pd.DataFrame]:
                 tables[name][column] = pd.to_datetime(tables[name][column], utc=True)
     return tables
 
-
-def encode_note_text(text: str) -> bytes:
-    """Attachment.data content for a text/plain note (base64 of UTF-8)."""
-    return base64.b64encode(text.encode("utf-8"))

@@ -181,6 +181,15 @@ def _deny_list_recognizers(identifiers: PatientIdentifiers | None) -> list[Entit
     ]
 
 
+def _implausible_ner_span(result: RecognizerResult, text: str) -> bool:
+    """spaCy NER spans that are almost never PHI in notes: across a line break (section
+    headers such as "Social History\nPatient") or all lower case (drug names: "acetaminophen")."""
+    if (result.recognition_metadata or {}).get("recognizer_name") != "SpacyRecognizer":
+        return False
+    span = text[result.start : result.end]
+    return "\n" in span or (result.entity_type in ("PERSON", "LOCATION") and span == span.lower())
+
+
 @dataclass
 class DeidText:
     text: str
@@ -222,6 +231,7 @@ class NoteDeidentifier:
             score_threshold=SCORE_THRESHOLD,
             ad_hoc_recognizers=_deny_list_recognizers(identifiers),
         )
+        results = [r for r in results if not _implausible_ner_span(r, text)]
         if not use_ner:
             # Bare dotted words ("Hemoglobin.total") pass Presidio's URL pattern: require a scheme or www.
             results = [

