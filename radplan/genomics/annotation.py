@@ -80,7 +80,7 @@ def short_protein_change(hgvsp: str | None) -> str | None:
 
 def header_field_names(description: str, tag: str) -> list[str]:
     """Field names declared in a CSQ/ANN/EFF header Description (``Format: A|B|C``)."""
-    match = re.search(r"Format:\s*'?([^'\"]+)'?", description)
+    match = re.search(r"Format:\s*'?([^'\"]+)'?", description) or re.search(r"'([^']+\|[^']+)'", description)
     if not match:
         if tag == "ANN":  # SnpEff always writes the ANN fields in this order
             return ["Allele", "Annotation", "Annotation_Impact", "Gene_Name", "Gene_ID", "Feature_Type",

@@ -35,7 +35,7 @@ import pandas as pd
 import yaml
 
 from radplan.errors import InvalidVcfError
-from radplan.genomics.vcf import _open_vcf, build_from_header
+from radplan.genomics.vcf import open_vcf, build_from_header
 
 OUTPUT_COLUMNS = ["gene", "diplotype", "phenotype", "activity_score", "missing_positions", "no_call_reason",
                   "source", "allele_definition_version"]
@@ -94,7 +94,7 @@ def _allele_sort_key(allele: Allele, order: int) -> tuple:
 def _read_genotypes(vcf_path: Path, sample: str | None) -> tuple[dict[tuple[str, int], tuple], str]:
     """(chrom, pos) -> (REF, observed sorted allele tuple or None, FORMAT DP or None) at defining positions."""
     wanted = {(_norm_chrom(p["chrom"]), p["pos"]) for g in allele_definitions()["genes"].values() for p in g["positions"]}
-    reader = _open_vcf(Path(vcf_path))
+    reader = open_vcf(Path(vcf_path))
     samples = list(reader.samples)
     if sample is None:
         if len(samples) != 1:

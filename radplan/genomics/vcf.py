@@ -131,7 +131,7 @@ def build_from_header(raw_header: str) -> str:
 
 def detect_genome_build(vcf_path: Path) -> str:
     """``GRCh37`` | ``GRCh38`` | ``unknown``, from the VCF/BCF header (see :func:`build_from_header`)."""
-    return build_from_header(_open_vcf(Path(vcf_path)).raw_header)
+    return build_from_header(open_vcf(Path(vcf_path)).raw_header)
 
 
 # --------------------------------------------------------------------------- opening / validation
@@ -157,7 +157,8 @@ def _check_complete(path: Path) -> None:
         raise InvalidVcfError(f"{path.name}: truncated VCF (last line has no newline)")
 
 
-def _open_vcf(path: Path):
+def open_vcf(path: Path):
+    """A validated cyvcf2 reader (complete file, parseable header) or :class:`InvalidVcfError`."""
     import cyvcf2
 
     _check_complete(path)
@@ -253,7 +254,7 @@ class VariantReader:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.path = Path(vcf_path)
-        self.reader = _open_vcf(self.path)
+        self.reader = open_vcf(self.path)
         self.build = genome_build or build_from_header(self.reader.raw_header)
         self.annotation = _detect_annotation(self.reader)
         raw_samples = list(self.reader.samples)
@@ -267,10 +268,12 @@ class VariantReader:
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         builder = _BatchBuilder()
+        yielded = 0
         try:
             for variant in self.reader:
                 self._add_record(variant, builder.rows)
                 if len(builder) >= self.batch_size:
+                    yielded += 1
                     yield builder.to_batch()
                     builder = _BatchBuilder()
         except InvalidVcfError:
@@ -278,7 +281,7 @@ class VariantReader:
         except Exception as exc:  # htslib parse errors surface as bare Exception
             raise InvalidVcfError(
                 f"{self.path.name}: malformed record after record {self.stats.records} ({exc})") from exc
-        if len(builder) or self.stats.rows == 0:
+        if len(builder) or not yielded:  # an empty VCF still yields one (empty) batch with the schema
             yield builder.to_batch()
 
     def _format_rows(self, variant, key: str) -> list | None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import gzip
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -264,3 +262,25 @@ def test_bad_genotype_is_rejected_without_half_file(vcf_dir, tmp_path):
     path = tmp_path / "gt.vcf"
     path.write_text("".join(lines))
     _assert_rejected(path, tmp_path, "malformed record")
+
+
+def test_snpeff_ann_alleles_and_pick(tmp_path):
+    ann_fields = "Allele | Annotation | Annotation_Impact | Gene_Name | Gene_ID | Feature_Type | Feature_ID | Transcript_BioType | Rank | HGVS.c | HGVS.p"
+    ann = ",".join([
+        "T|synonymous_variant|LOW|TP53|ENSG00000141510|transcript|ENST00000269305|protein_coding|4/11|c.375G>A|p.Thr125Thr",
+        "A|stop_gained|HIGH|TP53|ENSG00000141510|transcript|ENST00000269305|protein_coding|4/11|c.375G>T|p.Thr125*",
+        "A|missense_variant|MODERATE|TP53|ENSG00000141510|transcript|ENST00000445888|protein_coding|4/11|c.375G>T|p.Thr125Lys",
+    ])
+    path = tmp_path / "ann.vcf"
+    path.write_text(
+        "##fileformat=VCFv4.2\n"
+        f'##INFO=<ID=ANN,Number=.,Type=String,Description="Functional annotations: \'{ann_fields}\'">\n'
+        "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+        f"17\t7579312\t.\tC\tT,A\t50\tPASS\tANN={ann}\n")
+    out = tmp_path / "ann.parquet"
+    assert vcf_to_parquet(path, out)["annotation"] == "ANN"
+    rows = pq.read_table(out).to_pandas().set_index("alt")
+    assert (rows.loc["T", "consequence"], rows.loc["T", "impact"]) == ("synonymous_variant", "LOW")
+    # ALT A: the HIGH-impact stop_gained wins over the MODERATE missense on another transcript
+    assert (rows.loc["A", "consequence"], rows.loc["A", "transcript"], rows.loc["A", "hgvsp_short"]) == ("stop_gained", "ENST00000269305", "p.T125*")
+    assert set(rows["annotation_source"]) == {"ANN"} and set(rows["gene"]) == {"TP53"}
