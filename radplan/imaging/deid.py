@@ -192,12 +192,8 @@ class _PhiMatcher:
             for keyword in _NAME_KEYWORDS:
                 for value in _root_texts(source, keyword):
                     names.update(p for p in re.split(r"[\^=\s,]+", value) if len(p) >= 2)
-            for keyword in _ID_KEYWORDS:
-                for value in _root_texts(source, keyword):
-                    value = value.strip()
-                    if len(value) >= 2:
-                        ids.add(value)
-                    names.update(p for p in re.split(r"[\s,^]+", value) if len(p) >= 3)
+            for keyword in _ID_KEYWORDS:  # matched whole: "IMAGING" of an institution is no identifier
+                ids.update(value for value in _root_texts(source, keyword) if len(value) >= 2)
         whole_word = sorted(names | ids, key=len, reverse=True)
         anywhere = sorted((i for i in ids if len(i) >= 4), key=len, reverse=True)
         parts = [_DATE_LIKE]
@@ -233,14 +229,6 @@ class _Deidentifier:
         self.safe_keep, self.not_shifted = _policy_tags()
         self.dummy = _policy()["dummy_values"]
         self.matcher = _PhiMatcher(ds)
-        self.rewritten: frozenset[int] = frozenset()
-
-    def walk_root(self, ds: Dataset) -> Dataset:
-        self.rewritten = _REWRITTEN_TAGS
-        try:
-            return self.walk(ds)
-        finally:
-            self.rewritten = frozenset()
 
     # -- values -----------------------------------------------------------------------------
     def remap_uid(self, value: str) -> str:
@@ -271,7 +259,8 @@ class _Deidentifier:
         return not any(self.matcher.identifying(v) for v in values)
 
     # -- elements ---------------------------------------------------------------------------
-    def walk(self, src: Dataset) -> Dataset:
+    def walk(self, src: Dataset, skip: frozenset[int] = frozenset()) -> Dataset:
+        """A new dataset holding the de-identified elements of ``src`` (``skip``: tags left out)."""
         elements = {}
         for tag, raw in src.items():  # raw elements stay undecoded unless an action needs the value
             number = tag.real  # a plain int: BaseTag's Python-level __eq__ slows every dict look-up
@@ -284,7 +273,7 @@ class _Deidentifier:
                 if vr is None or vr == "UN":
                     continue  # unknown standard element: its content cannot be judged
             action = self.actions.get(number) or self.default_action(number, vr)
-            if action == REMOVE or number in self.rewritten:
+            if action == REMOVE or number in skip:
                 continue
             new_elem = self.transform(src, raw, vr, action)
             if new_elem is not None:
@@ -313,11 +302,11 @@ class _Deidentifier:
                   action: str) -> DataElement | RawDataElement | None:
         """The output element for one input element (``raw`` itself when kept unchanged), or None."""
         tag = raw.tag
-        kept = raw if isinstance(raw, RawDataElement) else _elem_copy(raw)
         if vr == "SQ":
             if action == EMPTY:
                 return DataElement(tag, vr, Sequence())
             return DataElement(tag, vr, Sequence([self.walk(item) for item in _decoded(src, tag).value]))
+        kept = raw if isinstance(raw, RawDataElement) else _elem_copy(raw)
         if action == EMPTY:
             return _new_element(raw, vr, [])
         if action == DUMMY and vr != "UI":
@@ -492,7 +481,7 @@ def deidentify_dataset(ds: Dataset, pseudonymizer: Pseudonymizer,
         raise BurnedInAnnotationError("pixel data may contain burned-in annotation (quarantine policy)")
 
     walker = _Deidentifier(ds, pseudonymizer, options)
-    out = walker.walk_root(ds)
+    out = walker.walk(ds, skip=_REWRITTEN_TAGS)
     patient_key = pseudonymizer.patient_key(walker.source_patient_id)
     methods = [m for m in _root_texts(ds, "DeidentificationMethod") if walker.clean_text([m])]
     methods.append(deidentification_method(options))

@@ -376,3 +376,35 @@ def test_corrupt_inputs_raise_and_folder_quarantines_them(tmp_path, sts_dir, pse
     text = json.dumps(summary)
     assert "STS_002" not in text and burned.StudyInstanceUID not in text and "notes.txt" not in text
     assert len(list((tmp_path / "out").rglob("*.dcm"))) == 2
+
+
+@pytest.mark.parametrize("description, kept", [
+    ("AX T1 POST GD", True),
+    ("Follow-up 2006-01-28", False),
+    ("scan of 28/01/2006", False),
+    ("20060128 baseline", False),
+    ("CT for Given", False),  # the patient's given name
+    ("Givenchy protocol", True),  # name parts match as whole words only
+])
+def test_clean_descriptors_rule(description, kept, pseudonymizer):
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.PatientName = "Doe^Given"
+    ds.SeriesDescription = description
+    out, _ = deidentify_dataset(ds, pseudonymizer)
+    assert (out.SeriesDescription == description) is kept
+
+
+def test_options_switch_their_table_columns(pseudonymizer):
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.PatientAge, ds.PatientWeight = "045Y", "71.5"
+    ds.SeriesDescription = "AX T1 POST GD"
+    basic_only = DeidOptions(retain_modified_dates=False, retain_patient_characteristics=False,
+                             clean_descriptors=False)
+    out, _ = deidentify_dataset(ds, pseudonymizer, basic_only)
+    assert out.StudyDate == "" and out.PatientSex == ""  # Z in the basic profile
+    assert "PatientAge" not in out and "PatientWeight" not in out and "SeriesDescription" not in out  # X
+    assert out.LongitudinalTemporalInformationModified == "REMOVED"
+    assert [c.CodeValue for c in out.DeidentificationMethodCodeSequence] == ["113100"]
+    full, _ = deidentify_dataset(ds, pseudonymizer)
+    assert full.PatientAge == "045Y" and full.PatientWeight == ds.PatientWeight and full.PatientSex == ds.PatientSex
+    assert full.SeriesDescription == "AX T1 POST GD" and full.StudyDate != ds.StudyDate != ""
