@@ -199,10 +199,19 @@ def _call_gene(gene: str, genotypes: dict, depth_lookup: dict, min_depth: int,
 
 
 def _outside_call(gene: str, diplotype: str) -> dict:
+    """Phenotype for an outside diplotype: CYP2D6 by activity values, defined genes by their allele table."""
     rule = phenotype_rules()["genes"].get(gene, {})
     result = {"gene": gene, "diplotype": diplotype, "phenotype": None, "activity_score": None,
               "missing_positions": [], "no_call_reason": None}
-    if rule.get("method") == "activity_score" and "activity_values" in rule:
+    if gene in allele_definitions()["genes"]:
+        by_name = {a.name: a for a in _gene_alleles(gene)}
+        names = diplotype.split("/")
+        if len(names) == 2 and all(n in by_name for n in names):
+            result["phenotype"], result["activity_score"] = _phenotype_for(gene, (by_name[names[0]], by_name[names[1]]))
+        else:
+            result["phenotype"] = "Indeterminate"
+            result["no_call_reason"] = "outside-call allele not in the allele definitions"
+    elif rule.get("method") == "activity_score" and "activity_values" in rule:
         haplotypes = diplotype.split("/")
         values = [rule["activity_values"].get(h) for h in haplotypes]
         if len(haplotypes) != 2 or any(v is None for v in values):

@@ -153,6 +153,8 @@ def _check_complete(path: Path) -> None:
                 raise InvalidVcfError(f"{path.name}: truncated BGZF file (no end-of-file block)")
         else:  # plain gzip: only a full decompression can prove completeness; done while reading
             return
+    elif magic[:3] == b"BCF":  # uncompressed BCF: binary, no line structure to check
+        return
     elif not tail.endswith(b"\n"):
         raise InvalidVcfError(f"{path.name}: truncated VCF (last line has no newline)")
 

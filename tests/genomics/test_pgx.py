@@ -118,3 +118,11 @@ def test_cpic_recommendations(pgx_dir):
     tamoxifen = recs[(recs["gene"] == "CYP2D6") & (recs["drug"] == "tamoxifen")].iloc[0]
     assert tamoxifen["phenotype"] == "Intermediate Metabolizer" and "aromatase" in tamoxifen["recommendation"]
     assert set(recs["gene"]) == set(calls["gene"])
+
+
+def test_outside_call_replaces_vcf_call_for_a_defined_gene(pgx_dir, tmp_path):
+    outside = tmp_path / "outside.tsv"
+    outside.write_text("CYP2C19\t*2/*17\nCYP2D6\t*4/*4\n")
+    calls = _by_gene(call_pgx(pgx_dir / "pharmcat.example.vcf", outside_calls=outside))
+    assert (calls["CYP2C19"].diplotype, calls["CYP2C19"].phenotype, calls["CYP2C19"].source) == ("*2/*17", "Intermediate Metabolizer", "outside_call")
+    assert (calls["CYP2D6"].phenotype, calls["CYP2D6"].activity_score) == ("Poor Metabolizer", 0.0)

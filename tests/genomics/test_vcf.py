@@ -165,8 +165,10 @@ def test_bgzipped_bcf_and_indexed_inputs_give_identical_rows(vcf_dir, tmp_path):
     subprocess.run(["bcftools", "view", "-Oz", "-o", str(gz), str(src)], check=True, capture_output=True)
     subprocess.run(["bcftools", "index", str(gz)], check=True, capture_output=True)
     subprocess.run(["bcftools", "view", "-Ob", "-o", str(bcf), str(src)], check=True, capture_output=True)
+    raw_bcf = tmp_path / "m.u.bcf"
+    subprocess.run(["bcftools", "view", "-Ou", "-o", str(raw_bcf), str(src)], check=True, capture_output=True)
     tables = []
-    for i, path in enumerate((src, gz, bcf)):
+    for i, path in enumerate((src, gz, bcf, raw_bcf)):
         vcf_to_parquet(path, tmp_path / f"{i}.parquet")
         tables.append(pq.read_table(tmp_path / f"{i}.parquet").to_pandas())
     for other in tables[1:]:
