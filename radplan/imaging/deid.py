@@ -8,12 +8,13 @@ The attribute actions are data (``data/annex_e_table_e1_1.csv``, Table E.1-1);
 ``data/deid_policy.json`` holds the rest of the policy. Rules, in order:
 
 * private tags (odd groups, private creators included), curve groups (50xx),
-  overlay groups (60xx, whole group so no half overlay is left) and group
-  lengths are removed;
+  overlay groups (60xx, whole group so no half overlay is left), command-set
+  elements and group lengths are removed;
 * a tag in Table E.1-1 gets the basic-profile action, overridden by the column
   of each enabled option. Compound actions are resolved without IOD knowledge
   to the choice that stays conformant whatever the attribute's type:
-  X/Z -> Z, X/D, Z/D, X/Z/D -> D, X/Z/U* -> keep the sequence and remap UIDs in it;
+  X/Z -> Z, X/D, Z/D, X/Z/D -> D, X/Z/U* -> keep the sequence and remap UIDs in it
+  (and X -> Z for the policy's few Type 2 attributes, e.g. TreatmentMachineName);
 * a tag not in the table is handled by its VR: SQ is walked, UI remapped,
   DA/DT shifted, TM/AS/IS/DS kept only when well-formed, CS kept, any other
   text VR (PN, LO, SH, LT, ST, UT, UC, UR, AE) is emptied unless its keyword is
@@ -167,6 +168,9 @@ def _action_table(options: DeidOptions) -> dict[int, str]:
         if options.clean_descriptors and row["clean_descriptors"]:
             action = CLEAN
         actions[int(row["tag"], 16)] = action
+    for tag in _keyword_tags(_policy()["remove_as_empty_keywords"]):
+        if actions.get(tag) == REMOVE:
+            actions[tag] = EMPTY
     return actions
 
 
@@ -561,7 +565,10 @@ def _check_complete(ds: Dataset) -> None:
     if 0x7FE00010 in ds and transfer_syntax is not None and not transfer_syntax.is_compressed:
         rows, columns = _us_value(ds, 0x00280010, 0), _us_value(ds, 0x00280011, 0)
         samples, bits = _us_value(ds, 0x00280002, 1), _us_value(ds, 0x00280100, 0)
-        frames = int("".join(_root_texts(ds, "NumberOfFrames")) or 1)
+        frames_text = "".join(_root_texts(ds, "NumberOfFrames")) or "1"
+        if not _IS_RE.match(frames_text):
+            raise InvalidDicomError("invalid NumberOfFrames")
+        frames = int(frames_text)
         expected = (rows * columns * samples * frames * bits + 7) // 8
         if len(ds.get_item(0x7FE00010).value or b"") < expected:
             raise InvalidDicomError("truncated file: pixel data shorter than Rows x Columns x frames")

@@ -312,9 +312,11 @@ def _dciodvfy_errors(path: Path) -> set[str]:
                                       "ibsi_sts_002/dicom/PET/image/000010.dcm",
                                       "ibsi_sts_002/dicom/MR_T1/image/000010.dcm",
                                       "ibsi_sts_002/dicom/CT/mask/RS.dcm",
-                                      "dcmqi_ct_liver_seg/liver_seg.dcm"])
+                                      "dcmqi_ct_liver_seg/liver_seg.dcm",
+                                      "pydicom:rtplan.dcm"])
 def test_dciodvfy_reports_no_new_errors(relative, shared_data, tmp_path, pseudonymizer):
-    src = shared_data / "imaging" / relative
+    src = Path(get_testdata_file(relative.split(":")[1])) if relative.startswith("pydicom:") \
+        else shared_data / "imaging" / relative
     result = deidentify_file(src, tmp_path, pseudonymizer)
     assert _dciodvfy_errors(result.output_path) <= _dciodvfy_errors(src)
 
