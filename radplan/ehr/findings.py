@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+import pandas as pd
+
 _PRE_NEGATION = re.compile(r"\b(?:no|not|negative for|without|absence of|absent|ruled out|denies|never)\b[^.;\n]*$", re.IGNORECASE)
 _POST_NEGATION = re.compile(r"^\W{0,3}(?:\w+\W+){0,3}?(?:not detected|negative|absent|not identified|wild[- ]type|was not seen)\b", re.IGNORECASE)
 _ROMAN = {"1": "I", "2": "II", "3": "III", "4": "IV", "i": "I", "ii": "II", "iii": "III", "iv": "IV"}
@@ -64,3 +66,14 @@ def extract_note_findings(text: str) -> list[dict]:
             {"finding": "biomarker", "value": value, "gene": gene, "alteration": alteration, "negated": negated, "span": [match.start(), match.end()]}
         )
     return sorted(findings, key=lambda f: f["span"][0])
+
+
+def note_findings_table(deid_notes: pd.DataFrame) -> pd.DataFrame:
+    """Findings of every de-identified note, one row each: the ``note_findings`` input of
+    ``clinical_features`` (patient_key, note_token, date, finding, value, negated, gene, alteration, span)."""
+    rows = []
+    for note in deid_notes.itertuples(index=False):
+        for finding in extract_note_findings(note.text or ""):
+            rows.append({"patient_key": note.patient_key, "note_token": getattr(note, "note_id_token", None), "date": note.date, **finding})
+    columns = ["patient_key", "note_token", "date", "finding", "value", "negated", "gene", "alteration", "span"]
+    return pd.DataFrame(rows, columns=columns)

@@ -91,10 +91,12 @@ def _parse_date(value) -> dt.date | None:
 
 
 def _from_patients_row(row: Mapping) -> PatientIdentifiers:
-    names = name_variants(row.get("PREFIX"), [row.get("FIRST")] + ([row.get("MIDDLE")] if row.get("MIDDLE") else []), row.get("LAST"), row.get("SUFFIX"))
+    # FIRST may hold several given names ("Devin82 Anibal473"): each is an identifier on its own.
+    given = [part for column in ("FIRST", "MIDDLE") for part in (_clean(row.get(column)) or "").split()]
+    names = name_variants(row.get("PREFIX"), given, row.get("LAST"), row.get("SUFFIX"))
     maiden = _clean(row.get("MAIDEN"))
     if maiden:
-        names += name_variants(None, [row.get("FIRST")], maiden, None)
+        names += name_variants(None, given, maiden, None)
     address = [row.get("ADDRESS"), row.get("CITY"), row.get("ZIP")]
     return PatientIdentifiers(
         source_patient_id=str(row["Id"]).strip(),

@@ -92,3 +92,40 @@ def test_free_text_with_patient_identifiers_is_cleaned(raw_tables, pseudonymizer
     shifted = pseudonymizer.shift_date(dt.date(2022, 3, 14), row["Id"])
     assert row["FIRST"] not in text and row["LAST"] not in text and "[NAME]" in text
     assert shifted.strftime("%m/%d/%Y") in text
+
+
+def test_fhir_notes_table_is_deidentified_and_feeds_findings(fhir_resources, pseudonymizer, note_deidentifier):
+    from radplan.ehr.extracts import fhir_to_tables
+    from radplan.ehr.findings import note_findings_table
+
+    tables = fhir_to_tables({"Patient": fhir_resources["Patient"], "DocumentReference": fhir_resources["DocumentReference"][::20]})
+    deid = deidentify_tables(tables, pseudonymizer, reference_date=REFERENCE_DATE, deidentifier=note_deidentifier)
+    notes = deid["notes"]
+    assert list(notes.columns) == ["patient_key", "note_id_token", "date", "text"]
+    raw = tables["notes"]
+    for (_, before), (_, after) in zip(raw.iterrows(), notes.iterrows()):
+        assert after["patient_key"] == pseudonymizer.patient_key(before["patient"])
+        assert after["date"].date() == pseudonymizer.shift_date(before["date"].date(), before["patient"])
+        written_date = dt.date.fromisoformat(before["text"].split()[0])  # Synthea notes open with their date
+        assert after["text"].split()[0] == pseudonymizer.shift_date(written_date, before["patient"]).isoformat()
+    patients = {p.id: p for p in fhir_resources["Patient"]}
+    for _, note in raw.iterrows():
+        for name in patients[note["patient"]].name:
+            for part in list(name.given) + [name.family]:
+                assert part not in "\n".join(notes["text"])
+    findings = note_findings_table(notes)
+    assert set(findings["patient_key"]) <= set(notes["patient_key"])
+    assert (findings["finding"] == "smoking_status").any()
+
+
+def test_patient_identifiers_from_csv_row_and_fhir_patient(raw_tables, fhir_resources):
+    from radplan.ehr.extracts import patient_identifiers
+
+    row = raw_tables["patients"].dropna(subset=["PREFIX"]).iloc[0]
+    ids = patient_identifiers(row)
+    assert {f"{row['FIRST']} {row['LAST']}", row["FIRST"], row["LAST"], f"{row['PREFIX']} {row['LAST']}"} <= set(ids.names)
+    assert ids.ssn == [row["SSN"]] and ids.mrn == [row["Id"]] and ids.birth_date == row["BIRTHDATE"].date()
+    patient = fhir_resources["Patient"][0]
+    fhir_ids = patient_identifiers(patient)
+    assert set(patient.name[0].given) <= set(fhir_ids.names)
+    assert patient.telecom[0].value in fhir_ids.phones and patient.address[0].postalCode in fhir_ids.addresses
