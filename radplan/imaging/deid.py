@@ -15,7 +15,9 @@ The attribute actions are data (``data/annex_e_table_e1_1.csv``, Table E.1-1);
   to the choice that stays conformant whatever the attribute's type:
   X/Z -> Z, X/D, Z/D, X/Z/D -> D, X/Z/U* -> keep the sequence and remap UIDs in it
   (and X -> Z for the policy's few Type 2 attributes, e.g. TreatmentMachineName);
-* a tag not in the table is handled by its VR: SQ is walked, UI remapped,
+* a tag not in the table is handled by its VR: SQ is walked, UI remapped
+  (well-known UIDs stay: those in pydicom's UID dictionary or under the DICOM
+  root 1.2.840.10008, i.e. SOP classes, transfer syntaxes, coding schemes),
   DA/DT shifted, TM/AS/IS/DS kept only when well-formed, CS kept, any other
   text VR (PN, LO, SH, LT, ST, UT, UC, UR, AE) is emptied unless its keyword is
   on the policy's safe-keep list, unknown (UN) elements are removed;
@@ -430,7 +432,8 @@ def _decoded(ds: Dataset, tag: int) -> DataElement:
     try:
         return ds[tag]
     except (ValueError, EOFError, struct.error, NotImplementedError, UnicodeDecodeError) as exc:
-        raise InvalidDicomError(f"malformed element ({tag >> 16:04X},{tag & 0xFFFF:04X}): {type(exc).__name__}") from exc
+        where = f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+        raise InvalidDicomError(f"malformed element {where}: {type(exc).__name__}") from exc
 
 
 def burned_in_risk(ds: Dataset) -> bool:

@@ -15,7 +15,8 @@ from radplan.pseudonym import Pseudonymizer
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "deid-dicom",
-        help="De-identify DICOM files (PS3.15 Basic Profile + modified dates, patient characteristics, clean descriptors)",
+        help="De-identify DICOM files (PS3.15 Basic Profile; modified dates, patient characteristics, "
+        "clean descriptors)",
         description="Writes OUT_DIR/<patient_key>/<study_uid>/<series_uid>/<sop_uid>.dcm. The key comes from "
         "RADPLAN_DEID_KEY (or the demo key with RADPLAN_DEMO=1). Unreadable or burned-in inputs are quarantined.",
     )

@@ -9,7 +9,6 @@ import json
 import re
 import shutil
 import subprocess
-import warnings
 from pathlib import Path
 
 import pydicom
