@@ -12,7 +12,7 @@ from radplan.lake import atomic_path
 
 
 def _deid_text(args: argparse.Namespace) -> int:
-    from radplan.ehr.extracts import read_fhir_ndjson
+    from radplan.ehr.extracts import parse_fhir_line
     from radplan.ehr.identifiers import patient_identifiers
     from radplan.ehr.notes import NoteDeidentifier
     from radplan.pseudonym import Pseudonymizer
@@ -20,9 +20,16 @@ def _deid_text(args: argparse.Namespace) -> int:
     pseudonymizer = Pseudonymizer.from_environment()
     identifiers = {}
     if args.patients:
-        patients_path = Path(args.patients)
-        resources, _quarantined = read_fhir_ndjson(patients_path.parent, ["Patient"]) if patients_path.name.startswith("Patient") else ({}, [])
-        identifiers = {p.id: patient_identifiers(p) for p in resources.get("Patient", [])}
+        with open(args.patients, encoding="utf-8") as patients:
+            for line_number, line in enumerate(patients, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    patient = parse_fhir_line(line, "Patient")
+                except RadplanInputError as error:
+                    print(f"{args.patients}: line {line_number}: {error}", file=sys.stderr)
+                    return 2
+                identifiers[patient.id] = patient_identifiers(patient)
     deidentifier = NoteDeidentifier()
     count = errors = 0
     with open(args.input, encoding="utf-8") as source, atomic_path(args.output) as tmp, open(tmp, "w", encoding="utf-8") as sink:

@@ -33,7 +33,9 @@ Only listed columns are kept for each table, so a column added upstream is dropp
 from __future__ import annotations
 
 import datetime as dt
+import json
 from importlib import resources as importlib_resources
+from pathlib import Path
 
 import pandas as pd
 
@@ -218,3 +220,18 @@ def _deidentify_patients(frame: pd.DataFrame, pseudonymizer: Pseudonymizer, refe
             values = frame[column]
             result[column] = _shift_column(values, shifts) if pd.api.types.is_datetime64_any_dtype(values) else values
     return result.reset_index(drop=True)
+
+
+def quarantined_rows_table(quarantine_dir: Path, pseudonymizer: Pseudonymizer) -> pd.DataFrame:
+    """One row per quarantined record (patient_key, table, reason) from the ``*.rejected.jsonl``
+    files of the readers; pass it as ``deid_tables["quarantined"]`` to ``clinical_features``.
+    Records whose patient cannot be told get patient_key None."""
+    rows = []
+    for path in sorted(Path(quarantine_dir).glob("*.rejected.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            patient_id = record.get("patient_id")
+            rows.append(
+                {"patient_key": pseudonymizer.patient_key(patient_id) if patient_id else None, "table": record["table"], "reason": record["reason"]}
+            )
+    return pd.DataFrame(rows, columns=["patient_key", "table", "reason"])

@@ -3,8 +3,9 @@
 Both readers stream their input (CSV lines in chunks, NDJSON line by line), keep
 every good record and quarantine each bad one with its line number and reason.
 The returned quarantine records hold no PHI (table, line, reason); with a
-``quarantine_dir`` the rejected raw lines are also written there (that folder is
-part of the PHI zone).
+``quarantine_dir`` the rejected raw lines are also written there with the source
+patient id where it can be told (that folder is part of the PHI zone);
+``deid.quarantined_rows_table`` turns them into per-patient-key counts.
 
 FHIR resources are parsed and validated with ``fhir.resources`` R4B models
 (FHIR 4.3, wire-compatible with R4 for the resources used here).
@@ -44,6 +45,30 @@ def _write_quarantine(quarantine_dir: Path | None, name: str, rejected: list[dic
     if quarantine_dir is None or not rejected:
         return
     atomic_write_text(Path(quarantine_dir) / f"{name}.rejected.jsonl", "".join(json.dumps(r) + "\n" for r in rejected))
+
+
+def _csv_patient_id(text: str, header: list[str], patient_column: str) -> str | None:
+    """The patient id of a rejected CSV line, when it can still be told (for per-patient counts)."""
+    fields = next(csv.reader([text.rstrip("\r\n")]), [])
+    if len(fields) != len(header) or patient_column not in header:
+        return None
+    return fields[header.index(patient_column)].strip() or None
+
+
+def _fhir_patient_id(text: str) -> str | None:
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(payload, dict):
+        return None
+    if payload.get("resourceType") == "Patient":
+        return payload.get("id") if isinstance(payload.get("id"), str) else None
+    for key in ("subject", "patient"):
+        reference = payload.get(key)
+        if isinstance(reference, dict) and str(reference.get("reference", "")).startswith("Patient/"):
+            return reference["reference"].split("/", 1)[1]
+    return None
 
 
 def _csv_rows(path: Path, table: str, rejected: list[dict]) -> Iterator[tuple[int, list[str], list[str]]]:
@@ -140,6 +165,10 @@ def read_synthea_csv(
                 header = next(csv.reader([path.open(encoding="utf-8-sig", errors="replace").readline()]), [])
             chunks.append(_filter_patients(_typed_chunk(table, buffer, header, spec, rejected), spec, patient_ids))
         tables[table] = pd.concat(chunks, ignore_index=True)
+        for record in rejected:
+            record["patient_id"] = _csv_patient_id(record["raw"], header, spec["patient_column"])
+        if patient_ids is not None:
+            rejected = [r for r in rejected if r["patient_id"] is None or r["patient_id"] in patient_ids]
         _write_quarantine(quarantine_dir, f"synthea_{table}", [{"table": table, **r} for r in rejected])
         quarantined += [_quarantine_record(table, r["line"], r["reason"]) for r in rejected]
     return tables, quarantined
@@ -206,6 +235,8 @@ def read_fhir_ndjson(
                     rejected.append({"line": line_number, "reason": "invalid UTF-8 encoding", "raw": raw.decode("utf-8", "replace")})
                 except InvalidEhrRecordError as error:
                     rejected.append({"line": line_number, "reason": str(error), "raw": raw.decode("utf-8", "replace")})
+        for record in rejected:
+            record["patient_id"] = _fhir_patient_id(record["raw"])
         _write_quarantine(quarantine_dir, f"fhir_{path.stem}", [{"table": resource_type, **r} for r in rejected])
         quarantined += [_quarantine_record(resource_type, r["line"], r["reason"]) for r in rejected]
     return resources, quarantined

@@ -71,6 +71,18 @@ def test_malformed_csv_rows_are_quarantined_and_the_rest_kept(shared_data, tmp_p
     assert len(rejected) == 4 and all("raw" in r for r in rejected)
     # The returned records are PHI-free: no raw line content.
     assert all(set(record) == {"table", "line", "reason"} for record in quarantined)
+    # Per-patient counts for the features, where the patient can still be told.
+    from radplan.ehr.deid import quarantined_rows_table
+    from radplan.ehr.features import clinical_features
+    from radplan.pseudonym import DEMO_KEY, Pseudonymizer
+
+    pseudonymizer = Pseudonymizer(DEMO_KEY)
+    counts = quarantined_rows_table(quarantine, pseudonymizer)
+    patient_key = pseudonymizer.patient_key(fields[2])
+    assert len(counts) == 4
+    assert (counts["patient_key"] == patient_key).sum() == 2  # bad date + bad encoding rows
+    features = clinical_features({"patients": pd.DataFrame({"patient_key": [patient_key]}), "quarantined": counts})
+    assert features.set_index("patient_key").loc[patient_key, "ehr_quarantined_rows"] == 2
 
 
 def test_fhir_bulk_validates_and_converts(fhir_resources):
