@@ -11,9 +11,24 @@ import json
 import numpy as np
 import pandas as pd
 
+# Observed outcome: DICOM code 112049 "Best Overall Response" (DCM, TID 4106), valued with RECIST 1.1 categories.
+RECIST_BEST_RESPONSE_CODE = "112049"
+RESPONDER_VALUES = ("complete response", "partial response")
+
+
+def is_responder(value) -> bool | None:
+    """RECIST CR/PR count as response; SD/PD as none; anything else is unknown (None)."""
+    text = str(value or "").strip().lower()
+    if text in RESPONDER_VALUES:
+        return True
+    if text in ("stable disease", "progressive disease"):
+        return False
+    return None
+
+
 PGX_GENES = ("CYP2C19", "CYP2C9", "VKORC1", "DPYD", "TPMT", "NUDT15", "SLCO1B1", "UGT1A1", "CYP2D6")
 
-# Radiomic features carried into the cohort table (mean over the latest study's lesions):
+# Radiomic features carried into the cohort table (mean over the baseline study's lesions):
 # intensity, heterogeneity and shape descriptors that are stable across scanners.
 RADIOMIC_SUMMARY_FEATURES = (
     "original_firstorder_Mean",
@@ -53,11 +68,12 @@ def _alteration_flags(alterations: list[tuple[str, str]]) -> dict[str, bool]:
     return flags
 
 
-def _latest_study_lesions(radiomics: pd.DataFrame) -> pd.DataFrame:
+def _baseline_study_lesions(radiomics: pd.DataFrame) -> pd.DataFrame:
+    """Lesions of the earliest study: the pre-treatment state (a later study would leak the response)."""
     if radiomics.empty:
         return radiomics
-    latest = radiomics["study_date_shifted"].astype(str).max()
-    return radiomics[radiomics["study_date_shifted"].astype(str) == latest]
+    baseline = radiomics["study_date_shifted"].astype(str).min()
+    return radiomics[radiomics["study_date_shifted"].astype(str) == baseline]
 
 
 def build_patient_features(
@@ -87,7 +103,7 @@ def build_patient_features(
     meds = clinical_row.get("current_medications")
     row["current_medications"] = [str(m) for m in meds] if meds is not None else []
 
-    lesions = _latest_study_lesions(radiomics)
+    lesions = _baseline_study_lesions(radiomics)
     row["lesion_count"] = int(len(lesions))
     row["total_lesion_volume_ml"] = float(lesions["volume_ml"].sum()) if len(lesions) else None
     row["largest_lesion_volume_ml"] = float(lesions["volume_ml"].max()) if len(lesions) else None

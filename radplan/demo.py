@@ -16,7 +16,7 @@ from pathlib import Path
 from radplan.settings import HOME_ENV_VAR, lake_dir, radplan_home
 
 
-def run_stages(*, only_new: bool = False) -> list[str]:
+def run_stages(*, segmentation_epochs: int | None = None) -> list[str]:
     """Materialize every stage; returns the failed (stage, partition) descriptions (no PHI: keys only)."""
     from dagster import DagsterInstance
 
@@ -27,12 +27,17 @@ def run_stages(*, only_new: bool = False) -> list[str]:
 
     ensure_dagster_home()
     instance = DagsterInstance.get()
+    # Progress is printed per stage below; Dagster's own console log shows only warnings and errors.
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     failures: list[str] = []
     for stage in DEMO_STAGES:
         job = defs.resolve_job_def(stage.name)
         started = time.perf_counter()
         if stage.partitions_def is None:
-            result = job.execute_in_process(instance=instance, raise_on_error=False)
+            run_config = dict(quiet)
+            if segmentation_epochs is not None and stage.name == "segmentation_training_job":
+                run_config["ops"] = {"segmentation_model": {"config": {"max_epochs": segmentation_epochs}}}
+            result = job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
             if not result.success:
                 failures.append(stage.name)
             status = "ok" if result.success else "FAILED"
@@ -40,7 +45,7 @@ def run_stages(*, only_new: bool = False) -> list[str]:
             keys = instance.get_dynamic_partitions(PATIENTS_PARTITION_NAME)
             failed = 0
             for index, key in enumerate(keys, start=1):
-                result = job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False)
+                result = job.execute_in_process(instance=instance, partition_key=key, run_config=quiet, raise_on_error=False)
                 if not result.success:
                     failed += 1
                     failures.append(f"{stage.name}[{key}]")
@@ -63,7 +68,7 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"generating {args.patients} synthetic patients (seed {args.seed}) into {home}/landing ...", flush=True)
         summary = generate_cohort(home, args.patients, args.seed)
         print(f"  {summary}")
-    failures = run_stages()
+    failures = run_stages(segmentation_epochs=args.segmentation_epochs)
     exports = lake_dir(home) / "exports"
     print(f"\ndone in {time.perf_counter() - started:.0f} s. Exports: {exports}")
     print("  recommendations.parquet / recommendations.csv, fhir/<patient>.json, reports/<patient>.html, model_report.json")
@@ -75,7 +80,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _materialize(args: argparse.Namespace) -> int:
-    return 1 if run_stages() else 0
+    return 1 if run_stages(segmentation_epochs=args.segmentation_epochs) else 0
 
 
 def register(subparsers) -> None:
@@ -83,6 +88,8 @@ def register(subparsers) -> None:
     demo.add_argument("--patients", type=int, default=50)
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--home", help=f"data home (default ${HOME_ENV_VAR} or ./.radplan)")
+    demo.add_argument("--segmentation-epochs", type=int, help="override the segmentation model's training epochs")
     demo.set_defaults(func=_demo)
     materialize = subparsers.add_parser("materialize", help="materialize every asset on what the landing zone holds")
+    materialize.add_argument("--segmentation-epochs", type=int, help="override the segmentation model's training epochs")
     materialize.set_defaults(func=_materialize)

@@ -42,10 +42,11 @@ def expectation(kind: str, **kwargs):
 def validate_frame(frame: pd.DataFrame, expectations: list) -> ValidationSummary:
     import great_expectations as gx
 
+    batch_definition = _batch_definition()  # creates the context the suite needs
     suite = gx.ExpectationSuite(name="radplan-check")
     for item in expectations:
         suite.add_expectation(item)
-    batch = _batch_definition().get_batch(batch_parameters={"dataframe": frame})
+    batch = batch_definition.get_batch(batch_parameters={"dataframe": frame})
     result = batch.validate(suite)
     failures = [
         {

@@ -1,6 +1,5 @@
 """Cohort: one feature row per patient, the cohort table on Spark, cohort summary and strata."""
 
-from __future__ import annotations
 
 import json
 

@@ -1,6 +1,5 @@
 """Decision support: rules + model scores + PGx + trials -> per-patient recommendations -> clinician exports."""
 
-from __future__ import annotations
 
 import json
 
@@ -38,9 +37,10 @@ def patient_recommendations(context: AssetExecutionContext, lake: LakeResource, 
     predictions = lake.read_table("features", "response_predictions")
     mine = predictions[predictions["patient_key"] == patient_key]
     rule_base = rules.load_rule_base()
-    catalog = trials.load_trial_catalog(sorted((landing.trials_dir).glob("**/*.*")))
+    catalog = trials.load_trial_catalog([landing.trials_dir] if landing.trials_dir.is_dir() else [])
     versions = {
         "rule_base_version": rule_base.version,
+        "trial_catalog": trials.catalog_version(catalog),
         "model_name": mine["model_name"].iloc[0] if len(mine) else None,
         "model_version": mine["model_version"].iloc[0] if len(mine) else None,
         "source_runs": upstream_run_ids(context, ["patient_features"], patient_key) | upstream_run_ids(context, ["response_model", "patient_strata"], None),
@@ -76,12 +76,15 @@ def _key_slice(lake: LakeResource, patient_key: str) -> bytes | None:
 )
 def recommendation_export(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
     recommendations = lake.read_table("features", "patient_recommendations")
+    patients = sorted(lake.read_table("features", "patient_features")["patient_key"])
     bundles, reports = {}, {}
-    for patient_key, rows in recommendations.groupby("patient_key", sort=True):
+    for patient_key in patients:
+        # Every patient gets a bundle and a report, also one with no matching rule or trial.
+        rows = recommendations[recommendations["patient_key"] == patient_key]
         facts = _facts(lake, patient_key)
         variants = lake.read_table("features", "annotated_variants", patient_key) if lake.has_table("features", "annotated_variants", patient_key) else None
         pgx = lake.read_table("features", "pgx_phenotypes", patient_key) if lake.has_table("features", "pgx_phenotypes", patient_key) else None
-        attributions = json.loads(rows["top_attributions"].dropna().iloc[0]) if rows["top_attributions"].notna().any() else []
+        attributions = json.loads(rows["top_attributions"].dropna().iloc[0]) if len(rows) and rows["top_attributions"].notna().any() else []
         bundles[patient_key] = export.fhir_bundle(patient_key, rows, facts)
         reports[patient_key] = export.render_report_html(
             patient_key,

@@ -1,6 +1,5 @@
 """EHR chain: extracts -> Safe Harbor de-identification -> clinical features; notes -> de-identified notes -> findings."""
 
-from __future__ import annotations
 
 import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
@@ -11,12 +10,20 @@ from radplan_assets.ingest import landing_inventory, read_inventory
 from radplan_assets.partitions import patient_partitions
 from radplan_resources import DeidKeyResource, LakeResource, LandingZoneResource
 
+PATIENT_RESOURCE_FILE = "Patient.json"
 EHR_FHIR_TYPES = ("Patient", "Condition", "MedicationRequest", "Observation", "DocumentReference")
 
 
 def _source_patient_id(lake: LakeResource, patient_key: str) -> str | None:
     rows = read_inventory(lake, "ehr_patients", patient_key)
     return rows["source_patient_id"].iloc[0] if len(rows) else None
+
+
+def _patient_column(frame: pd.DataFrame) -> str:
+    for column in ("PATIENT", "patient", "Id"):
+        if column in frame.columns:
+            return column
+    raise KeyError("table has no patient column")
 
 
 def _raw_tables(lake: LakeResource, patient_key: str) -> dict[str, pd.DataFrame]:
@@ -36,18 +43,27 @@ def ehr_extracts(context: AssetExecutionContext, lake: LakeResource, landing: La
     source_id = _source_patient_id(lake, patient_key)
     quarantine_dir = lake.zone("quarantine") / "ehr"
     tables: dict[str, pd.DataFrame] = {}
+    patient_resources: list = []
     problems: list = []
     if source_id is not None:
         tables, problems = extracts.read_synthea_csv(landing.ehr_csv_dir, quarantine_dir=quarantine_dir, patient_ids={source_id})
         resources, fhir_problems = extracts.read_fhir_ndjson(landing.ehr_fhir_dir, EHR_FHIR_TYPES, quarantine_dir=quarantine_dir)
         problems += fhir_problems
-        fhir_tables = extracts.fhir_to_tables(resources)
-        for name, frame in fhir_tables.items():
-            mine = frame[frame["PATIENT" if "PATIENT" in frame.columns else "Id"].astype(str) == source_id]
-            tables[name] = pd.concat([tables[name], mine], ignore_index=True) if name in tables and name != "notes" else mine
+        patient_resources = [r for r in resources.get("Patient", []) if str(r.id) == source_id]
+        for name, frame in extracts.fhir_to_tables(resources).items():
+            mine = frame[frame[_patient_column(frame)].astype(str) == source_id]
+            if name == "patients" and name in tables:
+                continue  # the CSV row is the primary record; the FHIR Patient is kept whole below
+            if name in tables and len(mine):
+                tables[name] = pd.concat([tables[name], mine], ignore_index=True)
+            elif name not in tables:
+                tables[name] = mine
     with lake.rebuild_patient_dir("raw", "ehr", patient_key) as staging:
         for name, frame in tables.items():
             frame.to_parquet(staging / f"{name}.parquet", index=False)
+        if patient_resources:
+            # Phones, e-mails and name variants the CSV lacks: deny-list material for the notes.
+            (staging / PATIENT_RESOURCE_FILE).write_text(patient_resources[0].model_dump_json())
     return MaterializeResult(
         metadata={
             "tables": MetadataValue.json({name: len(frame) for name, frame in sorted(tables.items())}),
@@ -83,6 +99,26 @@ def clinical_notes(context: AssetExecutionContext, lake: LakeResource) -> Materi
     return MaterializeResult(metadata={"notes": len(notes_frame)})
 
 
+def _known_identifiers(lake: LakeResource, patient_key: str, raw: dict[str, pd.DataFrame]):
+    """The patient's identifiers from the CSV record and the FHIR Patient, merged (PHI: never logged)."""
+    from fhir.resources.R4B.patient import Patient
+
+    sources = []
+    if len(raw.get("patients", [])):
+        sources.append(extracts.patient_identifiers(raw["patients"].iloc[0]))
+    resource_file = lake.zone("raw") / "ehr" / patient_key / PATIENT_RESOURCE_FILE
+    if resource_file.exists():
+        sources.append(extracts.patient_identifiers(Patient.model_validate_json(resource_file.read_text())))
+    if not sources:
+        return None
+    merged = sources[0]
+    for extra in sources[1:]:
+        for field in ("names", "mrn", "ssn", "drivers", "passport", "phones", "emails", "addresses"):
+            setattr(merged, field, list(dict.fromkeys([*getattr(merged, field), *getattr(extra, field)])))
+        merged.birth_date = merged.birth_date or extra.birth_date
+    return merged
+
+
 _DEIDENTIFIER: notes.NoteDeidentifier | None = None
 
 
@@ -107,7 +143,7 @@ def deid_notes(context: AssetExecutionContext, lake: LakeResource, deid_key: Dei
     raw = _raw_tables(lake, patient_key)
     notes_frame = raw.get("notes", pd.DataFrame())
     source_id = _source_patient_id(lake, patient_key)
-    identifiers = extracts.patient_identifiers(raw["patients"].iloc[0]) if len(raw.get("patients", [])) else None
+    identifiers = _known_identifiers(lake, patient_key, raw)
     shift = pseudonymizer.date_shift_days(source_id) if source_id else None
     deidentifier = note_deidentifier()
     rows = []
@@ -144,8 +180,10 @@ def note_findings(context: AssetExecutionContext, lake: LakeResource) -> Materia
         for finding in findings.extract_note_findings(note.text)
     ]
     frame = pd.DataFrame(rows)
-    if "span" in frame.columns:
-        frame["span"] = frame["span"].astype(str)
+    for column in ("value", "span"):
+        # Findings mix numeric (ECOG) and text (stage) values: stored as text, typed downstream.
+        if column in frame.columns:
+            frame[column] = frame[column].map(lambda v: None if v is None else str(v))
     lake.write_table(frame, "features", "note_findings", patient_key)
     return MaterializeResult(metadata={"findings": len(frame)})
 

@@ -1,6 +1,5 @@
 """Genomics chain: raw VCF/BAM -> normalized variants -> actionable variants; coverage QC -> PGx phenotypes."""
 
-from __future__ import annotations
 
 import shutil
 from pathlib import Path
@@ -108,6 +107,12 @@ def annotated_variants(context: AssetExecutionContext, lake: LakeResource) -> Ma
     )
 
 
+def pgx_positions() -> list[tuple[str, int]]:
+    """Every position that defines a star allele in the packaged PGx allele definitions."""
+    genes = pgx.allele_definitions()["genes"]
+    return sorted({(p["chrom"], int(p["pos"])) for spec in genes.values() for p in spec["positions"]})
+
+
 class CoverageConfig(Config):
     min_depth: int = 20
 
@@ -122,7 +127,7 @@ class CoverageConfig(Config):
 def coverage_qc(context: AssetExecutionContext, config: CoverageConfig, lake: LakeResource) -> MaterializeResult:
     patient_key = context.partition_key
     alignments = _raw_files(lake, patient_key, "alignment")
-    positions = pgx.pgx_positions()
+    positions = pgx_positions()
     frames = []
     for path in alignments:
         if path.suffix in {".bai", ".crai"}:

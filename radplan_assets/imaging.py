@@ -1,6 +1,5 @@
 """Imaging chain: PACS studies -> de-identified DICOM -> series metadata, normalized volumes, lesion masks, radiomics."""
 
-from __future__ import annotations
 
 import json
 from pathlib import Path

@@ -1,7 +1,7 @@
 """Models: MONAI lesion segmentation (Lightning, MLflow) and its masks; the multimodal response model."""
 
-from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,6 +11,7 @@ import SimpleITK as sitk
 import torch
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 
+from radplan import cohort
 from radplan.imaging import masks as mask_ops
 from radplan.imaging import volumes
 from radplan.imaging.series import group_series, read_instance_header
@@ -47,7 +48,7 @@ def segmentation_model(context: AssetExecutionContext, config: SegmentationTrain
     pairs = [(lake.root_path / v, lake.root_path / m) for v, m in zip(pairs_frame["volume_path"], pairs_frame["mask_path"])]
     training_config = segmentation.SegmentationTrainingConfig.for_device(torch.cuda.is_available())
     if config.max_epochs is not None:
-        training_config.max_epochs = config.max_epochs
+        training_config = dataclasses.replace(training_config, max_epochs=config.max_epochs)
     context.log.info(f"training on {len(pairs)} CT volumes with reference masks ({training_config.max_epochs} epochs)")
     summary = segmentation.train_segmentation(
         pairs,
@@ -120,11 +121,10 @@ def outcome_labels(lake: LakeResource) -> pd.DataFrame:
     observations = lake.read_table("deid", "ehr_observations") if lake.has_table("deid", "ehr_observations") else pd.DataFrame()
     if observations.empty:
         return pd.DataFrame(columns=["patient_key", "responded"])
-    response_rows = observations[observations["CODE"].astype(str) == response.RESPONSE_OBSERVATION_CODE]
+    response_rows = observations[observations["CODE"].astype(str) == cohort.RECIST_BEST_RESPONSE_CODE]
     latest = response_rows.sort_values("DATE").groupby("patient_key").tail(1)
-    return pd.DataFrame(
-        {"patient_key": latest["patient_key"].values, "responded": latest["VALUE"].map(response.is_response_value).values}
-    )
+    labels = pd.DataFrame({"patient_key": latest["patient_key"].values, "responded": latest["VALUE"].map(cohort.is_responder).values})
+    return labels[labels["responded"].notna()]
 
 
 @asset(

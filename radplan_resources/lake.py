@@ -104,7 +104,16 @@ class LakeResource(ConfigurableResource):
         folder = self.zone(zone) / table
         if not folder.is_dir():
             raise FileNotFoundError(f"{zone}/{table} has not been materialized")
-        return ds.dataset(folder, format="parquet", partitioning=HIVE_PARTITIONING).to_table().to_pandas()
+        # Partitions are written one patient at a time, so a column that is all-null for one patient
+        # has Arrow type null there: unify the per-partition schemas instead of trusting the first file.
+        parts = []
+        for fragment in ds.dataset(folder, format="parquet", partitioning=HIVE_PARTITIONING).get_fragments():
+            part = fragment.to_table()
+            key = ds.get_partition_keys(fragment.partition_expression)[PARTITION_COLUMN]
+            parts.append(part.append_column(PARTITION_COLUMN, pa.array([key] * part.num_rows, pa.string())))
+        if not parts:
+            return pd.DataFrame(columns=[PARTITION_COLUMN])
+        return pa.concat_tables(parts, promote_options="permissive").to_pandas()
 
     def has_table(self, zone: str, table: str, patient_key: str | None = None) -> bool:
         if patient_key is None:

@@ -12,6 +12,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+from radplan.cohort import RECIST_BEST_RESPONSE_CODE
 from radplan.synth.cohort import PatientPlan, knowledge, patient_rng, stable_uuid
 
 COLUMNS_PATH = Path(__file__).with_name("data") / "synthea_csv_columns.json"
@@ -116,6 +117,15 @@ def ehr_rows(plan: PatientPlan, seed: int) -> dict[str, list[dict[str, str]]]:
         observation("laboratory", "creatinine_mgdl", f"{plan.labs['creatinine_mgdl']:.2f}")
     for key in ("anc", "bilirubin", "alt", "hemoglobin"):
         observation("laboratory", key, f"{plan.labs[key]:g}")
+
+    # The observed outcome of first-line therapy, as a tumour board records it: RECIST best overall response.
+    assessed = plan.studies[1].date if len(plan.studies) > 1 else start + dt.timedelta(days=63)
+    assessment = encounter("assessment", assessed, "140000", "oncology", "ambulatory", True)
+    rows["observations"].append({
+        "DATE": _ts(assessed, "140000"), "PATIENT": plan.mrn, "ENCOUNTER": assessment, "CATEGORY": "exam",
+        "CODE": RECIST_BEST_RESPONSE_CODE, "DESCRIPTION": "Best overall response (RECIST 1.1)",
+        "VALUE": "Partial response" if plan.responder else "Progressive disease", "UNITS": "", "TYPE": "text",
+    })
     return rows
 
 
