@@ -198,15 +198,23 @@ class DeidText:
 
 
 def _resolve_overlaps(results: list[RecognizerResult]) -> list[RecognizerResult]:
-    """Merge overlapping detections into one span each, typed by the strongest detection."""
-    merged: list[RecognizerResult] = []
+    """Merge overlapping detections into one span each, typed by the strongest detection.
+
+    A merged span is only typed DATE_TIME when every detection in it was a date: date
+    spans keep their non-date words, so a name overlapping a date must mask the span.
+    """
+    groups: list[list[RecognizerResult]] = []
     for result in sorted(results, key=lambda r: (r.start, -(r.end - r.start), -r.score)):
-        if merged and result.start < merged[-1].end:
-            last = merged[-1]
-            strongest = last if (last.score, last.end - last.start) >= (result.score, result.end - result.start) else result
-            merged[-1] = RecognizerResult(strongest.entity_type, last.start, max(last.end, result.end), max(last.score, result.score))
+        if groups and result.start < max(r.end for r in groups[-1]):
+            groups[-1].append(result)
         else:
-            merged.append(RecognizerResult(result.entity_type, result.start, result.end, result.score))
+            groups.append([result])
+    merged = []
+    for group in groups:
+        candidates = [r for r in group if r.entity_type != "DATE_TIME"] or group
+        strongest = max(candidates, key=lambda r: (r.score, r.end - r.start))
+        start, end = min(r.start for r in group), max(r.end for r in group)
+        merged.append(RecognizerResult(strongest.entity_type, start, end, max(r.score for r in group)))
     return merged
 
 

@@ -115,3 +115,16 @@ MEASURED = {
     "person_recall": 0.673,
     "name_precision": 0.771,
 }
+
+
+def test_a_name_overlapping_a_date_masks_the_whole_span(note_deidentifier, fhir_resources):
+    from presidio_analyzer import RecognizerResult
+
+    from radplan.ehr.notes import _resolve_overlaps
+
+    merged = _resolve_overlaps([RecognizerResult("DATE_TIME", 5, 30, 0.95), RecognizerResult("PERSON", 18, 27, 0.85)])
+    assert [(r.entity_type, r.start, r.end) for r in merged] == [("PERSON", 5, 30)]
+    patient = fhir_resources["Patient"][0]
+    given = patient.name[0].given[0]
+    result = note_deidentifier.deidentify(f"Seen March 3 {given} 2020 visit", patient_identifiers(patient), -5)
+    assert given not in result.text
