@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pandas as pd
 import pytest
@@ -119,3 +120,27 @@ def test_note_findings_fill_gaps_with_source(fhir_features):
     assert row["ecog"] == 1 and row["ehr_ecog_source"] == "note"
     assert row["stage"] == "III" and row["ehr_stage_source"] == "note"
     assert row["ehr_biomarkers"] == ["EGFR exon 19 deletion"]
+
+
+def test_fhir_observations_are_tabulated_and_harmonized(pseudonymizer_module, note_deidentifier):
+    from radplan.ehr.extracts import parse_fhir_line
+
+    def observation(code, value, unit, when):
+        return parse_fhir_line(json.dumps({
+            "resourceType": "Observation", "status": "final", "subject": {"reference": "Patient/pt-1"},
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+            "effectiveDateTime": when, "valueQuantity": {"value": value, "unit": unit},
+        }))
+
+    resources = {"Observation": [
+        observation("2160-0", 97.3, "umol/L", "2021-01-01T10:00:00Z"),
+        observation("718-7", 12.1, "g/dL", "2021-01-01T10:00:00Z"),
+        observation("89247-1", 2, "{score}", "2021-01-02T10:00:00Z"),
+    ]}
+    tables = fhir_to_tables(resources)
+    assert list(tables["observations"]["UNITS"]) == ["umol/L", "g/dL", "{score}"]
+    deid = deidentify_tables(tables, pseudonymizer_module, deidentifier=note_deidentifier)
+    row = clinical_features(deid).iloc[0]
+    assert row["patient_key"] == pseudonymizer_module.patient_key("pt-1")
+    assert row["lab_creatinine_mg_dl"] == pytest.approx(97.3 / 88.42, rel=1e-4)
+    assert row["lab_hemoglobin_g_dl"] == pytest.approx(12.1) and row["ecog"] == 2
