@@ -116,7 +116,8 @@ def clinical_features(
     medication is current when it has no stop date (and, for FHIR, status active).
     ``deid_tables["quarantined"]`` (patient_key per quarantined row), when present, fills
     ``ehr_quarantined_rows``.
-    ``note_findings``: rows of ``extract_note_findings`` output with a ``patient_key`` column.
+    ``note_findings``: rows of ``extract_note_findings`` output with a ``patient_key`` column
+    (optional when the tables hold one patient), values possibly stored as text.
     """
     patients = deid_tables.get("patients", pd.DataFrame(columns=["patient_key"]))
     keys = set(patients["patient_key"].dropna())
@@ -250,13 +251,22 @@ def _from_notes(rows: dict, note_findings: pd.DataFrame | None) -> None:
     if note_findings is None or note_findings.empty:
         return
     kept = note_findings[~note_findings["negated"].astype(bool)]
-    if "date" in kept:
-        kept = kept.sort_values("date", kind="stable")
+    date_column = next((c for c in ("date", "date_shifted") if c in kept), None)
+    if date_column:
+        kept = kept.sort_values(date_column, kind="stable")
+    # Per-patient findings (one partition) may come without a patient_key column.
+    only_patient = next(iter(rows)) if len(rows) == 1 else None
     for _index, finding in kept.iterrows():
-        row = rows.get(finding["patient_key"])
+        row = rows.get(finding["patient_key"]) if "patient_key" in finding else rows.get(only_patient)
         if row is None:
             continue
         kind, value = finding["finding"], finding["value"]
+        if kind == "ecog":
+            # Stored findings may hold the score as text.
+            value = pd.to_numeric(value, errors="coerce")
+            if pd.isna(value):
+                continue
+            value = int(value)
         if kind == "biomarker":
             row.setdefault("ehr_biomarkers", [])
             if value not in row["ehr_biomarkers"]:

@@ -144,3 +144,17 @@ def test_fhir_observations_are_tabulated_and_harmonized(pseudonymizer_module, no
     assert row["patient_key"] == pseudonymizer_module.patient_key("pt-1")
     assert row["lab_creatinine_mg_dl"] == pytest.approx(97.3 / 88.42, rel=1e-4)
     assert row["lab_hemoglobin_g_dl"] == pytest.approx(12.1) and row["ecog"] == 2
+
+
+def test_stored_findings_of_one_patient_without_key_and_text_values(fhir_features):
+    features, deid = fhir_features
+    key = features["patient_key"].iloc[0]
+    one_patient = {name: frame[frame["patient_key"] == key] for name, frame in deid.items()}
+    stored = pd.DataFrame(
+        [
+            {"note_id": "n1", "date_shifted": "2020-01-01", "finding": "ecog", "value": "2", "negated": False},
+            {"note_id": "n1", "date_shifted": "2020-01-01", "finding": "smoking_status", "value": "former", "negated": False},
+        ]
+    )
+    row = clinical_features(one_patient, stored).iloc[0]
+    assert row["ecog"] == 2 and row["ehr_ecog_source"] == "note" and row["smoking_status"] == "former"
