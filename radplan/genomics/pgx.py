@@ -91,6 +91,19 @@ def _allele_sort_key(allele: Allele, order: int) -> tuple:
 
 # --------------------------------------------------------------------------- genotypes from the VCF
 
+def _candidate_records(reader, path: Path, wanted: set[tuple[str, int]]):
+    """Records that may sit at the wanted positions: region queries on an indexed VCF, else a full scan."""
+    indexed = any(Path(f"{path}{suffix}").is_file() for suffix in (".tbi", ".csi"))
+    if not indexed:
+        yield from reader
+        return
+    contigs = set(reader.seqnames)
+    for chrom, pos in sorted(wanted):
+        name = next((c for c in (chrom, f"chr{chrom}") if c in contigs), None)
+        if name is not None:
+            yield from reader(f"{name}:{pos}-{pos}")
+
+
 def _read_genotypes(vcf_path: Path, sample: str | None) -> tuple[dict[tuple[str, int], tuple], str]:
     """(chrom, pos) -> (REF, observed sorted allele tuple or None, FORMAT DP or None) at defining positions."""
     wanted = {(_norm_chrom(p["chrom"]), p["pos"]) for g in allele_definitions()["genes"].values() for p in g["positions"]}
@@ -107,7 +120,7 @@ def _read_genotypes(vcf_path: Path, sample: str | None) -> tuple[dict[tuple[str,
     has_dp = "##FORMAT=<ID=DP," in reader.raw_header
     found: dict[tuple[str, int], tuple] = {}
     try:
-        for variant in reader:
+        for variant in _candidate_records(reader, Path(vcf_path), wanted):
             key = (_norm_chrom(variant.CHROM), variant.POS)
             if key not in wanted:
                 continue
@@ -121,7 +134,7 @@ def _read_genotypes(vcf_path: Path, sample: str | None) -> tuple[dict[tuple[str,
                 depth = int(dp[sample_index][0]) if dp is not None and dp[sample_index][0] >= 0 else None
             previous = found.get(key)
             # split multi-allelic sites: keep the record that carries a non-reference call
-            if previous is None or (previous[1] is not None and set(previous[1]) == {previous[0]}):
+            if previous is None or previous[1] is None or set(previous[1]) == {previous[0]}:
                 found[key] = (variant.REF, observed, depth)
     except Exception as exc:  # htslib parse errors
         raise InvalidVcfError(f"{Path(vcf_path).name}: malformed record ({exc})") from exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -126,3 +127,11 @@ def test_outside_call_replaces_vcf_call_for_a_defined_gene(pgx_dir, tmp_path):
     calls = _by_gene(call_pgx(pgx_dir / "pharmcat.example.vcf", outside_calls=outside))
     assert (calls["CYP2C19"].diplotype, calls["CYP2C19"].phenotype, calls["CYP2C19"].source) == ("*2/*17", "Intermediate Metabolizer", "outside_call")
     assert (calls["CYP2D6"].phenotype, calls["CYP2D6"].activity_score) == ("Poor Metabolizer", 0.0)
+
+
+def test_indexed_bgzipped_vcf_gives_the_same_calls(pgx_dir, tmp_path):
+    gz = tmp_path / "example.vcf.gz"
+    subprocess.run(["bcftools", "view", "-Oz", "-o", str(gz), str(pgx_dir / "pharmcat.example.vcf")], check=True, capture_output=True)
+    subprocess.run(["bcftools", "index", "-t", str(gz)], check=True, capture_output=True)
+    outside = pgx_dir / "pharmcat.example.outsideCall.tsv"
+    assert call_pgx(gz, outside_calls=outside).equals(call_pgx(pgx_dir / "pharmcat.example.vcf", outside_calls=outside))
