@@ -81,6 +81,8 @@ VARIANT_SCHEMA = pa.schema([
 
 _BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 _TRANSITIONS = {("A", "G"), ("G", "A"), ("C", "T"), ("T", "C")}
+# (REF, ALT) -> is_transition for upper-case single-base changes: the common case, looked up in one step
+_SNV_TRANSITION = {(r, a): (r, a) in _TRANSITIONS for r in "ACGT" for a in "ACGT" if r != a}
 _NO_ANNOTATION = (None,) * 8  # gene .. annotation_source
 _INT_MISSING = -2147483647  # htslib int32 missing (-2^31) and vector-end (-2^31+1) are both below this
 
@@ -319,9 +321,12 @@ class VariantReader:
         n_samples = self.sample_count
         if n_samples:
             genotypes = variant.genotypes
-            ad = self._format_rows(variant, "AD")
-            dp = self._format_rows(variant, "DP")
-            af = self._format_rows(variant, "AF") or self._format_rows(variant, "FA")
+            has = self._has
+            ad = self._format_rows(variant, "AD") if has["AD"] else None
+            dp = self._format_rows(variant, "DP") if has["DP"] else None
+            af = None
+            if has["AF"] or has["FA"]:
+                af = self._format_rows(variant, "AF") or self._format_rows(variant, "FA")
         sample_range = range(n_samples) if n_samples else (None,)
         split_cache = self._split_cache
         build = self.build
@@ -330,16 +335,18 @@ class VariantReader:
             if alt == "*":
                 stats.spanning_deletion_alleles += 1
                 continue
-            vtype = variant_type(ref, alt)
+            snv = _SNV_TRANSITION.get((ref, alt))
+            if snv is not None:
+                vtype, is_transition = "SNV", snv
+            else:
+                vtype = variant_type(ref, alt)
+                is_transition = (ref.upper(), alt.upper()) in _TRANSITIONS if vtype == "SNV" else None
             stats.alleles += 1
             stats.variant_types[vtype] = stats.variant_types.get(vtype, 0) + 1
-            is_transition = None
-            if vtype == "SNV":
-                is_transition = (ref.upper(), alt.upper()) in _TRANSITIONS
-                if is_transition:
-                    stats.transitions += 1
-                else:
-                    stats.transversions += 1
+            if is_transition:
+                stats.transitions += 1
+            elif is_transition is not None:
+                stats.transversions += 1
             picked = annotations[k - 1] if annotations else None
             if picked is None:
                 annotation_values = _NO_ANNOTATION
@@ -362,7 +369,8 @@ class VariantReader:
                     row = ad[s]
                     ref_depth = row[0] if row[0] > _INT_MISSING else None
                     alt_depth = row[k] if k < len(row) and row[k] > _INT_MISSING else None
-                    ad_sum = sum(x for x in row if x > _INT_MISSING) if ref_depth is not None else None
+                    if ref_depth is not None:  # plain sum unless AD holds missing/vector-end values
+                        ad_sum = sum(row) if min(row) >= 0 else sum(x for x in row if x > _INT_MISSING)
                 depth = dp[s][0] if dp is not None and dp[s][0] > _INT_MISSING else ad_sum
                 fraction = None
                 if af is not None and k - 1 < len(af[s]) and af[s][k - 1] == af[s][k - 1]:  # NaN = missing
