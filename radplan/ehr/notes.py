@@ -164,8 +164,14 @@ def _build_analyzer(use_spacy: bool, spacy_model: str) -> tuple[AnalyzerEngine, 
 def _deny_list_recognizers(identifiers: PatientIdentifiers | None) -> list[EntityRecognizer]:
     if identifiers is None:
         return []
+    recognizers: list[EntityRecognizer] = []
+    if identifiers.names:
+        # Names match case-sensitively (as written, or in capitals): a short given name such
+        # as "An" must not swallow the word "an". Longest first so full names win.
+        variants = sorted({v for name in identifiers.names for v in (name, name.upper())}, key=len, reverse=True)
+        names_regex = r"(?<!\w)(?-i:" + "|".join(re.escape(v) for v in variants) + r")(?!\w)"
+        recognizers.append(PatternRecognizer(supported_entity="PERSON", name="patient_names", patterns=[Pattern("patient_names", names_regex, 1.0)]))
     lists = {
-        "PERSON": identifiers.names,
         "MRN": identifiers.mrn,
         "US_SSN": identifiers.ssn,
         "RECORD_ID": identifiers.drivers + identifiers.passport,
@@ -174,7 +180,7 @@ def _deny_list_recognizers(identifiers: PatientIdentifiers | None) -> list[Entit
         "STREET_ADDRESS": identifiers.addresses,
         "DATE_TIME": date_spellings(identifiers.birth_date) if identifiers.birth_date else [],
     }
-    return [
+    return recognizers + [
         PatternRecognizer(supported_entity=entity, name=f"patient_{entity.lower()}", deny_list=sorted(set(values), key=len, reverse=True))
         for entity, values in lists.items()
         if values
