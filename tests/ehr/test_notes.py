@@ -128,3 +128,11 @@ def test_a_name_overlapping_a_date_masks_the_whole_span(note_deidentifier, fhir_
     given = patient.name[0].given[0]
     result = note_deidentifier.deidentify(f"Seen March 3 {given} 2020 visit", patient_identifiers(patient), -5)
     assert given not in result.text
+
+
+def test_short_given_names_do_not_swallow_common_words(note_deidentifier):
+    from radplan.ehr.identifiers import PatientIdentifiers, name_variants
+
+    ids = PatientIdentifiers("x", names=name_variants(None, ["An125"], "Champlin946", None))
+    result = note_deidentifier.deidentify("An125 Champlin946 is an adult. AN CHAMPLIN called; an option.", ids, -3)
+    assert result.text == "[NAME] is an adult. [NAME] called; an option."
