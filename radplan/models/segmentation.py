@@ -1,0 +1,564 @@
+"""3-D lesion segmentation: MONAI networks and transforms trained with Lightning, tracked in MLflow.
+
+Inputs are (CT image, lesion label) NIfTI pairs already resampled to the
+training spacing (``normalized_volumes`` + ``lesion_masks``). Labels may hold
+several lesion ids; the model learns lesion vs. background (any label > 0).
+
+Pipeline
+- MONAI dictionary transforms: load (nibabel), channel first, CT soft-tissue
+  HU window scaled to [0, 1], crop to the body (voxels above the window
+  floor), pad to the ROI, positive/negative balanced random ROI crops, random
+  flips on all three axes, small intensity jitter; ``CacheDataset`` caches the
+  deterministic part.
+- MONAI ``UNet`` (or ``SegResNet``) in a ``LightningModule`` trained with
+  Dice + cross-entropy; seeds fixed through ``monai.utils.set_determinism``
+  and ``lightning.seed_everything``.
+- Held-out validation split by image (never by patch); validation Dice is
+  MONAI ``DiceMetric`` (foreground only) on sliding-window predictions of the
+  whole image. The same function scores the new model and the current
+  champion on the same validation images for the champion/challenger decision.
+- MLflow: parameters, per-epoch ``train_loss`` / ``val_dice``, the network via
+  ``mlflow.pytorch`` with a tensor signature, registration through
+  :mod:`radplan.models.registry`.
+
+The same code runs on CUDA when available (``SegmentationTrainingConfig.for_device``
+gives larger defaults there) and on CPU otherwise.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import highdicom as hd
+import lightning as L
+import mlflow
+import mlflow.pytorch
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+import torch
+from mlflow.models import infer_signature
+from monai.data import CacheDataset, DataLoader, Dataset
+from monai.inferers import sliding_window_inference
+from monai.losses import DiceCELoss
+from monai.metrics import DiceMetric
+from monai.networks.nets import SegResNet, UNet
+from monai.networks.utils import one_hot
+from monai.transforms import (
+    Compose,
+    CropForegroundd,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    Lambdad,
+    LoadImaged,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    ScaleIntensityRanged,
+    SpatialPadd,
+)
+from monai.utils import set_determinism
+from pydicom.sr.codedict import codes
+
+from radplan.errors import RadplanInputError
+from radplan.lake import atomic_path
+from radplan.models import registry
+
+IMAGE_KEY = "image"
+LABEL_KEY = "label"
+MODEL_ARTIFACT = "model"
+
+
+@dataclass(frozen=True)
+class SegmentationTrainingConfig:
+    """Everything that defines a segmentation training run (all logged as MLflow params)."""
+
+    roi_size: tuple[int, int, int] = (48, 48, 32)
+    # Expected voxel spacing of the inputs (they are resampled upstream); None skips the check.
+    spacing_mm: float | None = 1.5
+    # CT soft-tissue window (HU) mapped to [0, 1]; lesions sit inside it, air and bone saturate.
+    hu_min: float = -200.0
+    hu_max: float = 300.0
+    max_epochs: int = 10
+    batch_size: int = 2
+    samples_per_volume: int = 2
+    learning_rate: float = 2e-3
+    seed: int = 0
+    val_fraction: float = 0.25
+    cache_rate: float = 1.0
+    network: str = "unet"
+    channels: tuple[int, ...] = (8, 16, 32, 64)
+    strides: tuple[int, ...] = (2, 2, 2)
+    num_res_units: int = 1
+    sw_batch_size: int = 2
+    sw_overlap: float = 0.25
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.network not in ("unet", "segresnet"):
+            raise ValueError(f"network must be 'unet' or 'segresnet', not {self.network!r}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError("val_fraction must be in (0, 1)")
+        # Sliding-window tiles must survive every down-sampling step.
+        factor = int(np.prod(self.strides)) if self.network == "unet" else 8
+        if any(size % factor for size in self.roi_size):
+            raise ValueError(f"roi_size {self.roi_size} must be divisible by {factor} for this network")
+
+    @classmethod
+    def for_device(cls, cuda: bool) -> "SegmentationTrainingConfig":
+        """CPU: small UNet, few epochs (minutes on a laptop). CUDA: larger ROI, wider UNet, more epochs."""
+        if not cuda:
+            return cls()
+        return cls(
+            roi_size=(96, 96, 64),
+            max_epochs=100,
+            batch_size=4,
+            samples_per_volume=4,
+            learning_rate=1e-3,
+            channels=(16, 32, 64, 128, 256),
+            strides=(2, 2, 2, 2),
+            num_res_units=2,
+            sw_batch_size=8,
+            sw_overlap=0.5,
+            num_workers=4,
+        )
+
+    def to_params(self) -> dict[str, str]:
+        return {name: json.dumps(value) for name, value in asdict(self).items()}
+
+    @classmethod
+    def from_params(cls, params: dict[str, str]) -> "SegmentationTrainingConfig":
+        """Rebuild the config a run logged (unknown or missing keys fall back to defaults)."""
+        known = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for name, text in params.items():
+            if name in known:
+                value = json.loads(text)
+                values[name] = tuple(value) if isinstance(value, list) else value
+        return cls(**values)
+
+
+# ---------------------------------------------------------------- transforms
+
+
+def _binarize_label(label: torch.Tensor) -> torch.Tensor:
+    """Any lesion id becomes foreground 1."""
+    return (label > 0).to(torch.uint8)
+
+
+def _inside_window(image: torch.Tensor) -> torch.Tensor:
+    """Body voxels: above the floor of the HU window (image already scaled to [0, 1])."""
+    return image > 0
+
+
+def _base_transforms(config: SegmentationTrainingConfig, keys: Sequence[str]) -> list:
+    transforms = [
+        LoadImaged(keys=list(keys), reader="NibabelReader", image_only=True),
+        EnsureChannelFirstd(keys=list(keys)),
+        EnsureTyped(keys=list(keys), dtype=torch.float32, track_meta=True),
+        ScaleIntensityRanged(keys=IMAGE_KEY, a_min=config.hu_min, a_max=config.hu_max, b_min=0.0, b_max=1.0, clip=True),
+    ]
+    if LABEL_KEY in keys:
+        transforms.append(Lambdad(keys=LABEL_KEY, func=_binarize_label))
+    return transforms
+
+
+def training_transforms(config: SegmentationTrainingConfig):
+    keys = [IMAGE_KEY, LABEL_KEY]
+    return Compose(
+        _base_transforms(config, keys)
+        + [
+            CropForegroundd(keys=keys, source_key=IMAGE_KEY, select_fn=_inside_window, allow_smaller=True),
+            SpatialPadd(keys=keys, spatial_size=config.roi_size),
+            RandCropByPosNegLabeld(
+                keys=keys,
+                label_key=LABEL_KEY,
+                spatial_size=config.roi_size,
+                pos=1.0,
+                neg=1.0,
+                num_samples=config.samples_per_volume,
+                # Negatives from anywhere (air included): inference runs on the whole image.
+            ),
+            RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
+            RandFlipd(keys=keys, prob=0.5, spatial_axis=1),
+            RandFlipd(keys=keys, prob=0.5, spatial_axis=2),
+            RandScaleIntensityd(keys=IMAGE_KEY, factors=0.1, prob=0.5),
+            RandShiftIntensityd(keys=IMAGE_KEY, offsets=0.05, prob=0.5),
+        ]
+    )
+
+
+def evaluation_transforms(config: SegmentationTrainingConfig, with_label: bool = True):
+    """Whole image on its own grid (no crop, no reorientation): predictions map 1:1 to input voxels."""
+    return Compose(_base_transforms(config, [IMAGE_KEY, LABEL_KEY] if with_label else [IMAGE_KEY]))
+
+
+# ---------------------------------------------------------------- network and Lightning module
+
+
+def build_network(config: SegmentationTrainingConfig) -> torch.nn.Module:
+    if config.network == "segresnet":
+        return SegResNet(spatial_dims=3, in_channels=1, out_channels=2, init_filters=config.channels[0])
+    return UNet(
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=2,
+        channels=config.channels,
+        strides=config.strides,
+        num_res_units=config.num_res_units,
+    )
+
+
+def sliding_window_logits(network: torch.nn.Module, image: torch.Tensor, config: SegmentationTrainingConfig) -> torch.Tensor:
+    """Logits (B, 2, *spatial) for a whole image batch via overlapping ROI tiles."""
+    return sliding_window_inference(
+        image, roi_size=config.roi_size, sw_batch_size=config.sw_batch_size, predictor=network, overlap=config.sw_overlap, mode="gaussian"
+    )
+
+
+class LesionSegmentationModule(L.LightningModule):
+    """Dice+CE training on random ROI crops; whole-image sliding-window Dice for validation."""
+
+    def __init__(self, network: torch.nn.Module, config: SegmentationTrainingConfig) -> None:
+        super().__init__()
+        self.network = network
+        self.config = config
+        self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
+        self.dice = DiceMetric(include_background=False, reduction="mean", ignore_empty=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x)
+
+    def training_step(self, batch, batch_idx):
+        loss = self.loss(self.network(batch[IMAGE_KEY]), batch[LABEL_KEY])
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=batch[IMAGE_KEY].shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        logits = sliding_window_logits(self.network, batch[IMAGE_KEY], self.config)
+        self.dice(y_pred=_one_hot_prediction(logits), y=_one_hot(batch[LABEL_KEY]))
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val_dice", self.dice.aggregate().item())
+        self.dice.reset()
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.config.learning_rate, weight_decay=1e-5)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.config.max_epochs, 1))
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+def _one_hot(label: torch.Tensor) -> torch.Tensor:
+    return one_hot(label.long(), num_classes=2)
+
+
+def _one_hot_prediction(logits: torch.Tensor) -> torch.Tensor:
+    return _one_hot(torch.argmax(logits, dim=1, keepdim=True))
+
+
+class MlflowEpochMetrics(L.Callback):
+    """Per-epoch train_loss and val_dice to an MLflow run (step = epoch), plus an optional progress line."""
+
+    def __init__(self, client, run_id: str, progress: Callable[[str], None] | None = None) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.progress = progress
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = trainer.callback_metrics
+        for key in ("train_loss", "val_dice"):
+            if key in metrics:
+                self.client.log_metric(self.run_id, key, float(metrics[key]), step=trainer.current_epoch)
+        if self.progress is not None:
+            shown = ", ".join(f"{k}={float(metrics[k]):.3f}" for k in ("train_loss", "val_dice") if k in metrics)
+            self.progress(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {shown}")
+
+
+# ---------------------------------------------------------------- data checks and split
+
+
+def _check_pairs(pairs: Sequence[tuple[Path, Path]], config: SegmentationTrainingConfig) -> None:
+    """Image/label grids must agree and match the configured spacing; labels must contain lesions."""
+    for image_path, label_path in pairs:
+        image_info = _read_information(Path(image_path))
+        label_info = _read_information(Path(label_path))
+        if image_info.GetSize() != label_info.GetSize() or not np.allclose(image_info.GetSpacing(), label_info.GetSpacing(), rtol=1e-3):
+            raise RadplanInputError(f"label grid does not match its image ({Path(label_path).name})")
+        _check_spacing(image_info, config, Path(image_path).name)
+
+
+def _read_information(path: Path) -> sitk.ImageFileReader:
+    if not path.is_file():
+        raise RadplanInputError(f"missing NIfTI file {path.name}")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise RadplanInputError(f"unreadable image {path.name}: {error}") from error
+    if reader.GetDimension() != 3:
+        raise RadplanInputError(f"{path.name} is {reader.GetDimension()}-D; a 3-D volume is required")
+    return reader
+
+
+def _check_spacing(info: sitk.ImageFileReader, config: SegmentationTrainingConfig, name: str) -> None:
+    if config.spacing_mm is not None and not np.allclose(info.GetSpacing(), config.spacing_mm, rtol=0.02):
+        spacing = tuple(round(s, 3) for s in info.GetSpacing())
+        raise RadplanInputError(f"{name} has spacing {spacing} mm; the model expects {config.spacing_mm} mm (resample first)")
+
+
+def split_by_image(n_images: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic held-out split of image indices (whole images, never patches)."""
+    if n_images < 2:
+        raise RadplanInputError("segmentation training needs at least 2 image/label pairs (train + validation)")
+    order = list(range(n_images))
+    random.Random(seed).shuffle(order)
+    n_val = min(n_images - 1, max(1, round(val_fraction * n_images)))
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+# ---------------------------------------------------------------- evaluation and inference
+
+
+def evaluate_dice(network: torch.nn.Module, pairs: Sequence[tuple[Path, Path]], config: SegmentationTrainingConfig, device: torch.device | None = None) -> float:
+    """Mean foreground Dice (MONAI DiceMetric) of sliding-window predictions on whole images."""
+    device = device or torch.device("cpu")
+    network = network.to(device).eval()
+    loader = DataLoader(
+        Dataset([{IMAGE_KEY: str(i), LABEL_KEY: str(l)} for i, l in pairs], evaluation_transforms(config)), batch_size=1
+    )
+    dice = DiceMetric(include_background=False, reduction="mean", ignore_empty=False)
+    with torch.no_grad():
+        for batch in loader:
+            logits = sliding_window_logits(network, batch[IMAGE_KEY].to(device), config)
+            dice(y_pred=_one_hot_prediction(logits), y=_one_hot(batch[LABEL_KEY].to(device)))
+    return float(dice.aggregate().item())
+
+
+def predict_mask(model: torch.nn.Module, image_path: Path, config: SegmentationTrainingConfig) -> sitk.Image:
+    """Lesion label map (uint8, 1 = lesion) on the input image's own grid and geometry."""
+    image_path = Path(image_path)
+    info = _read_information(image_path)
+    _check_spacing(info, config, image_path.name)
+    device = next(model.parameters()).device
+    data = evaluation_transforms(config, with_label=False)({IMAGE_KEY: str(image_path)})
+    model.eval()
+    with torch.no_grad():
+        logits = sliding_window_logits(model, data[IMAGE_KEY].unsqueeze(0).to(device), config)
+    # MONAI arrays are indexed (i, j, k) like the NIfTI voxel array; SimpleITK's numpy view is (k, j, i).
+    labels = torch.argmax(logits, dim=1)[0].cpu().numpy().astype(np.uint8)
+    mask = sitk.GetImageFromArray(np.ascontiguousarray(labels.transpose(2, 1, 0)))
+    if mask.GetSize() != info.GetSize():
+        raise RuntimeError(f"prediction grid {mask.GetSize()} differs from image grid {info.GetSize()}")
+    mask.SetOrigin(info.GetOrigin())
+    mask.SetSpacing(info.GetSpacing())
+    mask.SetDirection(info.GetDirection())
+    return mask
+
+
+# ---------------------------------------------------------------- training
+
+
+def _champion_dice_on(client, model_name: str, val_pairs, device: torch.device) -> tuple[float | None, int | None]:
+    """Current champion's Dice on this run's validation images, with the preprocessing it was trained with."""
+    champion = registry.champion_version(client, model_name)
+    if champion is None:
+        return None, None
+    champion_config = SegmentationTrainingConfig.from_params(client.get_run(champion.run_id).data.params)
+    network = registry.load_model_version(client, champion)
+    return evaluate_dice(network, val_pairs, champion_config, device), int(champion.version)
+
+
+def train_segmentation(
+    pairs: list[tuple[Path, Path]],
+    config: SegmentationTrainingConfig,
+    *,
+    tracking_uri: str,
+    artifact_root: Path,
+    model_name: str = "radplan-lesion-seg",
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train, validate, log and register a lesion segmentation model; returns a PHI-free summary."""
+    pairs = [(Path(i), Path(l)) for i, l in pairs]
+    _check_pairs(pairs, config)
+    train_idx, val_idx = split_by_image(len(pairs), config.val_fraction, config.seed)
+    train_pairs = [pairs[i] for i in train_idx]
+    val_pairs = [pairs[i] for i in val_idx]
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    set_determinism(seed=config.seed)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+
+    as_items = lambda subset: [{IMAGE_KEY: str(i), LABEL_KEY: str(l)} for i, l in subset]  # noqa: E731
+    train_ds = CacheDataset(as_items(train_pairs), training_transforms(config), cache_rate=config.cache_rate, num_workers=0, progress=False)
+    val_ds = Dataset(as_items(val_pairs), evaluation_transforms(config))
+    train_loader = DataLoader(train_ds, batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers,
+                              generator=torch.Generator().manual_seed(config.seed))
+    val_loader = DataLoader(val_ds, batch_size=1, num_workers=config.num_workers)
+
+    network = build_network(config)
+    module = LesionSegmentationModule(network, config)
+
+    client = registry.mlflow_client(tracking_uri, artifact_root)
+    experiment_id = registry.ensure_experiment(client, registry.SEGMENTATION_EXPERIMENT, artifact_root)
+    with registry.active_tracking(tracking_uri), mlflow.start_run(experiment_id=experiment_id) as run:
+        run_id = run.info.run_id
+        mlflow.log_params(config.to_params())
+        mlflow.log_params({"n_train_images": len(train_pairs), "n_val_images": len(val_pairs), "model_name": model_name})
+        mlflow.set_tags({"radplan.model": "lesion-segmentation", "radplan.device": device.type})
+        trainer = L.Trainer(
+            max_epochs=config.max_epochs,
+            accelerator="gpu" if cuda else "cpu",
+            devices=1,
+            deterministic="warn",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            callbacks=[MlflowEpochMetrics(client, run_id, progress)],
+        )
+        started = time.perf_counter()
+        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+        train_seconds = time.perf_counter() - started
+
+        network = module.network.to(device).eval()
+        val_dice = evaluate_dice(network, val_pairs, config, device)
+        champion_dice, champion_version = _champion_dice_on(client, model_name, val_pairs, device)
+        mlflow.log_metrics({"final_val_dice": val_dice, "train_seconds": train_seconds})
+        if champion_dice is not None:
+            mlflow.log_metric("champion_val_dice_same_images", champion_dice)
+
+        network = network.cpu()
+        example = torch.zeros((1, 1, *config.roi_size), dtype=torch.float32)
+        with torch.no_grad():
+            signature = infer_signature(example.numpy(), network(example).numpy())
+        # Whole-module pickle: sliding-window inference feeds variable batch sizes, which a traced pt2 graph would fix.
+        mlflow.pytorch.log_model(
+            network, name=MODEL_ARTIFACT, signature=signature, pip_requirements=registry.pinned_requirements("torch", "monai", "numpy"), serialization_format="pickle"
+        )
+
+    registration = registry.register_with_champion_challenger(
+        client,
+        model_name=model_name,
+        run_id=run_id,
+        artifact_path=MODEL_ARTIFACT,
+        metric_name="val_dice",
+        new_value=val_dice,
+        higher_is_better=True,
+        champion_value_on_same_data=champion_dice,
+    )
+    if progress is not None:
+        progress(f"registered {model_name} v{registration['version']} as {registration['alias']} (val_dice={val_dice:.3f})")
+    return {
+        "run_id": run_id,
+        "model_name": model_name,
+        "version": registration["version"],
+        "alias": registration["alias"],
+        "val_dice": val_dice,
+        "champion_comparison": registration,
+        "champion_version_evaluated": champion_version,
+        "n_train_images": len(train_pairs),
+        "n_val_images": len(val_pairs),
+        "epochs": config.max_epochs,
+        "train_seconds": round(train_seconds, 2),
+        "device": device.type,
+    }
+
+
+# ---------------------------------------------------------------- DICOM SEG export
+
+
+def _slice_position(dataset) -> float:
+    row, col = np.asarray(dataset.ImageOrientationPatient[:3], float), np.asarray(dataset.ImageOrientationPatient[3:], float)
+    return float(np.dot(np.cross(row, col), np.asarray(dataset.ImagePositionPatient, float)))
+
+
+def _without_empty_charset(dataset):
+    """An empty Specific Character Set means the default repertoire; highdicom rejects the empty value."""
+    if "SpecificCharacterSet" in dataset and not dataset.SpecificCharacterSet:
+        dataset = copy.copy(dataset)
+        del dataset.SpecificCharacterSet
+    return dataset
+
+
+def _derived_uid(*parts: str) -> str:
+    """Deterministic UID under the 2.25 root (UUID-derived form, PS3.5 B.2) from the inputs' content."""
+    digest = hashlib.sha256("\x00".join(parts).encode()).digest()[:16]
+    return f"2.25.{int.from_bytes(digest, 'big')}"
+
+
+def write_seg_dicom(
+    mask: np.ndarray | sitk.Image,
+    source_ct_datasets: list,
+    out_path: Path,
+    *,
+    algorithm_name: str,
+    algorithm_version: str,
+    segment_labels: dict[int, str] | None = None,
+) -> Path:
+    """Write the label map as a DICOM Segmentation (BINARY, AUTOMATIC) referencing the source CT.
+
+    ``mask`` is on the CT grid: a SimpleITK image or a (slices, rows, columns)
+    array whose slice axis runs in ascending position along the slice normal
+    (SimpleITK's order for a DICOM series). Label value k becomes segment k
+    (default label "Lesion k"). The Series/SOP Instance UIDs derive from the
+    source SOP Instance UIDs, the algorithm and the mask content, so the same
+    input gives the same UIDs; Content Date/Time are the time of writing.
+    """
+    if not source_ct_datasets:
+        raise ValueError("no source CT datasets given")
+    sources = [_without_empty_charset(ds) for ds in sorted(source_ct_datasets, key=_slice_position)]
+    array = sitk.GetArrayFromImage(mask) if isinstance(mask, sitk.Image) else np.asarray(mask)
+    expected = (len(sources), int(sources[0].Rows), int(sources[0].Columns))
+    if array.shape != expected:
+        raise ValueError(f"mask shape {array.shape} does not match the CT grid {expected} (slices, rows, columns)")
+    if array.min() < 0 or not np.array_equal(array, np.round(array)):
+        raise ValueError("mask must be a non-negative integer label map")
+    labels = array.astype(np.uint8)
+    n_segments = max(int(labels.max()), 1)
+
+    algorithm = hd.AlgorithmIdentificationSequence(name=algorithm_name, family=codes.cid7162.ArtificialIntelligence, version=algorithm_version)
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=(segment_labels or {}).get(number, f"Lesion {number}"),
+            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+            segmented_property_type=codes.SCT.Lesion,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+        )
+        for number in range(1, n_segments + 1)
+    ]
+    source_uids = [str(ds.SOPInstanceUID) for ds in sources]
+    content = hashlib.sha256(labels.tobytes()).hexdigest()
+    series_uid = _derived_uid("seg-series", algorithm_name, algorithm_version, *source_uids)
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=labels,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=series_uid,
+        series_number=900,
+        sop_instance_uid=_derived_uid("seg-instance", series_uid, content),
+        instance_number=1,
+        manufacturer="radplan",
+        manufacturer_model_name=algorithm_name,
+        software_versions=algorithm_version,
+        device_serial_number="0",
+        series_description=f"{algorithm_name} {algorithm_version} lesion segmentation",
+        omit_empty_frames=bool(labels.any()),
+    )
+    out_path = Path(out_path)
+    with atomic_path(out_path) as tmp:
+        pydicom.dcmwrite(tmp, seg, enforce_file_format=True)
+    return out_path

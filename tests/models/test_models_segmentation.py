@@ -1,0 +1,159 @@
+"""Lesion segmentation: end-to-end training into MLflow, grid-faithful inference, DICOM SEG export."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+import torch
+
+from models_synthetic import sphere_volumes
+from radplan.errors import RadplanInputError
+from radplan.models import registry
+from radplan.models.segmentation import (
+    SegmentationTrainingConfig,
+    predict_mask,
+    split_by_image,
+    train_segmentation,
+    write_seg_dicom,
+)
+
+TINY = SegmentationTrainingConfig(roi_size=(24, 24, 16), max_epochs=2, samples_per_volume=2, batch_size=2, channels=(4, 8, 16, 32))
+
+
+@pytest.fixture(scope="module")
+def volumes(tmp_path_factory) -> list[tuple[Path, Path]]:
+    return sphere_volumes(tmp_path_factory.mktemp("spheres"), 5, shape=(32, 32, 20))
+
+
+def test_split_is_by_whole_image_and_deterministic():
+    train, val = split_by_image(20, 0.25, seed=3)
+    assert sorted(train + val) == list(range(20)) and not set(train) & set(val) and len(val) == 5
+    assert (train, val) == split_by_image(20, 0.25, seed=3)
+    assert split_by_image(20, 0.25, seed=4) != (train, val)
+    with pytest.raises(RadplanInputError):
+        split_by_image(1, 0.25, seed=0)
+
+
+def test_training_logs_registers_and_is_deterministic(volumes, tmp_path):
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    messages: list[str] = []
+    first = train_segmentation(volumes, TINY, tracking_uri=tracking_uri, artifact_root=tmp_path / "artifacts", progress=messages.append)
+    second = train_segmentation(volumes, TINY, tracking_uri=tracking_uri, artifact_root=tmp_path / "artifacts")
+
+    assert (first["version"], first["alias"]) == (1, "champion")
+    assert first["n_train_images"] + first["n_val_images"] == len(volumes)
+    assert 0.0 <= first["val_dice"] <= 1.0 and first["device"] == "cpu"
+    # Same seed, same data: the same network, so the second run ties the champion and stays challenger.
+    assert second["val_dice"] == pytest.approx(first["val_dice"], abs=1e-6)
+    comparison = second["champion_comparison"]
+    assert (second["version"], second["alias"], comparison["champion_version_before"]) == (2, "challenger", 1)
+    assert comparison["champion_value"] == pytest.approx(first["val_dice"], abs=1e-6)
+    assert any("epoch 2/2" in m for m in messages)
+
+    summary_text = json.dumps(first)
+    assert str(tmp_path) not in summary_text and "case0" not in summary_text, "summary must not carry file names"
+
+    client = registry.mlflow_client(tracking_uri, tmp_path / "artifacts")
+    run = client.get_run(first["run_id"])
+    assert json.loads(run.data.params["roi_size"]) == list(TINY.roi_size)
+    assert run.data.params["network"] == '"unet"'
+    for key in ("train_loss", "val_dice"):
+        assert [m.step for m in client.get_metric_history(first["run_id"], key)] == [0, 1]
+    assert run.data.metrics["final_val_dice"] == pytest.approx(first["val_dice"])
+    tags = client.get_model_version("radplan-lesion-seg", 2).tags
+    assert tags["comparison.decision"] == "challenger" and tags["comparison.metric"] == "val_dice"
+
+    network, version = registry.load_champion(client, "radplan-lesion-seg")
+    assert version == 1 and isinstance(network, torch.nn.Module)
+    mask = predict_mask(network, volumes[0][0], TINY)
+    assert mask.GetSize() == sitk.ReadImage(str(volumes[0][0])).GetSize()
+
+
+class _ThresholdOracle(torch.nn.Module):
+    """Logits that say 'lesion' exactly where the windowed intensity exceeds the lesion threshold."""
+
+    def __init__(self, threshold: float) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the module a device
+
+    def forward(self, x):
+        return torch.cat([torch.full_like(x, self.threshold_value), x], dim=1)
+
+
+def test_predict_mask_maps_back_to_the_input_grid(tmp_path):
+    (image_path, label_path), = sphere_volumes(tmp_path, 1, shape=(36, 28, 20), seed=7)
+    # Give the image a non-trivial direction and origin: the mask must copy them.
+    image = sitk.ReadImage(str(image_path))
+    image.SetDirection((0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    sitk.WriteImage(image, str(image_path))
+    config = SegmentationTrainingConfig(roi_size=(16, 16, 8), sw_overlap=0.0)
+    oracle = _ThresholdOracle(0.0)
+    # Window [-200, 300] -> [0, 1]: tissue 40 HU ~ 0.48, lesions 160 HU ~ 0.72; cut halfway.
+    oracle.threshold_value = 0.60
+    mask = predict_mask(oracle, image_path, config)
+    truth = sitk.ReadImage(str(label_path))
+    assert mask.GetSize() == truth.GetSize()
+    assert mask.GetDirection() == image.GetDirection() and mask.GetOrigin() == image.GetOrigin()
+    predicted, expected = sitk.GetArrayFromImage(mask) > 0, sitk.GetArrayFromImage(truth) > 0
+    dice = 2 * (predicted & expected).sum() / (predicted.sum() + expected.sum())
+    assert dice > 0.9, f"oracle mask misplaced on the grid (Dice {dice:.3f})"
+
+
+def test_spacing_mismatch_is_an_input_error(volumes, tmp_path):
+    with pytest.raises(RadplanInputError, match="spacing"):
+        predict_mask(_ThresholdOracle(0.0), volumes[0][0], SegmentationTrainingConfig(spacing_mm=0.8))
+    with pytest.raises(RadplanInputError, match="at least 2"):
+        train_segmentation(volumes[:1], TINY, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", artifact_root=tmp_path / "a")
+
+
+def _ct_series(shared_data: Path) -> list[pydicom.Dataset]:
+    return [pydicom.dcmread(p) for p in sorted((shared_data / "imaging" / "dcmqi_ct_liver_seg" / "ct").glob("*.dcm"))]
+
+
+def test_seg_dicom_round_trip_on_real_ct(shared_data, tmp_path):
+    folder = shared_data / "imaging" / "dcmqi_ct_liver_seg"
+    liver = sitk.ReadImage(str(folder / "liver_seg.nrrd"))
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder / "ct")))
+    ct = reader.Execute()
+    assert liver.GetSize() == ct.GetSize() and np.allclose(liver.GetOrigin(), ct.GetOrigin(), atol=1e-3)
+    label_map = sitk.GetArrayFromImage(liver).astype(np.uint8)
+
+    out = write_seg_dicom(liver, _ct_series(shared_data), tmp_path / "liver_seg.dcm", algorithm_name="radplan-lesion-seg", algorithm_version="7")
+    seg = hd.seg.segread(out)
+    assert seg.SegmentationType == "BINARY" and seg.SegmentSequence[0].SegmentAlgorithmType == "AUTOMATIC"
+    assert seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == "radplan-lesion-seg"
+    referenced = {item.ReferencedSOPInstanceUID for series in seg.ReferencedSeriesSequence for item in series.ReferencedInstanceSequence}
+    assert referenced == {str(ds.SOPInstanceUID) for ds in _ct_series(shared_data)}
+    # SimpleITK orders slices ascending along the slice normal; read the SEG back frame by source instance in that order.
+    normal = np.cross(*np.reshape(_ct_series(shared_data)[0].ImageOrientationPatient, (2, 3)))
+    ordered = sorted(_ct_series(shared_data), key=lambda ds: float(np.dot(normal, ds.ImagePositionPatient)))
+    frames = seg.get_pixels_by_source_instance([str(ds.SOPInstanceUID) for ds in ordered], combine_segments=True, relabel=False)
+    assert np.array_equal(np.asarray(frames), label_map), "mask -> SEG -> mask must be lossless"
+    assert int(label_map.sum()) == 107098
+
+    again = write_seg_dicom(liver, list(reversed(_ct_series(shared_data))), tmp_path / "again.dcm", algorithm_name="radplan-lesion-seg", algorithm_version="7")
+    assert pydicom.dcmread(again).SOPInstanceUID == pydicom.dcmread(out).SOPInstanceUID, "UIDs derive from content"
+    with pytest.raises(ValueError, match="CT grid"):
+        write_seg_dicom(label_map[:2], _ct_series(shared_data), tmp_path / "bad.dcm", algorithm_name="x", algorithm_version="1")
+
+    if shutil.which("dciodvfy"):
+        report = subprocess.run(["dciodvfy", str(out)], capture_output=True, text=True)
+        errors = [line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")]
+        assert not errors, errors
+
+
+@pytest.mark.slow
+def test_longer_training_learns_the_spheres(tmp_path):
+    pairs = sphere_volumes(tmp_path / "data", 8, shape=(40, 40, 24), seed=11)
+    config = SegmentationTrainingConfig(roi_size=(32, 32, 16), max_epochs=15, samples_per_volume=4)
+    result = train_segmentation(pairs, config, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", artifact_root=tmp_path / "a")
+    assert result["val_dice"] > 0.6
