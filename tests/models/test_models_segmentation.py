@@ -82,10 +82,11 @@ class _ThresholdOracle(torch.nn.Module):
 
     def __init__(self, threshold: float) -> None:
         super().__init__()
+        self.threshold = threshold
         self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the module a device
 
     def forward(self, x):
-        return torch.cat([torch.full_like(x, self.threshold_value), x], dim=1)
+        return torch.cat([torch.full_like(x, self.threshold), x], dim=1)
 
 
 def test_predict_mask_maps_back_to_the_input_grid(tmp_path):
@@ -95,9 +96,8 @@ def test_predict_mask_maps_back_to_the_input_grid(tmp_path):
     image.SetDirection((0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
     sitk.WriteImage(image, str(image_path))
     config = SegmentationTrainingConfig(roi_size=(16, 16, 8), sw_overlap=0.0)
-    oracle = _ThresholdOracle(0.0)
     # Window [-200, 300] -> [0, 1]: tissue 40 HU ~ 0.48, lesions 160 HU ~ 0.72; cut halfway.
-    oracle.threshold_value = 0.60
+    oracle = _ThresholdOracle(0.60)
     mask = predict_mask(oracle, image_path, config)
     truth = sitk.ReadImage(str(label_path))
     assert mask.GetSize() == truth.GetSize()
@@ -109,7 +109,7 @@ def test_predict_mask_maps_back_to_the_input_grid(tmp_path):
 
 def test_spacing_mismatch_is_an_input_error(volumes, tmp_path):
     with pytest.raises(RadplanInputError, match="spacing"):
-        predict_mask(_ThresholdOracle(0.0), volumes[0][0], SegmentationTrainingConfig(spacing_mm=0.8))
+        predict_mask(_ThresholdOracle(0.6), volumes[0][0], SegmentationTrainingConfig(spacing_mm=0.8))
     with pytest.raises(RadplanInputError, match="at least 2"):
         train_segmentation(volumes[:1], TINY, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", artifact_root=tmp_path / "a")
 
@@ -152,8 +152,10 @@ def test_seg_dicom_round_trip_on_real_ct(shared_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_longer_training_learns_the_spheres(tmp_path):
-    pairs = sphere_volumes(tmp_path / "data", 8, shape=(40, 40, 24), seed=11)
-    config = SegmentationTrainingConfig(roi_size=(32, 32, 16), max_epochs=15, samples_per_volume=4)
-    result = train_segmentation(pairs, config, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", artifact_root=tmp_path / "a")
-    assert result["val_dice"] > 0.6
+def test_cpu_default_training_learns_the_lesions(tmp_path):
+    """The CPU demo setting: 20 volumes of 128x128x50 at 1.5 mm, default CPU config (minutes)."""
+    pairs = sphere_volumes(tmp_path / "data", 20, shape=(128, 128, 50), seed=1)
+    result = train_segmentation(pairs, SegmentationTrainingConfig.for_device(False), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+                                artifact_root=tmp_path / "a")
+    # Untrained networks score ~0 here (whole-image Dice); this checks learning, not a quality target.
+    assert result["val_dice"] > 0.3
