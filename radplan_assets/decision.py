@@ -9,6 +9,7 @@ import SimpleITK as sitk
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from radplan.decision import export, recommend, rules, trials
+from radplan.genomics.actionable import load_knowledge_base
 from radplan_assets.cohort import upstream_run_ids
 from radplan_assets.imaging import mask_table
 from radplan_assets.partitions import patient_partitions
@@ -40,7 +41,8 @@ def patient_recommendations(context: AssetExecutionContext, lake: LakeResource, 
     catalog = trials.load_trial_catalog([landing.trials_dir] if landing.trials_dir.is_dir() else [])
     versions = {
         "rule_base_version": rule_base.version,
-        "trial_catalog": trials.catalog_version(catalog),
+        "trial_catalog_version": trials.catalog_version(catalog),
+        "knowledge_base_version": load_knowledge_base().kb_version,
         "model_name": mine["model_name"].iloc[0] if len(mine) else None,
         "model_version": mine["model_version"].iloc[0] if len(mine) else None,
         "source_runs": upstream_run_ids(context, ["patient_features"], patient_key) | upstream_run_ids(context, ["response_model", "patient_strata"], None),

@@ -103,7 +103,7 @@ def annotated_variants(context: AssetExecutionContext, lake: LakeResource) -> Ma
     matches = actionable.match_actionable(found, tumour_type=tumour_type, kb=kb) if len(found) else pd.DataFrame()
     lake.write_table(matches, "features", "annotated_variants", patient_key)
     return MaterializeResult(
-        metadata={"actionable_matches": len(matches), "kb_version": str(kb.version), "tumour_type": str(tumour_type)}
+        metadata={"actionable_matches": len(matches), "kb_version": kb.kb_version, "tumour_type": str(tumour_type)}
     )
 
 

@@ -302,7 +302,9 @@ def radiomic_features(context: AssetExecutionContext, config: RadiomicsConfig, l
         volume = vols[vols["series_uid"] == item.image_series_uid].iloc[0]
         image = sitk.ReadImage(str(lake.root_path / volume["volume_path"]))
         labels = sitk.ReadImage(str(lake.root_path / item.mask_path))
-        params = radiomics.load_params(volume["modality"].lower().replace("pt", "pet"))
+        params = radiomics.load_params(volume["modality"])
+        # normalized_volumes already resampled to an isotropic grid: interpolate once, not twice.
+        params["setting"]["resampledPixelSpacing"] = None
 
         def report(done: int, total: int) -> None:
             context.log.info(f"radiomics: lesion {done}/{total} of series {item.Index + 1}/{len(masks)}")

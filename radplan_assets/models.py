@@ -25,6 +25,13 @@ SEGMENTATION_MODEL_NAME = "radplan-lesion-seg"
 RESPONSE_MODEL_NAME = "radplan-response"
 
 
+def update_model_report(lake: LakeResource, model_key: str, entry: dict) -> None:
+    """lake/exports/model_report.json: one entry per model, each asset replacing its own."""
+    path = lake.zone("exports") / "model_report.json"
+    report = json.loads(path.read_text()) if path.exists() else {}
+    atomic_write_json(path, {**report, model_key: entry})
+
+
 def _client(mlflow_resource: MlflowResource):
     return registry.mlflow_client(mlflow_resource.tracking_uri, mlflow_resource.artifact_path)
 
@@ -58,7 +65,15 @@ def segmentation_model(context: AssetExecutionContext, config: SegmentationTrain
         model_name=SEGMENTATION_MODEL_NAME,
         progress=context.log.info,
     )
-    return MaterializeResult(metadata={**{k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool))}, "training_volumes": len(pairs)})
+    scalars = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool))}
+    update_model_report(
+        lake,
+        "segmentation_model",
+        {"name": SEGMENTATION_MODEL_NAME, "mlflow_version": summary.get("version"), "alias": summary.get("alias"),
+         "val_dice": summary.get("val_dice"), "champion_comparison": summary.get("champion_comparison"),
+         "training_volumes": len(pairs), "device": summary.get("device"), "train_seconds": summary.get("train_seconds")},
+    )
+    return MaterializeResult(metadata={**scalars, "training_volumes": len(pairs)})
 
 
 @asset(
@@ -127,6 +142,19 @@ def outcome_labels(lake: LakeResource) -> pd.DataFrame:
     return labels[labels["responded"].notna()]
 
 
+def first_line_therapy(current_medications) -> str | None:
+    """The anticancer drug among the patient's current medications (alphabetically first if several)."""
+    from radplan.ehr.features import antineoplastic_ingredients
+
+    drugs = sorted(set(current_medications if current_medications is not None else []) & antineoplastic_ingredients())
+    return drugs[0] if drugs else None
+
+
+class ResponseModelConfig(Config):
+    n_splits: int = 5
+    n_bootstrap: int = 1000
+
+
 @asset(
     group_name="models",
     deps=["cohort_features", "patient_strata", "deid_ehr"],
@@ -134,34 +162,42 @@ def outcome_labels(lake: LakeResource) -> pd.DataFrame:
     "a Lightning MLP vs their ensemble on the same stratified folds; calibrated, with bootstrap CIs and per-patient "
     "attributions; registered as radplan-response with champion/challenger. Writes lake/exports/model_report.json.",
 )
-def response_model(context: AssetExecutionContext, lake: LakeResource, mlflow: MlflowResource) -> MaterializeResult:
-    cohort_frame = lake.read_table("features", "cohort_features")
-    labels = outcome_labels(lake)
-    training = cohort_frame.merge(labels, on="patient_key", how="inner")
-    context.log.info(f"{len(training)} of {len(cohort_frame)} patients have an observed response")
-    result = response.train_response_models(
-        training.drop(columns=["responded"]),
-        training["responded"].astype(int),
-        tracking_uri=mlflow.tracking_uri,
-        artifact_root=mlflow.artifact_path,
-        model_name=RESPONSE_MODEL_NAME,
-    )
-    predictions = response.predict_response(result["model"], cohort_frame)
-    predictions["top_attributions"] = predictions["top_attributions"].map(lambda a: json.dumps(a, default=float))
-    predictions["model_name"] = RESPONSE_MODEL_NAME
-    predictions["model_version"] = str(result["version"])
+def response_model(context: AssetExecutionContext, config: ResponseModelConfig, lake: LakeResource, mlflow: MlflowResource) -> MaterializeResult:
+    cohort_frame = lake.read_table("features", "cohort_features").set_index("patient_key", drop=False)
+    therapy = cohort_frame["current_medications"].map(first_line_therapy)
+    labels = outcome_labels(lake).set_index("patient_key")["responded"].astype(int)
+    training = cohort_frame.loc[cohort_frame.index.intersection(labels.index)]
+    smallest_class = int(labels.loc[training.index].value_counts().min()) if len(training) and labels.loc[training.index].nunique() == 2 else 0
+    folds = min(config.n_splits, smallest_class)
+    context.log.info(f"{len(training)} of {len(cohort_frame)} patients have an observed response; {folds}-fold CV")
+    if folds < 2:
+        # Too few outcomes of one class to cross-validate: recommendations go on from rules alone.
+        entry = {"name": RESPONSE_MODEL_NAME, "trained": False, "reason": f"needs ≥ 2 patients per outcome class, has {smallest_class}"}
+        predictions = pd.DataFrame(columns=["patient_key", "probability", "ci_low", "ci_high", "top_attributions", "model_name", "model_version"])
+    else:
+        result = response.train_response_models(
+            training,
+            labels.loc[training.index],
+            therapy=therapy.loc[training.index],
+            n_splits=folds,
+            n_bootstrap=config.n_bootstrap,
+            tracking_uri=mlflow.tracking_uri,
+            artifact_root=mlflow.artifact_path,
+            model_name=RESPONSE_MODEL_NAME,
+            progress=context.log.info,
+        )
+        predictions = response.predict_response(result["model"], cohort_frame.reset_index(drop=True), therapy=therapy.reset_index(drop=True))
+        predictions["top_attributions"] = predictions["top_attributions"].map(lambda a: json.dumps(a, default=float))
+        predictions["model_name"] = RESPONSE_MODEL_NAME
+        predictions["model_version"] = str(result["version"])
+        entry = {**response.model_report_entry(result), "trained": True}
     lake.write_table(predictions, "features", "response_predictions")
-    report_path = lake.zone("exports") / "model_report.json"
-    report = {"response_model": response.model_report_entry(result)}
-    if report_path.exists():
-        report = {**json.loads(report_path.read_text()), **report}
-    atomic_write_json(report_path, report)
-    entry = report["response_model"]
+    update_model_report(lake, "response_model", entry)
     return MaterializeResult(
         metadata={
             "patients_with_outcome": len(training),
-            "version": str(result["version"]),
-            "alias": str(result.get("alias")),
+            "folds": folds,
+            "trained": bool(entry.get("trained")),
             "report": MetadataValue.json(entry),
         }
     )

@@ -59,7 +59,13 @@ def _checked_params(params: object, source: str) -> dict:
 
 
 def _extractor(params: dict):
+    import logging
+
+    import radiomics
     from radiomics import featureextractor
+
+    # pyradiomics logs every step at INFO; progress is reported per lesion instead.
+    radiomics.setVerbosity(logging.WARNING)
 
     try:
         return featureextractor.RadiomicsFeatureExtractor(params)
