@@ -1,7 +1,5 @@
 """Landing-zone sensor: a changed set of landing files requests an intake run (idempotent by run key)."""
 
-from __future__ import annotations
-
 import hashlib
 from pathlib import Path
 
