@@ -78,6 +78,7 @@ def _key_slice(lake: LakeResource, patient_key: str) -> bytes | None:
 )
 def recommendation_export(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
     recommendations = lake.read_table("features", "patient_recommendations")
+    recommendations = recommendations[list(recommend.RECOMMENDATION_COLUMNS)].sort_values(["patient_key", "rank"], ignore_index=True)
     patients = sorted(lake.read_table("features", "patient_features")["patient_key"])
     bundles, reports = {}, {}
     for patient_key in patients:

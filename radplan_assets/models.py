@@ -76,29 +76,47 @@ def segmentation_model(context: AssetExecutionContext, config: SegmentationTrain
     return MaterializeResult(metadata={**scalars, "training_volumes": len(pairs)})
 
 
+class PredictedMasksConfig(Config):
+    min_champion_dice: float = 0.5
+
+
+def champion_validation_dice(client) -> float | None:
+    """Held-out Dice the current champion reached when it was trained (None: no champion)."""
+    version = registry.champion_version(client, SEGMENTATION_MODEL_NAME)
+    if version is None:
+        return None
+    metrics = client.get_run(version.run_id).data.metrics
+    return metrics.get("final_val_dice")
+
+
 @asset(
     group_name="models",
     partitions_def=patient_partitions,
     deps=[segmentation_model, normalized_volumes, lesion_masks],
-    description="Lesion masks from the champion segmentation model for CT series that have no reference mask; each is "
-    "also written back as a DICOM SEG (highdicom) referencing the de-identified CT so a PACS viewer can show it.",
+    description="Lesion masks from the champion segmentation model for CT series that have no reference mask, only when "
+    "the champion's held-out Dice reaches the configured minimum; each is also written back as a DICOM SEG (highdicom) "
+    "referencing the de-identified CT so a PACS viewer can show it.",
 )
-def predicted_lesion_masks(context: AssetExecutionContext, lake: LakeResource, mlflow: MlflowResource) -> MaterializeResult:
+def predicted_lesion_masks(context: AssetExecutionContext, config: PredictedMasksConfig, lake: LakeResource, mlflow: MlflowResource) -> MaterializeResult:
     patient_key = context.partition_key
     vols = lake.read_table("features", "normalized_volumes", patient_key)
     refs = lake.read_table("features", "lesion_masks", patient_key)
     todo = vols[(vols["modality"] == "CT") & ~vols["series_uid"].isin(refs["image_series_uid"] if len(refs) else [])] if len(vols) else vols
-    champion = registry.load_champion(_client(mlflow), SEGMENTATION_MODEL_NAME) if len(todo) else None
+    client = _client(mlflow)
+    champion_dice = champion_validation_dice(client) if len(todo) else None
+    # Quality gate: masks from a model that segments poorly would feed wrong radiomics downstream.
+    usable = champion_dice is not None and champion_dice >= config.min_champion_dice
+    champion = registry.load_champion(client, SEGMENTATION_MODEL_NAME) if usable else None
     rows = []
     if champion is not None:
         model, version = champion
         headers = [read_instance_header(p) for p in sorted((lake.zone("deid") / "dicom" / patient_key).rglob("*.dcm"))]
         series_paths = {uid: [h.path for h in inst] for study in group_series(headers).values() for uid, inst in study.items()}
-        config = segmentation.SegmentationTrainingConfig.for_device(torch.cuda.is_available())
+        training_config = segmentation.SegmentationTrainingConfig.for_device(torch.cuda.is_available())
         with lake.rebuild_patient_dir("features", "predicted_masks", patient_key) as staging:
             for volume in todo.itertuples():
                 image_path = lake.root_path / volume.volume_path
-                predicted = segmentation.predict_mask(model, image_path, config)
+                predicted = segmentation.predict_mask(model, image_path, training_config)
                 labels = mask_ops.label_lesions(predicted)
                 sitk.WriteImage(labels, str(staging / f"{volume.series_uid}.nii.gz"), useCompression=True)
                 source_datasets = [pydicom.dcmread(p) for p in series_paths.get(volume.series_uid, [])]
@@ -126,7 +144,13 @@ def predicted_lesion_masks(context: AssetExecutionContext, lake: LakeResource, m
     frame = pd.DataFrame(rows, columns=["image_series_uid", "mask_series_uid", "source", "lesions", "mask_path"])
     lake.write_table(frame, "features", "predicted_lesion_masks", patient_key)
     return MaterializeResult(
-        metadata={"series_without_reference_mask": len(todo), "predicted": len(frame), "model_version": str(champion[1]) if champion else "none"}
+        metadata={
+            "series_without_reference_mask": len(todo),
+            "predicted": len(frame),
+            "model_version": str(champion[1]) if champion else "none",
+            "champion_val_dice": champion_dice if champion_dice is not None else float("nan"),
+            "min_champion_dice": config.min_champion_dice,
+        }
     )
 
 
