@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import gzip
 import io
 import json
 import re
 import sqlite3
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -155,12 +155,35 @@ def _nifti_strings(data: bytes) -> Iterator[tuple[str, str]]:
     yield "nifti-header", data[: max(352, min(vox_offset, len(data)))].decode("latin-1")
 
 
+def _gunzip(data: bytes) -> bytes:
+    """Decompress what can be decompressed: a truncated or multi-member stream still yields its text."""
+    out, rest = [], data
+    while rest:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            out.append(inflater.decompress(rest))
+        except zlib.error:
+            break
+        if not inflater.eof:
+            break
+        rest = inflater.unused_data
+    return b"".join(out)
+
+
 def extract_strings(name: str, data: bytes, path: Path | None = None) -> Iterator[tuple[str, str]]:
+    """Decoded text of a file; a file that does not decode as its format is searched as raw bytes."""
+    try:
+        yield from _decoded_strings(name, data, path)
+    except Exception:  # noqa: BLE001 - a corrupt file must still be searched, never skipped
+        yield "undecodable-bytes", data.decode("latin-1")
+
+
+def _decoded_strings(name: str, data: bytes, path: Path | None = None) -> Iterator[tuple[str, str]]:
     lower = name.lower()
     if lower.endswith(".gz") and not lower.endswith(".nii.gz"):
-        yield from extract_strings(name[:-3], gzip.decompress(data))
+        yield from extract_strings(name[:-3], _gunzip(data))
     elif lower.endswith((".nii.gz", ".nii")):
-        yield from _nifti_strings(gzip.decompress(data) if lower.endswith(".gz") else data)
+        yield from _nifti_strings(_gunzip(data) if lower.endswith(".gz") else data)
     elif lower.endswith(".dcm") or (len(data) > 132 and data[128:132] == b"DICM"):
         yield from _dicom_strings(data)
     elif lower.endswith(".parquet"):

@@ -47,9 +47,10 @@ def demo_home(tmp_path_factory):
 def test_exports_exist_for_every_patient(demo_home):
     exports = demo_home / "lake" / "exports"
     recommendations = pd.read_parquet(exports / "recommendations.parquet")
-    patients = sorted(recommendations["patient_key"].unique())
-    assert len(patients) == PATIENTS
+    patients = sorted(p.stem for p in (exports / "fhir").glob("*.json"))
+    assert len(patients) == PATIENTS  # every patient, also one that no rule matched
     assert all(re.fullmatch(r"p[0-9a-f]{16}", p) for p in patients)
+    assert set(recommendations["patient_key"]) <= set(patients)
     assert len(pd.read_csv(exports / "recommendations.csv")) == len(recommendations)
     for key in patients:
         bundle = json.loads((exports / "fhir" / f"{key}.json").read_text())
@@ -72,8 +73,12 @@ def test_no_canary_past_deidentification(demo_home):
 
 
 def test_dagster_storage_holds_only_pseudonymous_partition_keys(demo_home):
-    with sqlite3.connect(demo_home / "dagster_home" / "storage" / "runs.db") as db:
+    with sqlite3.connect(demo_home / "dagster_home" / "history" / "runs" / "index.db") as db:
         keys = [r[0] for r in db.execute("SELECT partition FROM dynamic_partitions")]
+    with sqlite3.connect(demo_home / "dagster_home" / "history" / "runs.db") as db:
+        tags = [r for r in db.execute("SELECT key, value FROM run_tags")]
+    partition_tags = [value for key, value in tags if key == "dagster/partition"]
+    assert partition_tags and set(partition_tags) <= set(keys)
     assert len(keys) == PATIENTS
     assert all(re.fullmatch(r"p[0-9a-f]{16}", k) for k in keys)
 
