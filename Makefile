@@ -38,8 +38,11 @@ system-deps:
 	  fi; \
 	fi
 
+# The trial catalogue: ClinicalTrials.gov records from the shared sample data when it is beside the clone.
+TRIALS ?= $(wildcard $(CURDIR)/../shared/data/trials)
+
 demo: install system-deps
-	RADPLAN_DEMO=1 $(PY) -m radplan.cli demo --patients 50 --seed 7
+	RADPLAN_DEMO=1 $(PY) -m radplan.cli demo --patients 50 --seed 7 $(if $(TRIALS),--trials $(TRIALS))
 
 test: install system-deps
 	$(PY) -m pytest

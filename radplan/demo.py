@@ -16,7 +16,40 @@ from pathlib import Path
 from radplan.settings import HOME_ENV_VAR, lake_dir, radplan_home
 
 
-def run_stages(*, segmentation_epochs: int | None = None) -> list[str]:
+# Progress is printed per stage; Dagster's own console log shows only warnings and errors.
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def _run_partition(job_name: str, partition_key: str) -> tuple[str, bool]:
+    """One per-patient run, in a worker process (the Dagster instance's sqlite storage takes concurrent runs)."""
+    from dagster import DagsterInstance
+
+    from radplan.definitions import defs
+
+    job = defs.resolve_job_def(job_name)
+    result = job.execute_in_process(instance=DagsterInstance.get(), partition_key=partition_key, run_config=QUIET, raise_on_error=False)
+    return partition_key, result.success
+
+
+def _run_partitions(job_name: str, keys: list[str], workers: int) -> list[str]:
+    """Run a per-patient job for every key on ``workers`` processes; returns the failed keys."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    failed: list[str] = []
+    # spawn: workers must not inherit the parent's threads (Spark, torch) through fork.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_run_partition, job_name, key) for key in keys]
+        for done, future in enumerate(as_completed(futures), start=1):
+            key, success = future.result()
+            if not success:
+                failed.append(key)
+            print(f"\r  {job_name}: {done}/{len(keys)} patients ({len(failed)} failed)", end="", flush=True)
+    print()
+    return failed
+
+
+def run_stages(*, segmentation_epochs: int | None = None, workers: int = 2) -> list[str]:
     """Materialize every stage; returns the failed (stage, partition) descriptions (no PHI: keys only)."""
     from dagster import DagsterInstance
 
@@ -27,14 +60,12 @@ def run_stages(*, segmentation_epochs: int | None = None) -> list[str]:
 
     ensure_dagster_home()
     instance = DagsterInstance.get()
-    # Progress is printed per stage below; Dagster's own console log shows only warnings and errors.
-    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     failures: list[str] = []
     for stage in DEMO_STAGES:
         job = defs.resolve_job_def(stage.name)
         started = time.perf_counter()
         if stage.partitions_def is None:
-            run_config = dict(quiet)
+            run_config = dict(QUIET)
             if segmentation_epochs is not None and stage.name == "segmentation_training_job":
                 run_config["ops"] = {"segmentation_model": {"config": {"max_epochs": segmentation_epochs}}}
             result = job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
@@ -43,15 +74,9 @@ def run_stages(*, segmentation_epochs: int | None = None) -> list[str]:
             status = "ok" if result.success else "FAILED"
         else:
             keys = instance.get_dynamic_partitions(PATIENTS_PARTITION_NAME)
-            failed = 0
-            for index, key in enumerate(keys, start=1):
-                result = job.execute_in_process(instance=instance, partition_key=key, run_config=quiet, raise_on_error=False)
-                if not result.success:
-                    failed += 1
-                    failures.append(f"{stage.name}[{key}]")
-                print(f"\r  {stage.name}: {index}/{len(keys)} patients ({failed} failed)", end="", flush=True)
-            print()
-            status = f"{len(keys) - failed}/{len(keys)} patients ok"
+            failed = _run_partitions(stage.name, list(keys), workers)
+            failures += [f"{stage.name}[{key}]" for key in failed]
+            status = f"{len(keys) - len(failed)}/{len(keys)} patients ok"
         print(f"{stage.name}: {status} in {time.perf_counter() - started:.1f} s", flush=True)
     return failures
 
@@ -68,7 +93,10 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"generating {args.patients} synthetic patients (seed {args.seed}) into {home}/landing ...", flush=True)
         summary = generate_cohort(home, args.patients, args.seed)
         print(f"  {summary}")
-    failures = run_stages(segmentation_epochs=args.segmentation_epochs)
+    if args.trials:
+        copied = copy_trial_records(Path(args.trials), home / "landing" / "trials")
+        print(f"trial catalogue: {copied} ClinicalTrials.gov records in {home / 'landing' / 'trials'}")
+    failures = run_stages(segmentation_epochs=args.segmentation_epochs, workers=args.workers)
     exports = lake_dir(home) / "exports"
     print(f"\ndone in {time.perf_counter() - started:.0f} s. Exports: {exports}")
     print("  recommendations.parquet / recommendations.csv, fhir/<patient>.json, reports/<patient>.html, model_report.json")
@@ -80,7 +108,22 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _materialize(args: argparse.Namespace) -> int:
-    return 1 if run_stages(segmentation_epochs=args.segmentation_epochs) else 0
+    return 1 if run_stages(segmentation_epochs=args.segmentation_epochs, workers=args.workers) else 0
+
+
+def copy_trial_records(source: Path, target: Path) -> int:
+    """Put ClinicalTrials.gov records (API v2 JSON, legacy XML) where the trial catalogue is read from."""
+    import shutil
+
+    target.mkdir(parents=True, exist_ok=True)
+    records = sorted(p for p in source.rglob("*") if p.suffix.lower() in {".json", ".xml"})
+    for record in records:
+        shutil.copyfile(record, target / record.name)
+    return len(records)
+
+
+def default_workers() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
 
 
 def register(subparsers) -> None:
@@ -89,7 +132,10 @@ def register(subparsers) -> None:
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--home", help=f"data home (default ${HOME_ENV_VAR} or ./.radplan)")
     demo.add_argument("--segmentation-epochs", type=int, help="override the segmentation model's training epochs")
+    demo.add_argument("--workers", type=int, default=default_workers(), help="processes for per-patient stages")
+    demo.add_argument("--trials", help="folder of ClinicalTrials.gov records to use as the trial catalogue")
     demo.set_defaults(func=_demo)
     materialize = subparsers.add_parser("materialize", help="materialize every asset on what the landing zone holds")
     materialize.add_argument("--segmentation-epochs", type=int, help="override the segmentation model's training epochs")
+    materialize.add_argument("--workers", type=int, default=default_workers(), help="processes for per-patient stages")
     materialize.set_defaults(func=_materialize)

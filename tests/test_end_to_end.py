@@ -27,12 +27,12 @@ PATIENTS = 5
 
 
 @pytest.fixture(scope="session")
-def demo_home(tmp_path_factory):
+def demo_home(tmp_path_factory, shared_data):
     home = tmp_path_factory.mktemp("radplan-home")
     env = {**os.environ, "RADPLAN_DEMO": "1", "DAGSTER_HOME": str(home / "dagster_home")}
     env.pop("RADPLAN_HOME", None)
     result = subprocess.run(
-        [sys.executable, "-m", "radplan.cli", "demo", "--patients", str(PATIENTS), "--seed", "11", "--home", str(home), "--segmentation-epochs", "2"],
+        [sys.executable, "-m", "radplan.cli", "demo", "--patients", str(PATIENTS), "--seed", "11", "--home", str(home), "--segmentation-epochs", "2", "--trials", str(shared_data / "trials")],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
