@@ -4,7 +4,6 @@ Blocking checks stop downstream materialization where the data would be wrong;
 non-blocking ones warn where it would merely be incomplete.
 """
 
-
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
 
 from radplan.quality import expectation as ex

@@ -1,6 +1,5 @@
 """Cohort: one feature row per patient, the cohort table on Spark, cohort summary and strata."""
 
-
 import json
 
 import pandas as pd

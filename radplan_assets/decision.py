@@ -1,6 +1,5 @@
 """Decision support: rules + model scores + PGx + trials -> per-patient recommendations -> clinician exports."""
 
-
 import json
 
 import numpy as np

@@ -1,6 +1,5 @@
 """EHR chain: extracts -> Safe Harbor de-identification -> clinical features; notes -> de-identified notes -> findings."""
 
-
 import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 

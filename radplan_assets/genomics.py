@@ -1,6 +1,5 @@
 """Genomics chain: raw VCF/BAM -> normalized variants -> actionable variants; coverage QC -> PGx phenotypes."""
 
-
 import shutil
 from pathlib import Path
 

@@ -1,8 +1,6 @@
 """Imaging chain: PACS studies -> de-identified DICOM -> series metadata, normalized volumes, lesion masks, radiomics."""
 
-
 import json
-from pathlib import Path
 
 import pandas as pd
 import pydicom
@@ -171,11 +169,10 @@ def normalized_volumes(context: AssetExecutionContext, config: VolumeConfig, lak
                 if instances[0].modality not in IMAGE_MODALITIES:
                     continue
                 paths = [i.path for i in instances]
+                header = pydicom.dcmread(paths[0], stop_before_pixels=True)
                 try:
                     image = volumes.load_series_volume(paths)
-                    normalized, settings = volumes.normalize_volume(
-                        image, instances[0].modality, pydicom.dcmread(paths[0], stop_before_pixels=True), spacing_mm=config.spacing_mm
-                    )
+                    normalized, settings = volumes.normalize_volume(image, instances[0].modality, header, spacing_mm=config.spacing_mm)
                 except RadplanInputError as error:
                     quarantined.append(lake.quarantine(paths[0].parent, "volume", error).safe_summary())
                     continue
@@ -186,7 +183,7 @@ def normalized_volumes(context: AssetExecutionContext, config: VolumeConfig, lak
                         "study_uid": instances[0].study_uid,
                         "series_uid": series_uid,
                         "modality": instances[0].modality,
-                        "study_date_shifted": str(pydicom.dcmread(paths[0], stop_before_pixels=True).get("StudyDate", "")),
+                        "study_date_shifted": str(header.get("StudyDate", "")),
                         "volume_path": f"features/volumes/{patient_key}/{series_uid}.nii.gz",
                         "size": json.dumps(list(normalized.GetSize())),
                         "settings": json.dumps(settings, sort_keys=True, default=str),

@@ -4,7 +4,6 @@ The inventory maps source patient ids (PHI) to pseudonymous keys; it stays in
 the raw zone. Dagster sees only keys and counts.
 """
 
-
 import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 

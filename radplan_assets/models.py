@@ -1,9 +1,7 @@
 """Models: MONAI lesion segmentation (Lightning, MLflow) and its masks; the multimodal response model."""
 
-
 import dataclasses
 import json
-from pathlib import Path
 
 import pandas as pd
 import pydicom
