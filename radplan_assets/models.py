@@ -17,7 +17,7 @@ from radplan.lake import atomic_write_json
 from radplan.models import registry, response, segmentation
 from radplan_assets.imaging import lesion_masks, normalized_volumes
 from radplan_assets.partitions import patient_partitions
-from radplan_resources import LakeResource, MlflowResource
+from radplan_resources import DeidKeyResource, LakeResource, MlflowResource
 
 SEGMENTATION_MODEL_NAME = "radplan-lesion-seg"
 RESPONSE_MODEL_NAME = "radplan-response"
@@ -164,6 +164,20 @@ def outcome_labels(lake: LakeResource) -> pd.DataFrame:
     return labels[labels["responded"].notna()]
 
 
+def synthetic_true_probabilities(lake: LakeResource, deid_key) -> pd.Series | None:
+    """Demo only: the generator's true response probabilities (RADPLAN_HOME/truth), for the Bayes-optimal AUC.
+
+    The truth folder sits beside the lake only for a synthetic cohort; a real deployment has none and the
+    model report then has no Bayes-optimal AUC.
+    """
+    truth_file = lake.root_path.parent / "truth" / "truth.json"
+    if not (deid_key.demo and truth_file.exists()):
+        return None
+    pseudonymizer = deid_key.pseudonymizer()
+    patients = json.loads(truth_file.read_text())["patients"]
+    return pd.Series({pseudonymizer.patient_key(mrn): p["outcome"]["probability"] for mrn, p in patients.items()})
+
+
 def first_line_therapy(current_medications) -> str | None:
     """The anticancer drug among the patient's current medications (alphabetically first if several)."""
     from radplan.ehr.features import antineoplastic_ingredients
@@ -184,7 +198,9 @@ class ResponseModelConfig(Config):
     "a Lightning MLP vs their ensemble on the same stratified folds; calibrated, with bootstrap CIs and per-patient "
     "attributions; registered as radplan-response with champion/challenger. Writes lake/exports/model_report.json.",
 )
-def response_model(context: AssetExecutionContext, config: ResponseModelConfig, lake: LakeResource, mlflow: MlflowResource) -> MaterializeResult:
+def response_model(
+    context: AssetExecutionContext, config: ResponseModelConfig, lake: LakeResource, mlflow: MlflowResource, deid_key: DeidKeyResource
+) -> MaterializeResult:
     cohort_frame = lake.read_table("features", "cohort_features").set_index("patient_key", drop=False)
     therapy = cohort_frame["current_medications"].map(first_line_therapy)
     labels = outcome_labels(lake).set_index("patient_key")["responded"].astype(int)
@@ -192,6 +208,7 @@ def response_model(context: AssetExecutionContext, config: ResponseModelConfig, 
     smallest_class = int(labels.loc[training.index].value_counts().min()) if len(training) and labels.loc[training.index].nunique() == 2 else 0
     folds = min(config.n_splits, smallest_class)
     context.log.info(f"{len(training)} of {len(cohort_frame)} patients have an observed response; {folds}-fold CV")
+    truth = synthetic_true_probabilities(lake, deid_key)
     if folds < 2:
         # Too few outcomes of one class to cross-validate: recommendations go on from rules alone.
         entry = {"name": RESPONSE_MODEL_NAME, "trained": False, "reason": f"needs ≥ 2 patients per outcome class, has {smallest_class}"}
@@ -206,6 +223,7 @@ def response_model(context: AssetExecutionContext, config: ResponseModelConfig, 
             tracking_uri=mlflow.tracking_uri,
             artifact_root=mlflow.artifact_path,
             model_name=RESPONSE_MODEL_NAME,
+            true_probabilities=truth.loc[training.index] if truth is not None else None,
             progress=context.log.info,
         )
         predictions = response.predict_response(result["model"], cohort_frame.reset_index(drop=True), therapy=therapy.reset_index(drop=True))
