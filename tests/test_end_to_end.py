@@ -104,3 +104,29 @@ def test_notebook_runs_on_the_lake(demo_home):
     outputs = [o.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs if o.get("name") == "stdout"]
     summary = json.loads(next(line for text in outputs for line in text.splitlines() if line.startswith("{")))
     assert summary["patients"] == PATIENTS
+
+
+def test_one_patient_has_one_key_and_one_date_shift_across_dicom_vcf_and_ehr(demo_home):
+    import datetime as dt
+
+    import pydicom
+
+    from radplan.pseudonym import DEMO_KEY, Pseudonymizer
+
+    pseudonymizer = Pseudonymizer(DEMO_KEY)
+    truth = json.loads((demo_home / "truth" / "truth.json").read_text())["patients"]
+    lake = demo_home / "lake"
+    for mrn, patient in truth.items():
+        key, shift = pseudonymizer.patient_key(mrn), pseudonymizer.date_shift_days(mrn)
+        study = patient["studies"][0]
+        deid_study = lake / "deid" / "dicom" / key / pseudonymizer.uid(study["study_instance_uid"])
+        instance = pydicom.dcmread(next(deid_study.rglob("*.dcm")), stop_before_pixels=True)
+        assert instance.PatientID == key
+        assert dt.datetime.strptime(instance.StudyDate, "%Y%m%d").date() == dt.date.fromisoformat(study["study_date"]) + dt.timedelta(days=shift)
+
+        variants = pd.read_parquet(lake / "features" / "variants" / f"patient_key={key}")
+        assert set(variants["sample"]) == {key}
+
+        conditions = pd.read_parquet(lake / "deid" / "ehr_conditions" / f"patient_key={key}")
+        cancer = conditions[conditions["CODE"].astype(str) == patient["cancer_snomed"]]
+        assert cancer["START"].dt.date.tolist() == [dt.date.fromisoformat(patient["diagnosis_date"]) + dt.timedelta(days=shift)]
