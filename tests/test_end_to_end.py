@@ -23,7 +23,7 @@ from radplan.privacy import CanaryMatcher, load_canaries, scan_tree
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PATIENTS = 5
+PATIENTS = 12  # enough outcomes of each class for the response model to train
 
 
 @pytest.fixture(scope="session")

@@ -44,7 +44,8 @@ SEVERITY = {"avoid": "high", "adjust_dose": "moderate", "monitor": "low"}
 CANCER_LABELS = {"nsclc": "Non-small cell lung cancer", "breast": "Breast cancer",
                  "colorectal": "Colorectal cancer", "melanoma": "Melanoma", "other": "Other cancer"}
 MAX_TABLE_ROWS = 40
-ATTRIBUTION_VALUE_KEYS = ("attribution", "value", "shap", "contribution")
+# The signed contribution first: the response model also carries the feature's own value under "value".
+ATTRIBUTION_VALUE_KEYS = ("contribution", "attribution", "shap", "value")
 
 
 class InvalidExportInputError(RadplanInputError):

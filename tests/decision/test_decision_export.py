@@ -248,3 +248,13 @@ def test_report_shows_selected_columns_of_wide_upstream_tables(recommendations):
     table = html[html.index('id="variant-table"'):html.index("</table>", html.index('id="variant-table"'))]
     assert "Hugo_Symbol" in table and "p.L858R" in table and "0.31" in table
     assert "extra_" not in table and "CHROM" not in table
+
+
+def test_attribution_chart_uses_the_contribution_not_the_feature_value():
+    from radplan.decision.export import _attribution_pairs
+
+    attributions = [
+        {"feature": "smoking_status", "value": "current", "contribution": -0.036},
+        {"feature": "n_actionable_alterations", "value": [], "contribution": 0.02},
+    ]
+    assert _attribution_pairs(attributions) == [("smoking_status", -0.036), ("n_actionable_alterations", 0.02)]
