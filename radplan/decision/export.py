@@ -307,10 +307,12 @@ def _report_columns(frame: pd.DataFrame, kind: str) -> list[str]:
 def _table(frame: pd.DataFrame | None, kind: str) -> dict | None:
     if frame is None or frame.empty:
         return None
-    shown = frame[_report_columns(frame, kind)].head(MAX_TABLE_ROWS)
+    # One variant can match several knowledge-base entries (drugs differ): show each shown row once.
+    distinct = frame[_report_columns(frame, kind)].astype(str).drop_duplicates()
+    shown = frame.loc[distinct.index, _report_columns(frame, kind)].head(MAX_TABLE_ROWS)
     return {"columns": [str(c) for c in shown.columns],
             "rows": [[_display(v) for v in row] for row in shown.itertuples(index=False)],
-            "hidden": max(0, len(frame) - MAX_TABLE_ROWS)}
+            "hidden": max(0, len(distinct) - MAX_TABLE_ROWS)}
 
 
 def _environment() -> Environment:
@@ -355,7 +357,7 @@ def render_report_html(
         ("Age (years)", _display(facts.get("age_years"))),
         ("Actionable alterations", _display(list(alterations) if not _missing_list(alterations) else None)),
         ("Current medications", _display(list(facts["current_medications"]) if not _missing_list(facts.get("current_medications")) else None)),
-        ("Lesions (latest study)", _display(facts.get("lesion_count"))),
+        ("Lesions (baseline study)", _display(facts.get("lesion_count"))),
         ("Total lesion volume (ml)", _display(facts.get("total_lesion_volume_ml"))),
     ]
     model_label = None
