@@ -61,6 +61,8 @@ class KbEntry:
     consequences: frozenset[str] = frozenset()
     hgvsc_pattern: re.Pattern | None = None
     threshold_mut_per_mb: float | None = None
+    # {build: (chrom, start, end)}: where an unannotated record (no gene/HGVS from VEP or SnpEff) must lie.
+    regions: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,8 @@ def _validate_entry(raw: dict, tumour_types: set[str]) -> KbEntry:
         protein_range=tuple(raw["protein_range"]) if raw.get("protein_range") else None,
         consequences=frozenset(raw.get("consequences") or ()),
         hgvsc_pattern=re.compile(raw["hgvsc_pattern"]) if raw.get("hgvsc_pattern") else None,
-        threshold_mut_per_mb=raw.get("threshold_mut_per_mb"))
+        threshold_mut_per_mb=raw.get("threshold_mut_per_mb"),
+        regions={build: (str(r["chrom"]), int(r["start"]), int(r["end"])) for build, r in (raw.get("regions") or {}).items()})
 
 
 def load_knowledge_base(path: Path | None = None) -> KnowledgeBase:
@@ -156,6 +159,31 @@ def _rule_matches(entry: KbEntry, row) -> bool:
     return False
 
 
+_BREAKEND_MATE = re.compile(r"[\[\]](?:chr)?([^:\[\]]+):(\d+)[\[\]]")
+
+
+def _in_region(region: tuple[str, int, int], chrom: str, pos: int) -> bool:
+    return _norm_chrom(chrom) == _norm_chrom(region[0]) and region[1] <= pos <= region[2]
+
+
+def _region_matches(entry: KbEntry, row) -> bool:
+    """Unannotated records: the alteration's kind of record, inside the entry's genomic region for this build."""
+    region = entry.regions.get(row.genome_build)
+    if region is None:
+        return False
+    if entry.kind == "exon_deletion":
+        return row.variant_type == "DEL" and _in_region(region, row.chrom, int(row.pos) + 1)
+    if entry.kind == "exon_insertion":
+        return row.variant_type == "INS" and _in_region(region, row.chrom, int(row.pos))
+    if entry.kind == "fusion":
+        mate = _BREAKEND_MATE.search(str(row.alt))
+        ends = [(row.chrom, int(row.pos))] + ([(mate.group(1), int(mate.group(2)))] if mate else [])
+        return row.variant_type in ("SV", "BND") and any(_in_region(region, c, p) for c, p in ends)
+    if entry.kind == "amplification":
+        return row.variant_type == "SV" and str(row.alt).upper().startswith(("<DUP", "<AMP", "<CN")) and _in_region(region, row.chrom, int(row.pos))
+    return False
+
+
 def _match_row(entry: KbEntry, row) -> str | None:
     if entry.kind == "protein_change":
         if isinstance(row.hgvsp_short, str) and row.hgvsp_short:
@@ -166,6 +194,8 @@ def _match_row(entry: KbEntry, row) -> str | None:
         return None
     if entry.gene == row.gene and _rule_matches(entry, row):
         return "exon_rule"
+    if not isinstance(row.gene, str) and _region_matches(entry, row):
+        return "genomic_region"
     return None
 
 
@@ -200,9 +230,11 @@ def match_actionable(variants: pd.DataFrame, *, tumour_type: str | None, kb: Kno
     genes = {e.gene for e in variant_entries}
     positions = {(str(c["chrom"]), int(c["pos"])) for e in variant_entries for c in e.coordinates.values()}
     carried = variants["zygosity"].isin(CARRIER_ZYGOSITIES) | variants["zygosity"].isna()
-    # vectorized pre-filter: only rows in a KB gene or at a KB hotspot position reach the per-row loop
+    # vectorized pre-filter: only rows in a KB gene, at a KB hotspot position or unannotated reach the per-row loop
     at_hotspot = pd.Series(list(zip(variants["chrom"].map(_norm_chrom), variants["pos"])), index=variants.index).isin(positions)
-    candidates = variants[carried & (variants["gene"].isin(genes) | at_hotspot)]
+    # unannotated indels and structural records may still fall in a KB entry's genomic region
+    unannotated = variants["gene"].isna() & variants["variant_type"].isin(["DEL", "INS", "SV", "BND"])
+    candidates = variants[carried & (variants["gene"].isin(genes) | at_hotspot | unannotated)]
     results = []
     for row in candidates.itertuples(index=False):
         for entry in variant_entries:

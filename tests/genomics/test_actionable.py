@@ -121,3 +121,29 @@ def test_invalid_kb_names_the_bad_entry(tmp_path):
     bad.write_text(yaml.safe_dump(data))
     with pytest.raises(KnowledgeBaseError, match="EGFR_T790M.*GRCh37"):
         load_knowledge_base(bad)
+
+
+def test_unannotated_records_match_by_genomic_region():
+    import pandas as pd
+
+    from radplan.genomics.actionable import load_knowledge_base, match_actionable
+    from radplan.genomics.vcf import VARIANT_SCHEMA
+
+    def row(**values):
+        base = {name: None for name in VARIANT_SCHEMA.names} | {"sample": "p0000000000000001", "chrom": "chr7", "pos": 1, "ref": "N", "alt": "N", "variant_type": "SNV",
+                "gene": None, "consequence": None, "hgvsp_short": None, "hgvsc": None, "genome_build": "GRCh38",
+                "filter": "PASS", "allele_fraction": 0.3, "depth": 100}
+        return {**base, **values}
+
+    variants = pd.DataFrame([
+        row(pos=55174771, ref="AGGAATTAAGAGAAGC", alt="A", variant_type="DEL"),        # EGFR E746_A750del, no CSQ
+        row(chrom="chr2", pos=42299231, alt="N]chr2:29223612]", variant_type="BND"),  # EML4 breakend, mate in ALK
+        row(chrom="chr17", pos=39688094, alt="<DUP>", variant_type="SV"),             # ERBB2 duplication
+        row(pos=55100000, ref="AG", alt="A", variant_type="DEL"),                     # EGFR intron: no match
+    ])
+    kb = load_knowledge_base()
+    found = {(m["gene"], m["alteration"], m["match_basis"]) for m in match_actionable(variants, tumour_type=None, kb=kb).to_dict("records")}
+    assert ("EGFR", "exon 19 deletion", "genomic_region") in found
+    assert ("ALK", "fusion", "genomic_region") in found
+    assert ("ERBB2", "amplification", "genomic_region") in found
+    assert not any(g == "EGFR" and a != "exon 19 deletion" for g, a, _ in found)
