@@ -130,3 +130,36 @@ def test_one_patient_has_one_key_and_one_date_shift_across_dicom_vcf_and_ehr(dem
         conditions = pd.read_parquet(lake / "deid" / "ehr_conditions" / f"patient_key={key}")
         cancer = conditions[conditions["CODE"].astype(str) == patient["cancer_snomed"]]
         assert cancer["START"].dt.date.tolist() == [dt.date.fromisoformat(patient["diagnosis_date"]) + dt.timedelta(days=shift)]
+
+
+# Planted alteration -> the tumour types where the rule base recommends a targeted therapy for it in any line.
+# (KRAS G12C inhibitors are approved only after prior systemic therapy, so a first-line patient rightly gets none.)
+TARGETED = {
+    ("EGFR", "p.L858R"): {"nsclc"},
+    ("EGFR", "p.E746_A750del"): {"nsclc"},
+    ("ALK", "EML4-ALK fusion"): {"nsclc"},
+    ("BRAF", "p.V600E"): {"melanoma", "nsclc"},
+    ("ERBB2", "amplification"): {"breast"},
+    ("PIK3CA", "p.H1047R"): {"breast"},
+    ("PIK3CA", "p.E545K"): {"breast"},
+}
+
+
+def test_every_planted_actionable_variant_gets_its_targeted_therapy(demo_home):
+    from radplan.pseudonym import DEMO_KEY, Pseudonymizer
+
+    pseudonymizer = Pseudonymizer(DEMO_KEY)
+    truth = json.loads((demo_home / "truth" / "truth.json").read_text())["patients"]
+    recommendations = pd.read_parquet(demo_home / "lake" / "exports" / "recommendations.parquet")
+    checked = 0
+    for mrn, patient in truth.items():
+        mine = recommendations[recommendations["patient_key"] == pseudonymizer.patient_key(mrn)]
+        targeted = mine[mine["action"].isin(["recommend", "consider"])]
+        for variant in patient["somatic_variants"]:
+            if patient["cancer_type"] not in TARGETED.get((variant["gene"], variant["protein_change"]), set()):
+                continue
+            checked += 1
+            gene = variant["gene"].lower()
+            assert targeted["rule_ids"].str.lower().str.contains(gene).any(), (variant["gene"], variant["protein_change"], patient["cancer_type"])
+            assert targeted["guideline"].notna().all() and targeted["rule_base_version"].notna().all()
+    assert checked >= 1
