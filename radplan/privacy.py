@@ -57,8 +57,25 @@ def _trie_pattern(words: Iterable[str]) -> str:
     return render(trie)
 
 
+def public_reference_texts() -> list[str]:
+    """Text radplan ships as public reference data (rule titles, guideline and knowledge-base citations).
+
+    A synthetic patient may share a name with a cited author ("Robert C et al. N Engl J Med"); such a
+    match inside shipped reference text is not patient data, so it is not counted as a hit.
+    """
+    import yaml
+
+    package = Path(__file__).resolve().parent
+    rules = yaml.safe_load((package / "decision" / "data" / "rules.yaml").read_text())
+    kb = yaml.safe_load((package / "genomics" / "data" / "actionable_kb.yaml").read_text())
+    texts = [str(rule.get(field, "")) for rule in rules.get("rules", []) for field in ("title", "guideline")]
+    texts += [str(entry.get("citation", "")) for entry in kb.get("entries", [])]
+    return [t for t in texts if t]
+
+
 class CanaryMatcher:
-    def __init__(self, canaries: Iterable[str]):
+    def __init__(self, canaries: Iterable[str], public_texts: Iterable[str] = ()):
+        self._public = sorted({t.lower() for t in public_texts if t}, key=len, reverse=True)
         cleaned = sorted({c.strip().lower() for c in canaries if c and len(c.strip()) >= MIN_CANARY_LENGTH})
         self.canaries = cleaned
         # Whole-token matches only, so a short given name does not match inside an ordinary word.
@@ -68,11 +85,17 @@ class CanaryMatcher:
     def find(self, text: str) -> set[str]:
         if not self._pattern or not text:
             return set()
-        lowered = text.lower()
-        found = set()
-        for match in self._pattern.finditer(lowered):
-            found.add(match.group(0))
-        return {f for f in found if f in self._exact}
+        found = self._matches(text.lower())
+        if found and self._public:
+            # Re-check with shipped reference text blanked out: a hit only there is not patient data.
+            cleaned = text.lower()
+            for public in self._public:
+                cleaned = cleaned.replace(public, " ")
+            found = self._matches(cleaned)
+        return found
+
+    def _matches(self, lowered: str) -> set[str]:
+        return {m.group(0) for m in self._pattern.finditer(lowered)} & self._exact
 
 
 def load_canaries(path: Path) -> list[str]:
@@ -230,7 +253,7 @@ def iter_scannable_files(root: Path, *, exclude: Iterable[str] = PHI_ZONES) -> I
 
 def scan_tree(root: Path, canaries: Iterable[str], *, exclude: Iterable[str] = PHI_ZONES) -> tuple[list[Hit], int]:
     """Scan every file under root except the PHI zones; returns (hits, files scanned)."""
-    matcher = CanaryMatcher(canaries)
+    matcher = CanaryMatcher(canaries, public_reference_texts())
     hits, scanned = [], 0
     for path in iter_scannable_files(root, exclude=exclude):
         hits.extend(scan_file(path, matcher, display_root=root))

@@ -15,11 +15,15 @@ from radplan_assets.partitions import patient_partitions
 from radplan_resources import DeidKeyResource, LakeResource
 
 GENOMICS_KIND = "genomics"
+INDEX_SUFFIXES = (".tbi", ".csi", ".bai", ".crai")
 
 
 def _raw_files(lake: LakeResource, patient_key: str, kind: str) -> list[Path]:
+    """The patient's data files of one kind; index sidecars travel with them but are not data."""
     folder = lake.zone("raw") / GENOMICS_KIND / patient_key / kind
-    return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.endswith(INDEX_SUFFIXES))
 
 
 @asset(
@@ -38,7 +42,7 @@ def raw_genomics(context: AssetExecutionContext, lake: LakeResource) -> Material
             target.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(target) as tmp:
                 shutil.copyfile(source, tmp)
-            for index_suffix in (".tbi", ".csi", ".bai", ".crai"):
+            for index_suffix in INDEX_SUFFIXES:
                 sidecar = source.with_name(source.name + index_suffix)
                 if sidecar.exists():
                     shutil.copyfile(sidecar, target.with_name(target.name + index_suffix))
@@ -129,8 +133,6 @@ def coverage_qc(context: AssetExecutionContext, config: CoverageConfig, lake: La
     positions = pgx_positions()
     frames = []
     for path in alignments:
-        if path.suffix in {".bai", ".crai"}:
-            continue
         try:
             frames.append(reads.coverage_qc(path, regions=[], pgx_positions=positions, min_depth=config.min_depth))
         except RadplanInputError as error:

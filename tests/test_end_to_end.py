@@ -84,11 +84,19 @@ def test_dagster_storage_holds_only_pseudonymous_partition_keys(demo_home):
 
 
 def test_every_planted_bad_input_is_quarantined_with_a_reason(demo_home):
+    from radplan.lake import file_sha256
+
     bad_inputs = json.loads((demo_home / "truth" / "bad_inputs.json").read_text())
     reasons = [json.loads(p.read_text()) for p in (demo_home / "lake" / "quarantine").rglob("reason.json")]
-    assert len(reasons) >= len(bad_inputs) >= 3
     for reason in reasons:
         assert {"stage", "error_class", "message", "sha256"} <= set(reason)
+    # Every bad file is quarantined (matched by content), and nothing good is: one reason per bad file.
+    bad_files = {file_sha256(demo_home / b["path"]) for b in bad_inputs if "line" not in b}
+    assert {r["sha256"] for r in reasons} == bad_files
+    assert len(reasons) == len(bad_files)
+    # The malformed CSV row is quarantined with its line number; the rest of the table goes on.
+    rejected = [json.loads(line) for p in (demo_home / "lake" / "quarantine" / "ehr").glob("*.jsonl") for line in p.read_text().splitlines()]
+    assert {(r["table"], r["line"]) for r in rejected} >= {("conditions", b["line"]) for b in bad_inputs if "line" in b}
 
 
 def test_notebook_runs_on_the_lake(demo_home):

@@ -42,3 +42,13 @@ def test_scan_tree_decodes_dicom_parquet_sqlite_json_base64_and_gzip(tmp_path):
     assert scanned == 5
     assert sorted({h.path for h in hits}) == ["a.dcm", "b.parquet", "c.db", "d.json", "e.csv.gz"]
     assert all(canary not in h.redacted() for h in hits)
+
+
+def test_a_name_inside_shipped_citations_is_not_a_hit_but_elsewhere_it_is():
+    from radplan.privacy import public_reference_texts
+
+    citations = public_reference_texts()
+    citation = next(c for c in citations if "Robert" in c)
+    matcher = CanaryMatcher(["Robert"], citations)
+    assert matcher.find(f"guideline: {citation}") == set()
+    assert matcher.find(f"guideline: {citation}; patient Robert returns") == {"robert"}
