@@ -24,10 +24,6 @@ def upstream_run_ids(context: AssetExecutionContext, asset_names, partition_key:
     return versions
 
 
-def _optional(lake: LakeResource, table: str, patient_key: str) -> pd.DataFrame:
-    return lake.read_table("features", table, patient_key) if lake.has_table("features", table, patient_key) else pd.DataFrame()
-
-
 @asset(
     group_name="cohort",
     partitions_def=patient_partitions,
@@ -41,11 +37,11 @@ def patient_features(context: AssetExecutionContext, lake: LakeResource) -> Mate
     versions = upstream_run_ids(context, PATIENT_FEATURE_INPUTS, patient_key)
     frame = cohort.build_patient_features(
         patient_key,
-        clinical=_optional(lake, "clinical_features", patient_key),
-        radiomics=_optional(lake, "radiomic_features", patient_key),
-        actionable=_optional(lake, "annotated_variants", patient_key),
-        pgx=_optional(lake, "pgx_phenotypes", patient_key),
-        findings=_optional(lake, "note_findings", patient_key),
+        clinical=lake.read_table_if_present("features", "clinical_features", patient_key),
+        radiomics=lake.read_table_if_present("features", "radiomic_features", patient_key),
+        actionable=lake.read_table_if_present("features", "annotated_variants", patient_key),
+        pgx=lake.read_table_if_present("features", "pgx_phenotypes", patient_key),
+        findings=lake.read_table_if_present("features", "note_findings", patient_key),
         has_genomics=variants_dir.is_dir() and any(variants_dir.glob("*.parquet")),
         source_versions=versions,
     )

@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import pandas as pd
 import SimpleITK as sitk
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
@@ -17,7 +16,7 @@ from radplan_resources import LakeResource, LandingZoneResource
 
 def _facts(lake: LakeResource, patient_key: str) -> dict:
     row = lake.read_table("features", "patient_features", patient_key).iloc[0].to_dict()
-    strata = lake.read_table("features", "patient_strata") if lake.has_table("features", "patient_strata") else pd.DataFrame()
+    strata = lake.read_table_if_present("features", "patient_strata")
     mine = strata[strata["patient_key"] == patient_key] if len(strata) else strata
     row["stratum"] = int(mine["stratum"].iloc[0]) if len(mine) else None
     return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in row.items()}
@@ -84,8 +83,8 @@ def recommendation_export(context: AssetExecutionContext, lake: LakeResource) ->
         # Every patient gets a bundle and a report, also one with no matching rule or trial.
         rows = recommendations[recommendations["patient_key"] == patient_key]
         facts = _facts(lake, patient_key)
-        variants = lake.read_table("features", "annotated_variants", patient_key) if lake.has_table("features", "annotated_variants", patient_key) else None
-        pgx = lake.read_table("features", "pgx_phenotypes", patient_key) if lake.has_table("features", "pgx_phenotypes", patient_key) else None
+        variants = lake.read_table_if_present("features", "annotated_variants", patient_key)
+        pgx = lake.read_table_if_present("features", "pgx_phenotypes", patient_key)
         attributions = json.loads(rows["top_attributions"].dropna().iloc[0]) if len(rows) and rows["top_attributions"].notna().any() else []
         bundles[patient_key] = export.fhir_bundle(patient_key, rows, facts)
         reports[patient_key] = export.render_report_html(

@@ -155,7 +155,7 @@ def predicted_lesion_masks(context: AssetExecutionContext, config: PredictedMask
 
 def outcome_labels(lake: LakeResource) -> pd.DataFrame:
     """Observed first-line response per patient from the de-identified EHR (patient_key, responded)."""
-    observations = lake.read_table("deid", "ehr_observations") if lake.has_table("deid", "ehr_observations") else pd.DataFrame()
+    observations = lake.read_table_if_present("deid", "ehr_observations")
     if observations.empty:
         return pd.DataFrame(columns=["patient_key", "responded"])
     response_rows = observations[observations["CODE"].astype(str) == cohort.RECIST_BEST_RESPONSE_CODE]

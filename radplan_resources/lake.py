@@ -115,6 +115,10 @@ class LakeResource(ConfigurableResource):
             return pd.DataFrame(columns=[PARTITION_COLUMN])
         return pa.concat_tables(parts, promote_options="permissive").to_pandas()
 
+    def read_table_if_present(self, zone: str, table: str, patient_key: str | None = None) -> pd.DataFrame:
+        """Like read_table, but an empty frame where nothing was materialized (an optional input)."""
+        return self.read_table(zone, table, patient_key) if self.has_table(zone, table, patient_key) else pd.DataFrame()
+
     def has_table(self, zone: str, table: str, patient_key: str | None = None) -> bool:
         if patient_key is None:
             return self.cohort_table_path(zone, table).exists() or (self.zone(zone) / table).is_dir()
