@@ -171,3 +171,58 @@ def test_every_planted_actionable_variant_gets_its_targeted_therapy(demo_home):
             assert targeted["rule_ids"].str.lower().str.contains(gene).any(), (variant["gene"], variant["protein_change"], patient["cancer_type"])
             assert targeted["guideline"].notna().all() and targeted["rule_base_version"].notna().all()
     assert checked >= 1
+
+
+# Independent of the rule file: which CPIC/DPWG action each planted phenotype calls for, and the
+# current medication (RxNorm ingredient code) the rule needs, if any.
+RXNORM = {"clopidogrel": "32968", "warfarin": "11289", "simvastatin": "36567", "tamoxifen": "10324"}
+INTERMEDIATE = {"Intermediate Metabolizer", "Possible Intermediate Metabolizer"}
+
+
+def expected_pgx_rules(pgx: dict, medications: set[str]) -> set[str]:
+    expected = set()
+    dpyd_score = pgx["DPYD"]["activity_score"]
+    if 1 <= dpyd_score <= 1.5:
+        expected.add("pgx_dpyd_intermediate_fluoropyrimidine")
+    elif dpyd_score <= 0.5:
+        expected.add("pgx_dpyd_poor_fluoropyrimidine")
+    for gene in ("TPMT", "NUDT15"):
+        phenotype = pgx[gene]["phenotype"]
+        if phenotype in INTERMEDIATE:
+            expected.add(f"pgx_{gene.lower()}_intermediate_thiopurine")
+        elif phenotype == "Poor Metabolizer":
+            expected.add(f"pgx_{gene.lower()}_poor_thiopurine")
+    if pgx["UGT1A1"]["phenotype"] == "Poor Metabolizer":
+        expected.add("pgx_ugt1a1_poor_irinotecan")
+    if RXNORM["clopidogrel"] in medications and pgx["CYP2C19"]["phenotype"] in {"Poor Metabolizer", "Intermediate Metabolizer"}:
+        expected.add("pgx_cyp2c19_clopidogrel_alternative")
+    warfarin_sensitive = pgx["CYP2C9"]["phenotype"] in {"Intermediate Metabolizer", "Poor Metabolizer"} or "T" in pgx["VKORC1"]["rs9923231_genotype"]
+    if RXNORM["warfarin"] in medications and warfarin_sensitive:
+        expected.add("pgx_cyp2c9_vkorc1_warfarin")
+    if RXNORM["simvastatin"] in medications:
+        if pgx["SLCO1B1"]["phenotype"] in {"Decreased Function", "Possible Decreased Function"}:
+            expected.add("pgx_slco1b1_decreased_simvastatin")
+        elif pgx["SLCO1B1"]["phenotype"] == "Poor Function":
+            expected.add("pgx_slco1b1_poor_simvastatin")
+    if RXNORM["tamoxifen"] in medications and pgx["CYP2D6"]["phenotype"] == "Poor Metabolizer":
+        expected.add("pgx_cyp2d6_poor_tamoxifen")
+    return expected
+
+
+def test_every_planted_pgx_metabolizer_gets_its_cpic_adjustment_and_no_other(demo_home):
+    from radplan.pseudonym import DEMO_KEY, Pseudonymizer
+
+    pseudonymizer = Pseudonymizer(DEMO_KEY)
+    truth = json.loads((demo_home / "truth" / "truth.json").read_text())["patients"]
+    recommendations = pd.read_parquet(demo_home / "lake" / "exports" / "recommendations.parquet")
+    pgx_rows = recommendations[recommendations["category"] == "pgx"]
+    planted = 0
+    for mrn, patient in truth.items():
+        mine = pgx_rows[pgx_rows["patient_key"] == pseudonymizer.patient_key(mrn)]
+        fired = {rule for ids in mine["rule_ids"] for rule in json.loads(ids)} if len(mine) else set()
+        expected = expected_pgx_rules(patient["pgx"], set(patient["medications_rxnorm"]))
+        planted += len(expected)
+        assert fired == expected, (pseudonymizer.patient_key(mrn), sorted(fired), sorted(expected))
+        assert mine["action"].isin(["adjust_dose", "avoid"]).all()
+        assert mine["guideline"].notna().all() and mine["rule_base_version"].notna().all()
+    assert planted >= 1

@@ -256,3 +256,58 @@ def test_nan_and_numpy_values_from_parquet(rule_base):
 def test_wrongly_typed_fact_is_an_input_error(rule_base):
     with pytest.raises(FactTypeError, match="alt_egfr_sensitizing"):
         evaluate_rules({"cancer_type": "nsclc", "alt_egfr_sensitizing": "true"}, rule_base)
+
+
+# ----------------------------------------------------------------------------- coverage of the rule base
+
+# One patient per rule that should fire it. A new rule without a witness here fails the coverage test.
+RULE_WITNESSES = {
+    EGFR: {"cancer_type": "nsclc", "alt_egfr_sensitizing": True},
+    "nsclc_egfr_t790m_osimertinib": {"cancer_type": "nsclc", "alt_egfr_t790m": True},
+    "nsclc_alk_fusion_alk_inhibitor": {"cancer_type": "nsclc", "alt_alk_fusion": True},
+    "nsclc_ros1_fusion_ros1_inhibitor": {"cancer_type": "nsclc", "alt_ros1_fusion": True},
+    "melanoma_braf_v600e_braf_mek": {"cancer_type": "melanoma", "alt_braf_v600e": True},
+    "nsclc_braf_v600e_braf_mek": {"cancer_type": "nsclc", "alt_braf_v600e": True},
+    "breast_her2_positive_anti_her2": {"cancer_type": "breast", "alt_erbb2": True},
+    "nsclc_kras_g12c_inhibitor": {"cancer_type": "nsclc", "alt_kras_g12c": True, "prior_lines_of_therapy": 1},
+    "crc_kras_g12c_inhibitor_anti_egfr": {"cancer_type": "colorectal", "alt_kras_g12c": True, "prior_lines_of_therapy": 1},
+    "breast_brca_parp_inhibitor": {"cancer_type": "breast", "alt_brca": True},
+    "breast_pik3ca_alpelisib": {"cancer_type": "breast", "alt_pik3ca": True},
+    "nsclc_met_exon14_met_inhibitor": {"cancer_type": "nsclc", "alt_met": True},
+    "nsclc_ret_fusion_selpercatinib": {"cancer_type": "nsclc", "alt_ret": True},
+    "any_ntrk_fusion_trk_inhibitor": {"cancer_type": "melanoma", "alt_ntrk": True},
+    "pgx_dpyd_intermediate_fluoropyrimidine": {"pgx_DPYD_activity_score": 1.0},
+    "pgx_dpyd_poor_fluoropyrimidine": {"pgx_DPYD_activity_score": 0.0},
+    "pgx_tpmt_intermediate_thiopurine": {"pgx_TPMT_phenotype": "Intermediate Metabolizer"},
+    "pgx_tpmt_poor_thiopurine": {"pgx_TPMT_phenotype": "Poor Metabolizer"},
+    "pgx_nudt15_intermediate_thiopurine": {"pgx_NUDT15_phenotype": "Intermediate Metabolizer"},
+    "pgx_nudt15_poor_thiopurine": {"pgx_NUDT15_phenotype": "Poor Metabolizer"},
+    "pgx_ugt1a1_poor_irinotecan": {"pgx_UGT1A1_phenotype": "Poor Metabolizer"},
+    "pgx_cyp2c19_clopidogrel_alternative": {"current_medications": ["clopidogrel"], "pgx_CYP2C19_phenotype": "Intermediate Metabolizer"},
+    "pgx_cyp2c9_vkorc1_warfarin": {"current_medications": ["warfarin"], "pgx_CYP2C9_phenotype": "Intermediate Metabolizer"},
+    "pgx_slco1b1_decreased_simvastatin": {"current_medications": ["simvastatin"], "pgx_SLCO1B1_phenotype": "Possible Decreased Function"},
+    "pgx_slco1b1_poor_simvastatin": {"current_medications": ["simvastatin"], "pgx_SLCO1B1_phenotype": "Poor Function"},
+    "pgx_cyp2d6_poor_tamoxifen": {"current_medications": ["tamoxifen"], "pgx_CYP2D6_phenotype": "Poor Metabolizer"},
+    "ddi_clopidogrel_omeprazole": {"current_medications": ["clopidogrel", "esomeprazole"]},
+    "ddi_warfarin_fluoropyrimidine": {"current_medications": ["warfarin", "fluorouracil"]},
+    "ddi_crizotinib_strong_cyp3a_inhibitor": {"alt_ros1_fusion": True, "current_medications": ["clarithromycin"]},
+    "ddi_selpercatinib_strong_cyp3a_inhibitor": {"alt_ret": True, "current_medications": ["ritonavir"]},
+    "ddi_lorlatinib_strong_cyp3a_inducer": {"alt_alk_fusion": True, "current_medications": ["rifampin"]},
+    "ddi_sotorasib_acid_reducing_agent": {"alt_kras_g12c": True, "current_medications": ["famotidine"]},
+    "followup_nsclc_advanced_restaging": {"cancer_type": "nsclc", "stage": "IVA"},
+    "followup_breast_metastatic_restaging": {"cancer_type": "breast", "stage": "IV"},
+    "followup_colorectal_metastatic_restaging": {"cancer_type": "colorectal", "stage": "IVB"},
+    "followup_melanoma_advanced_restaging": {"cancer_type": "melanoma", "stage": "IVC"},
+}
+
+
+def test_every_rule_in_the_rule_base_has_a_witness(rule_base):
+    assert set(RULE_WITNESSES) == {rule.id for rule in rule_base.rules}
+
+
+@pytest.mark.parametrize("rule_id", sorted(RULE_WITNESSES))
+def test_rule_fires_on_its_witness_and_renders_a_rationale(rule_base, rule_id):
+    match = matched(RULE_WITNESSES[rule_id], rule_base).get(rule_id)
+    assert match is not None, f"{rule_id} did not fire on its witness"
+    assert match.rationale and "{" not in match.rationale
+    assert set(match.matched_facts) <= set(RULE_WITNESSES[rule_id])
