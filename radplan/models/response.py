@@ -1,13 +1,16 @@
-"""Multimodal treatment-response model: rules baseline vs. gradient boosting vs. Lightning MLP vs. ensemble.
+"""Multimodal treatment-response model: rules baseline vs. prognostic logistic model vs. gradient boosting vs.
+Lightning MLP vs. ensemble.
 
 Input is the ``patient_features`` contract table (one row per patient) and a
 binary response label per patient. :func:`feature_matrix` turns the table into
 a numeric design matrix (documented there). :func:`train_response_models`
 
-1. scores four candidates on the *same* stratified k-fold splits:
-   (a) a rules baseline (:func:`rule_scores`), (b) a calibrated
-   ``HistGradientBoostingClassifier``, (c) a calibrated Lightning MLP, and
-   (d) a soft-voting ensemble of (b) and (c);
+1. scores five candidates on the *same* stratified k-fold splits:
+   (a) a rules baseline (:func:`rule_scores`), (b) an L2-penalized logistic
+   regression on prespecified prognostic covariates
+   (:data:`PROGNOSTIC_COVARIATES`), (c) a calibrated
+   ``HistGradientBoostingClassifier``, (d) a calibrated Lightning MLP, and
+   (e) a soft-voting ensemble of (c) and (d);
 2. reports AUC, accuracy, precision, recall, F1 (threshold 0.5) and Brier
    score of the out-of-fold predictions with percentile bootstrap 95% CIs
    (patients resampled with a fixed seed, the same resamples for every
@@ -48,10 +51,11 @@ import numpy as np
 import pandas as pd
 import torch
 from mlflow.models import infer_signature
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import HistGradientBoostingClassifier, VotingClassifier
 from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
@@ -61,7 +65,7 @@ from radplan.errors import RadplanInputError
 from radplan.models import registry
 
 MODEL_ARTIFACT = "model"
-CANDIDATES = ("rules_baseline", "gradient_boosting", "lightning_mlp", "soft_voting_ensemble")
+CANDIDATES = ("rules_baseline", "prognostic_logistic", "gradient_boosting", "lightning_mlp", "soft_voting_ensemble")
 LEARNED_CANDIDATES = CANDIDATES[1:]
 METRICS = ("auc", "accuracy", "precision", "recall", "f1", "brier")
 THRESHOLD = 0.5
@@ -361,13 +365,52 @@ def calibration_method(n_patients: int) -> str:
     return "isotonic" if n_patients >= 1000 else "sigmoid"
 
 
-def make_gradient_boosting(seed: int, method: str) -> CalibratedClassifierCV:
+# Established prognostic factors for objective response, fixed before any outcome is seen: baseline tumour
+# burden, ECOG performance status, stage, and whether the first-line drug targets the patient's driver.
+# With tens of patients, estimating four coefficients generalizes where ~60 free features overfit.
+PROGNOSTIC_COVARIATES = ("total_lesion_volume_ml", "ecog", "stage_ordinal", "therapy_targets_driver")
+# Tumour volume spans orders of magnitude; response depends on it roughly log-linearly.
+LOG_SCALED_COVARIATES = frozenset({"total_lesion_volume_ml"})
+
+
+class PrespecifiedCovariates(BaseEstimator, TransformerMixin):
+    """Selects the prespecified covariates present in the design matrix, log-scaling volumes."""
+
+    def __init__(self, feature_names: tuple[str, ...] = ()):
+        self.feature_names = feature_names
+
+    def fit(self, X, y=None) -> "PrespecifiedCovariates":
+        names = list(self.feature_names)
+        self.columns_ = [names.index(c) for c in PROGNOSTIC_COVARIATES if c in names]
+        if not self.columns_:
+            raise RadplanInputError(f"none of the prognostic covariates {PROGNOSTIC_COVARIATES} is in the design matrix")
+        self.log_scaled_ = [i for i, c in enumerate(c for c in PROGNOSTIC_COVARIATES if c in names) if c in LOG_SCALED_COVARIATES]
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        selected = np.asarray(X, dtype=float)[:, self.columns_].copy()
+        if self.log_scaled_:
+            selected[:, self.log_scaled_] = np.log1p(np.clip(selected[:, self.log_scaled_], 0.0, None))
+        return selected
+
+
+def make_prognostic_logistic(seed: int, method: str, feature_names: tuple[str, ...]) -> Pipeline:
+    """A logistic model is already a probability model: no extra calibration layer."""
+    return Pipeline([
+        ("select", PrespecifiedCovariates(tuple(feature_names))),
+        ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+        ("scale", StandardScaler()),
+        ("logistic", LogisticRegression(C=1.0, max_iter=1000, random_state=seed)),
+    ])
+
+
+def make_gradient_boosting(seed: int, method: str, feature_names: tuple[str, ...] = ()) -> CalibratedClassifierCV:
     trees = HistGradientBoostingClassifier(max_iter=100, learning_rate=0.05, max_leaf_nodes=8, min_samples_leaf=10,
                                            l2_regularization=1.0, early_stopping=False, random_state=seed)
     return CalibratedClassifierCV(trees, method=method, cv=3)
 
 
-def make_mlp(seed: int, method: str) -> CalibratedClassifierCV:
+def make_mlp(seed: int, method: str, feature_names: tuple[str, ...] = ()) -> CalibratedClassifierCV:
     network = Pipeline([
         ("impute", SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True)),
         ("scale", StandardScaler()),
@@ -376,11 +419,12 @@ def make_mlp(seed: int, method: str) -> CalibratedClassifierCV:
     return CalibratedClassifierCV(network, method=method, cv=3)
 
 
-def make_ensemble(seed: int, method: str) -> VotingClassifier:
+def make_ensemble(seed: int, method: str, feature_names: tuple[str, ...] = ()) -> VotingClassifier:
     return VotingClassifier([("gradient_boosting", make_gradient_boosting(seed, method)), ("lightning_mlp", make_mlp(seed, method))], voting="soft")
 
 
-_FACTORIES: dict[str, Callable[[int, str], BaseEstimator]] = {
+_FACTORIES: dict[str, Callable[[int, str, tuple[str, ...]], BaseEstimator]] = {
+    "prognostic_logistic": make_prognostic_logistic,
     "gradient_boosting": make_gradient_boosting,
     "lightning_mlp": make_mlp,
     "soft_voting_ensemble": make_ensemble,
@@ -652,7 +696,7 @@ def _labels(labels: pd.Series, table: pd.DataFrame) -> np.ndarray:
     return values.astype(int)
 
 
-def _cross_validated(X: np.ndarray, y: np.ndarray, scores: np.ndarray, folds: list, seed: int, method: str) -> dict[str, np.ndarray]:
+def _cross_validated(X: np.ndarray, y: np.ndarray, scores: np.ndarray, folds: list, seed: int, method: str, names: tuple[str, ...]) -> dict[str, np.ndarray]:
     """Out-of-fold probabilities of every candidate on the same folds.
 
     The soft-voting ensemble's OOF probability is the mean of the two calibrated
@@ -662,8 +706,8 @@ def _cross_validated(X: np.ndarray, y: np.ndarray, scores: np.ndarray, folds: li
     oof = {name: np.zeros(len(y)) for name in CANDIDATES}
     for train, test in folds:
         oof["rules_baseline"][test] = _rule_probabilities(scores[train], y[train], scores[test])
-        for name in ("gradient_boosting", "lightning_mlp"):
-            oof[name][test] = _FACTORIES[name](seed, method).fit(X[train], y[train]).predict_proba(X[test])[:, 1]
+        for name in ("prognostic_logistic", "gradient_boosting", "lightning_mlp"):
+            oof[name][test] = _FACTORIES[name](seed, method, names).fit(X[train], y[train]).predict_proba(X[test])[:, 1]
     oof["soft_voting_ensemble"] = (oof["gradient_boosting"] + oof["lightning_mlp"]) / 2.0
     return oof
 
@@ -695,7 +739,7 @@ def train_response_models(
     n_permutations: int = 16,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Cross-validate the four candidates, refit and register the best learned one; returns a PHI-free result.
+    """Cross-validate the five candidates, refit and register the best learned one; returns a PHI-free result.
 
     ``labels`` (and ``therapy``, ``true_probabilities``) are indexed by patient_key
     or given in the row order of ``patient_features``. The champion comparison
@@ -720,7 +764,7 @@ def train_response_models(
     scores = rule_scores(patient_features, therapy).to_numpy()
 
     say(f"cross-validating {len(CANDIDATES)} candidates on {n_splits} folds ({len(y)} patients, {len(names)} features)")
-    oof = _cross_validated(X, y, scores, folds, seed, method)
+    oof = _cross_validated(X, y, scores, folds, seed, method, tuple(names))
     resamples = bootstrap_weights(len(y), n_bootstrap, seed)
     cv_metrics = {name: metrics_with_ci(y, oof[name], resamples) for name in CANDIDATES}
     best = max(LEARNED_CANDIDATES, key=lambda name: cv_metrics[name]["auc"]["value"])
@@ -731,7 +775,7 @@ def train_response_models(
     vs_baseline = _auc_difference_ci(y, oof[best], oof["rules_baseline"], resamples)
     say(f"best candidate {best}: CV AUC {cv_metrics[best]['auc']['value']:.3f} (baseline {cv_metrics['rules_baseline']['auc']['value']:.3f})")
 
-    estimator = _FACTORIES[best](seed, method).fit(X, y)
+    estimator = _FACTORIES[best](seed, method, tuple(names)).fit(X, y)
     background = X[np.random.default_rng(seed).choice(len(X), size=min(64, len(X)), replace=False)]
     model = ResponseModel(
         estimator=estimator,

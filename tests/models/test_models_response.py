@@ -154,8 +154,11 @@ def test_model_is_logged_registered_and_explains_predictions(trained):
 @pytest.mark.slow
 def test_worse_retraining_stays_challenger_and_drift_retraining_is_promoted(trained):
     result, _, _, _, tracking_uri, root = trained
-    # Fewer, new patients from the same population: the champion (trained on more) should stay.
+    # Fewer, new patients from the same population, a third of their outcomes recorded wrongly: a model
+    # learnt from them ranks worse than the champion (trained on more, clean outcomes), which stays.
     small, small_labels, small_therapy, _ = response_cohort(70, seed=21)
+    miscoded = np.random.default_rng(5).random(len(small_labels)) < 0.33
+    small_labels = small_labels.where(~miscoded, 1 - small_labels)
     worse = train_response_models(small, small_labels, therapy=small_therapy, tracking_uri=tracking_uri, artifact_root=root / "artifacts", **FAST)
     comparison = worse["champion_comparison"]
     assert worse["alias"] == "challenger" and comparison["champion_version_before"] == 1
