@@ -13,10 +13,8 @@ Writes benchmarks/results/deid.json (``deid_vs_dicognito``, ``deid_vs_bare_pydic
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import io
 import os
-import platform
 import statistics
 import sys
 import time
@@ -26,15 +24,14 @@ from pathlib import Path
 
 import pydicom
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from _common import QUICK, REPO, RESULTS_DIR, result_row
 
-from radplan.imaging.deid import DeidOptions, deidentify_dataset, read_dicom  # noqa: E402
 from radplan.lake import atomic_write_json  # noqa: E402
+from radplan.imaging.deid import DeidOptions, deidentify_dataset, read_dicom  # noqa: E402
 from radplan.pseudonym import DEMO_KEY, Pseudonymizer  # noqa: E402
 
 DEFAULT_INPUT = REPO.parent / "shared" / "data" / "imaging" / "ibsi_sts_002" / "dicom"
-RESULT = REPO / "benchmarks" / "results" / "deid.json"
+RESULT = RESULTS_DIR / "deid.json"
 
 
 def _bare(blob: bytes) -> None:
@@ -75,24 +72,11 @@ def _rate(engine, blobs: list[bytes]) -> float:
     return len(blobs) / (time.process_time() - start)
 
 
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}; 1 core pinned; {platform.system()} {platform.release()}; Python {platform.python_version()}; "
-            f"pydicom {pydicom.__version__}; dicognito {version('dicognito')}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", type=Path, default=DEFAULT_INPUT)
     parser.add_argument("--pattern", default="*/image/*.dcm", help="instances under --input (default: the 131 images)")
-    parser.add_argument("--passes", type=int, default=4, help="times each instance is processed per run")
+    parser.add_argument("--passes", type=int, default=1 if QUICK else 4, help="times each instance is processed per run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", type=Path, default=RESULT)
     args = parser.parse_args(argv)
@@ -113,13 +97,17 @@ def main(argv: list[str] | None = None) -> int:
             rates[name].append(_rate(engine, blobs))
     median = {name: statistics.median(values) for name, values in rates.items()}
 
-    common = {"unit": "instances/s", "runs": args.repeats, "machine": _machine(),
-              "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    common = {"unit": "instances/s", "runs": args.repeats, "instances_per_run": len(blobs),
+              "input": f"{len(files)} CT instances of the shared IBSI STS sample x {args.passes} passes",
+              "timing": "process CPU time, one pinned core",
+              "versions": f"pydicom {pydicom.__version__}; dicognito {version('dicognito')}"}
     results = [
-        {"name": "deid_vs_dicognito", "radplan": round(median["radplan"], 1), "peer": round(median["dicognito"], 1),
-         "ratio": round(median["radplan"] / median["dicognito"], 2), **common},
-        {"name": "deid_vs_bare_pydicom", "radplan": round(median["radplan"], 1), "peer": round(median["bare"], 1),
-         "ratio": round(median["radplan"] / median["bare"], 2), **common},
+        result_row("deid_vs_dicognito", radplan=round(median["radplan"], 1), peer=round(median["dicognito"], 1),
+                   ratio=round(median["radplan"] / median["dicognito"], 2), peer_tool="dicognito Anonymizer",
+                   target=">= 1.5", **common),
+        result_row("deid_vs_bare_pydicom", radplan=round(median["radplan"], 1), peer=round(median["bare"], 1),
+                   ratio=round(median["radplan"] / median["bare"], 2), peer_tool="pydicom dcmread + save_as, no change",
+                   target=">= 0.5", **common),
     ]
     atomic_write_json(args.output, results)
     print(f"{len(files)} files x {args.passes} passes = {len(blobs)} instance-reads per run, {args.repeats} runs")

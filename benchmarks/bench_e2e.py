@@ -1,0 +1,139 @@
+"""End to end: the `make demo` stages at several cohort sizes: wall time, per-patient cost, peak memory.
+
+For each size N a fresh home gets a synthetic cohort (``generate_cohort``, seed 7, timed on its
+own), then ``radplan demo --patients N --home H --segmentation-epochs E --workers 2`` runs every
+stage in a child process. What is measured:
+
+* each stage's wall time as the demo prints it; per-patient cost = the per-patient stages'
+  seconds (``patient_preparation_job``, ``patient_features_job``, ``recommendation_job``: one run
+  per patient partition, 2 worker processes) divided by N; the cohort-level stages are reported
+  apart (their cost is fixed or grows with N by design);
+* the demo's whole wall time (generation excluded) and the peak summed RSS of the demo process tree
+  (workers, Spark's JVM and the radiomics workers included), sampled every 100 ms.
+
+The segmentation model trains for ``--segmentation-epochs`` epochs (default 1, not the demo's
+default): training is a fixed cost that says nothing about scaling and would not fit the budget.
+``--keep-home DIR`` keeps the home of the 50-patient run at DIR (for bench_incremental.py).
+
+Writes benchmarks/results/e2e.json (``e2e_per_patient_scaling``: per-patient cost at the largest
+size / at the smallest; target <= 1.2 from 20 to 100).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import QUICK, REPO, result_row, write_results
+
+PATIENT_STAGES = ("patient_preparation_job", "patient_features_job", "recommendation_job")
+STAGE_LINE = re.compile(r"^(\w+_job): (.*) in ([0-9.]+) s$")
+TRIALS = REPO.parent / "shared" / "data" / "trials"
+
+
+def run_sampled(cmd: list[str], env: dict, interval: float = 0.1) -> tuple[int, str, float, float]:
+    """Run ``cmd``; returns (exit code, stdout, wall seconds, peak summed RSS of its process tree in GiB)."""
+    import psutil
+
+    started = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env)
+        watched = psutil.Process(process.pid)
+        peak = 0
+        while process.poll() is None:
+            try:
+                tree = [watched, *watched.children(recursive=True)]
+                total = 0
+                for member in tree:
+                    try:
+                        total += member.memory_info().rss
+                    except psutil.Error:  # ended between listing and reading
+                        pass
+                peak = max(peak, total)
+            except psutil.Error:
+                pass
+            time.sleep(interval)
+        wall = time.perf_counter() - started
+        log.seek(0)
+        return process.returncode, log.read(), wall, peak / 2**30
+
+
+def run_size(patients: int, home: Path, epochs: int) -> dict:
+    env = {**os.environ, "RADPLAN_DEMO": "1", "RADPLAN_HOME": str(home), "PYTHONPATH": str(REPO)}
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from radplan.synth import generate_cohort; "
+                    "generate_cohort(Path(sys.argv[1]), int(sys.argv[2]), 7)", str(home), str(patients)],
+                   check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
+    generate_seconds = time.perf_counter() - started
+    cmd = [sys.executable, "-m", "radplan.cli", "demo", "--patients", str(patients), "--home", str(home),
+           "--segmentation-epochs", str(epochs), "--workers", "2"]
+    if TRIALS.is_dir():
+        cmd += ["--trials", str(TRIALS)]
+    code, output, wall, peak_gib = run_sampled(cmd, env)
+    stages = {}
+    for line in output.splitlines():
+        match = STAGE_LINE.match(line.strip().split("\r")[-1])
+        if match:
+            stages[match.group(1)] = {"seconds": float(match.group(3)), "status": match.group(2)}
+    if code != 0 or not stages:
+        tail = "\n".join(output.splitlines()[-15:])
+        print(f"demo with {patients} patients exited {code}:\n{tail}", file=sys.stderr)
+    patient_seconds = sum(stages[s]["seconds"] for s in PATIENT_STAGES if s in stages)
+    cohort_seconds = sum(v["seconds"] for k, v in stages.items() if k not in PATIENT_STAGES)
+    return {"patients": patients, "exit_code": code, "generate_seconds": round(generate_seconds, 1),
+            "demo_wall_seconds": round(wall, 1), "per_patient_stage_seconds": round(patient_seconds, 1),
+            "cohort_stage_seconds": round(cohort_seconds, 1), "per_patient_cost_s": round(patient_seconds / patients, 3),
+            "wall_per_patient_s": round(wall / patients, 3), "peak_tree_rss_gib": round(peak_gib, 3), "stages": stages}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="3,6" if QUICK else "20,50")
+    parser.add_argument("--segmentation-epochs", type=int, default=1)
+    parser.add_argument("--keep-home", type=Path, help="keep the 50-patient (else the largest) home here")
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    keep_size = 50 if 50 in sizes else max(sizes)
+
+    measurements = []
+    with tempfile.TemporaryDirectory(prefix="radplan-bench-e2e-") as tmp:
+        for patients in sizes:
+            home = Path(tmp) / f"home{patients}"
+            measurement = run_size(patients, home, args.segmentation_epochs)
+            measurements.append(measurement)
+            print({k: v for k, v in measurement.items() if k != "stages"}, flush=True)
+            if args.keep_home and patients == keep_size:
+                if args.keep_home.exists():
+                    shutil.rmtree(args.keep_home)
+                shutil.move(str(home), str(args.keep_home))
+            else:
+                shutil.rmtree(home, ignore_errors=True)
+    first, last = measurements[0], measurements[-1]
+    ok = all(m["exit_code"] == 0 for m in measurements)
+    common = {"runs": 1, "segmentation_epochs": args.segmentation_epochs, "workers": 2, "all_stages_ok": ok,
+              "sizes": measurements}
+    results = [
+        result_row("e2e_per_patient_scaling", radplan=last["per_patient_cost_s"], peer=first["per_patient_cost_s"],
+                   unit="s/patient", ratio=round(last["per_patient_cost_s"] / first["per_patient_cost_s"], 3),
+                   lower_is_better=True, target="<= 1.2 (100 vs 20 patients)",
+                   peer_tool=f"per-patient cost at {first['patients']} patients (radplan column: {last['patients']})",
+                   note="per-patient stages' wall seconds / patients; demo with --segmentation-epochs "
+                        f"{args.segmentation_epochs}, 2 workers", **common),
+        result_row("e2e_peak_memory", radplan=max(m["peak_tree_rss_gib"] for m in measurements), peer=2.5, unit="GiB",
+                   ratio=round(max(m["peak_tree_rss_gib"] for m in measurements) / 2.5, 3), lower_is_better=True,
+                   peer_tool="the 2.5 GiB target", note="peak summed RSS of the demo's process tree, largest over sizes",
+                   **common),
+    ]
+    write_results("e2e.json", results)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

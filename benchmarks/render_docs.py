@@ -1,0 +1,175 @@
+"""Render docs/benchmarks.md from benchmarks/results/*.json, so the page always shows the last run's figures.
+
+    python benchmarks/render_docs.py
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+from _common import REPO, RESULTS_DIR
+
+DOC = REPO / "docs" / "benchmarks.md"
+# Result files in the order the page shows them; others found in results/ follow.
+ORDER = ("deid.json", "vcf.json", "radiomics.json", "memory.json", "e2e.json", "partitions.json",
+         "incremental.json", "sensor_latency.json")
+TARGET = re.compile(r"^\s*(>=|<=)\s*([0-9.]+)")
+
+INTRO = """\
+# Benchmarks
+
+`make bench` runs `benchmarks/run_all.py`: each benchmark compares radplan with what a user would use
+instead, on the same input in the same run, and writes one JSON object per comparison (`name`, `radplan`,
+`peer`, `unit`, `ratio`, `runs`, `machine`, `date`, plus details) to `benchmarks/results/`. This page is
+generated from those files by `benchmarks/render_docs.py`; do not edit it by hand.
+"""
+
+METHODS = """\
+## What is measured
+
+* **De-identification** (`bench_deid.py`): the 131 CT instances of the shared IBSI STS sample, pre-loaded
+  as bytes, processed 4 times per run by radplan (`deidentify_dataset` + write), dicognito (`Anonymizer` +
+  write) and bare pydicom (read + write, no change: the floor). Engines interleave in every run, pinned to
+  one core; rate = instances per second of process CPU time; median of runs.
+* **VCF → Parquet** (`bench_vcf.py`): a generated single-sample GRCh38 VCF of 1M records (SNVs with a
+  real Ti/Tv mix, indels, multi-allelic sites, INFO DP/AF, VEP CSQ on ~10%, FORMAT GT:AD:DP:GQ);
+  radplan's `vcf_to_parquet` (normalized, allele-split, annotated rows written as Parquet) vs
+  `bcftools query` printing the core columns and vs `bcftools view`; wall time, median of runs. Peak
+  memory: radplan on 1M vs 250k records in fresh processes.
+* **Radiomics** (`bench_radiomics.py`): one synthetic CT from the demo's phantom with 6 lesions, normalized
+  to 1.5 mm; bare pyradiomics (`execute` per label) vs the `radiomic_features` asset's body (read,
+  `extract_lesion_features`, settings record, Parquet write) with 1 worker (overhead) and 2 workers
+  (speed-up, process start included); wall time, median of interleaved runs.
+* **Peak memory, 512 × 512 × 300 CT** (`bench_memory.py`): the per-study chain de-id → volume →
+  normalize/resample → radiomics (2 workers) in a child process; summed RSS of its process tree, sampled.
+* **End to end** (`bench_e2e.py`): `radplan demo` on fresh synthetic cohorts. Per-patient cost = the
+  per-patient stages' wall seconds / patients (2 worker processes); cohort-level stages are listed apart.
+  The segmentation model trains 1 epoch (a fixed cost, unrelated to scaling).
+* **Partition scale** (`bench_partitions.py`): a temporary sqlite Dagster instance grown to 1k, 10k and 40k
+  "patients" dynamic partitions (batches of 1000), timing the add, the partition queries, a partitioned
+  asset's status queries and one tick of every ticking sensor in `sensors.ALL_SENSORS`.
+"""
+
+
+def _load(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _verdict(row: dict) -> str:
+    match = TARGET.match(str(row.get("target", "")))
+    if not match or row.get("ratio") is None:
+        return ""
+    limit = float(match.group(2))
+    met = row["ratio"] >= limit if match.group(1) == ">=" else row["ratio"] <= limit
+    return "met" if met else "**missed**"
+
+
+def _summary_table(rows: list[dict]) -> list[str]:
+    lines = ["| name | radplan | peer | unit | ratio | target | verdict | runs |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        peer = _fmt(row.get("peer"))
+        if row.get("peer_tool"):
+            peer += f" ({row['peer_tool']})"
+        lines.append(f"| `{row['name']}` | {_fmt(row.get('radplan'))} | {peer} | {row.get('unit', '')} | "
+                     f"**{_fmt(row.get('ratio'))}** | {row.get('target', '—')} | {_verdict(row)} | {row.get('runs', '')} |")
+    return lines
+
+
+def _details(rows: list[dict]) -> list[str]:
+    lines: list[str] = []
+    for row in rows:
+        if row["name"] == "e2e_per_patient_scaling":
+            lines += ["", "### End to end, per cohort size", "",
+                      "| patients | generate s | demo wall s | per-patient stages s | cohort stages s | per-patient cost s | peak RSS GiB | all ok |",
+                      "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+            for m in row["sizes"]:
+                lines.append(f"| {m['patients']} | {m['generate_seconds']} | {m['demo_wall_seconds']} | {m['per_patient_stage_seconds']} | "
+                             f"{m['cohort_stage_seconds']} | {m['per_patient_cost_s']} | {m['peak_tree_rss_gib']} | {m['exit_code'] == 0} |")
+            stage_names = list(dict.fromkeys(s for m in row["sizes"] for s in m["stages"]))
+            lines += ["", "| stage | " + " | ".join(f"{m['patients']} patients (s)" for m in row["sizes"]) + " |",
+                      "| --- |" + " --- |" * len(row["sizes"])]
+            for stage in stage_names:
+                lines.append(f"| {stage} | " + " | ".join(_fmt(m["stages"].get(stage, {}).get("seconds")) for m in row["sizes"]) + " |")
+        elif row["name"] == "partition_scale":
+            lines += ["", "### Partition scale (sqlite)", "",
+                      "| partitions | add s | get_dynamic_partitions s | has_dynamic_partition ms | get_materialized_partitions s | "
+                      "get_status_by_partition s | sensor tick total s | ok |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+            for m in row["steps"]:
+                if "error" in m:
+                    lines.append(f"| {m['partitions']:,} | failed: {m['error']} | | | | | | no |")
+                    continue
+                lines.append(f"| {m['partitions']:,} | {m['add_seconds']} | {m['get_dynamic_partitions_s']} | {m['has_dynamic_partition_ms']} | "
+                             f"{m['get_materialized_partitions_s']} | {m['get_status_by_partition_s']} | {m['sensor_tick_total_s']} | {m['ok']} |")
+            last = row["steps"][-1] if row["steps"] else {}
+            if last.get("sensor_ticks_s"):
+                lines += ["", f"Per sensor at {last['partitions']:,} partitions (s): " + ", ".join(
+                    f"`{name}` {_fmt(value)}" for name, value in last["sensor_ticks_s"].items()) + "."]
+        elif row["name"] == "ct_series_peak_memory":
+            lines += ["", f"### Peak memory, {row['series']}", "", "| step | seconds | process ru_maxrss MiB |", "| --- | --- | --- |"]
+            for step, values in row["steps"].items():
+                lines.append(f"| {step} | {values['seconds']} | {values['ru_maxrss_mib']} |")
+            lines += ["", f"Peak summed RSS of the process tree: **{row['radplan']} GiB** (target ≤ 2.5 GiB)."]
+        elif row["name"] == "radiomics_overhead" and row.get("times_s"):
+            lines += ["", f"### Radiomics, {row['input']}", "",
+                      "Wall seconds per run: " + "; ".join(f"{k}: {v}" for k, v in row["times_s"].items()) + "."]
+    return lines
+
+
+def render() -> str:
+    files = [RESULTS_DIR / name for name in ORDER if (RESULTS_DIR / name).exists()]
+    files += sorted(p for p in RESULTS_DIR.glob("*.json") if p.name not in ORDER and p.name != "run_all.json")
+    rows = [row for path in files for row in (_load(path) or []) if isinstance(row, dict) and "name" in row]
+    run = _load(RESULTS_DIR / "run_all.json") or {}
+    machines = sorted({row.get("machine", "") for row in rows} - {""})
+    dates = sorted(row.get("date", "") for row in rows if row.get("date"))
+    lines = [INTRO]
+    lines.append(f"**Machine:** {'; '.join(machines) or 'unknown'}  ")
+    if dates:
+        lines.append(f"**Measured:** {dates[0]} to {dates[-1]} (UTC)  ")
+    loads = [row["load_average"] for row in rows if row.get("load_average") is not None]
+    if loads:
+        lines.append(f"**1-minute load average at the end of each benchmark:** {min(loads)} to {max(loads)} "
+                     f"(the benchmark itself included; more than ~2 on this machine means other work shared it)  ")
+    if run:
+        lines.append(f"**`make bench` wall time:** {run['total_seconds']:.0f} s (budget {run['budget_seconds']} s); "
+                     + ", ".join(f"`{r['script']}` {r['seconds']:.0f} s" for r in run["scripts"]))
+    if any(row.get("quick") for row in rows):
+        lines += ["", "> **These figures come from a quick run (`RADPLAN_BENCH_QUICK=1`, reduced sizes): not the benchmark's figures.**"]
+    lines += ["", "## Results", "", "Ratios: radplan / peer for rates (higher is better); for times, memory and scaling, lower is better.", ""]
+    lines += _summary_table(rows)
+    lines += ["", "## Details"] + _details(rows)
+    notes = [f"* `{row['name']}`: {row['note']}" for row in rows if row.get("note")]
+    if notes:
+        lines += ["", "### Notes", "", *notes]
+    lines += ["", METHODS]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main() -> int:
+    from radplan.lake import atomic_write_text
+
+    atomic_write_text(DOC, render())
+    print(f"wrote {DOC}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
