@@ -328,19 +328,32 @@ def split_by_image(n_images: int, val_fraction: float, seed: int) -> tuple[list[
 # ---------------------------------------------------------------- evaluation and inference
 
 
-def evaluate_dice(network: torch.nn.Module, pairs: Sequence[tuple[Path, Path]], config: SegmentationTrainingConfig, device: torch.device | None = None) -> float:
-    """Mean foreground Dice (MONAI DiceMetric) of sliding-window predictions on whole images."""
+def dice_per_image(network: torch.nn.Module, pairs: Sequence[tuple[Path, Path]], config: SegmentationTrainingConfig, device: torch.device | None = None) -> np.ndarray:
+    """Foreground Dice (MONAI DiceMetric) of sliding-window predictions, one value per whole image."""
     device = device or torch.device("cpu")
     network = network.to(device).eval()
     loader = DataLoader(
         Dataset([{IMAGE_KEY: str(i), LABEL_KEY: str(l)} for i, l in pairs], evaluation_transforms(config)), batch_size=1
     )
-    dice = DiceMetric(include_background=False, reduction="mean", ignore_empty=False)
+    dice = DiceMetric(include_background=False, reduction="none", ignore_empty=False)
     with torch.no_grad():
         for batch in loader:
             logits = sliding_window_logits(network, batch[IMAGE_KEY].to(device), config)
             dice(y_pred=_one_hot_prediction(logits), y=_one_hot(batch[LABEL_KEY].to(device)))
-    return float(dice.aggregate().item())
+    return np.nanmean(dice.aggregate().cpu().numpy(), axis=1)
+
+
+def evaluate_dice(network: torch.nn.Module, pairs: Sequence[tuple[Path, Path]], config: SegmentationTrainingConfig, device: torch.device | None = None) -> float:
+    """Mean foreground Dice over whole images (the champion/challenger metric)."""
+    return float(np.mean(dice_per_image(network, pairs, config, device)))
+
+
+def dice_confidence_interval(per_image: np.ndarray, *, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Mean Dice with a percentile bootstrap 95% CI over validation images (images resampled, fixed seed)."""
+    values = np.asarray(per_image, dtype=float)
+    draws = np.random.default_rng(seed).integers(0, len(values), size=(n_bootstrap, len(values)))
+    means = values[draws].mean(axis=1)
+    return {"value": float(values.mean()), "ci_low": float(np.percentile(means, 2.5)), "ci_high": float(np.percentile(means, 97.5)), "n_images": len(values)}
 
 
 def predict_mask(model: torch.nn.Module, image_path: Path, config: SegmentationTrainingConfig) -> sitk.Image:
@@ -432,9 +445,11 @@ def train_segmentation(
         train_seconds = time.perf_counter() - started
 
         network = module.network.to(device).eval()
-        val_dice = evaluate_dice(network, val_pairs, config, device)
+        val_dice_ci = dice_confidence_interval(dice_per_image(network, val_pairs, config, device), seed=config.seed)
+        val_dice = val_dice_ci["value"]
         champion_dice, champion_version = _champion_dice_on(client, model_name, val_pairs, device)
-        mlflow.log_metrics({"final_val_dice": val_dice, "train_seconds": train_seconds})
+        mlflow.log_metrics({"final_val_dice": val_dice, "final_val_dice_ci_low": val_dice_ci["ci_low"],
+                            "final_val_dice_ci_high": val_dice_ci["ci_high"], "train_seconds": train_seconds})
         if champion_dice is not None:
             mlflow.log_metric("champion_val_dice_same_images", champion_dice)
 
@@ -465,6 +480,7 @@ def train_segmentation(
         "version": registration["version"],
         "alias": registration["alias"],
         "val_dice": val_dice,
+        "val_dice_ci": val_dice_ci,
         "champion_comparison": registration,
         "champion_version_evaluated": champion_version,
         "n_train_images": len(train_pairs),

@@ -19,6 +19,7 @@ from radplan.errors import RadplanInputError
 from radplan.models import registry
 from radplan.models.segmentation import (
     SegmentationTrainingConfig,
+    dice_confidence_interval,
     predict_mask,
     split_by_image,
     train_segmentation,
@@ -42,6 +43,16 @@ def test_split_is_by_whole_image_and_deterministic():
         split_by_image(1, 0.25, seed=0)
 
 
+def test_dice_interval_is_a_bootstrap_of_the_image_mean():
+    per_image = np.array([0.2, 0.5, 0.6, 0.9])
+    interval = dice_confidence_interval(per_image, n_bootstrap=2000, seed=1)
+    assert interval["value"] == pytest.approx(0.55) and interval["n_images"] == 4
+    assert 0.2 <= interval["ci_low"] < 0.55 < interval["ci_high"] <= 0.9
+    # One image cannot vary: the interval collapses onto it.
+    single = dice_confidence_interval(np.array([0.7]))
+    assert single["ci_low"] == single["ci_high"] == single["value"] == pytest.approx(0.7)
+
+
 def test_training_logs_registers_and_is_deterministic(volumes, tmp_path):
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     messages: list[str] = []
@@ -51,6 +62,9 @@ def test_training_logs_registers_and_is_deterministic(volumes, tmp_path):
     assert (first["version"], first["alias"]) == (1, "champion")
     assert first["n_train_images"] + first["n_val_images"] == len(volumes)
     assert 0.0 <= first["val_dice"] <= 1.0 and first["device"] == "cpu"
+    interval = first["val_dice_ci"]
+    assert interval["n_images"] == first["n_val_images"] and interval["value"] == first["val_dice"]
+    assert interval["ci_low"] <= first["val_dice"] <= interval["ci_high"]
     # Same seed, same data: the same network, so the second run ties the champion and stays challenger.
     assert second["val_dice"] == pytest.approx(first["val_dice"], abs=1e-6)
     comparison = second["champion_comparison"]
