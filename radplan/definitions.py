@@ -20,6 +20,7 @@ from radplan_resources import (
     OrthancPacs,
     SparkResource,
 )
+from radplan_resources.s3_lake import s3_lake_from_env
 from sensors import ALL_SENSORS
 
 disable_telemetry()
@@ -40,7 +41,8 @@ def build_resources() -> dict:
     )
     models = lake / "models"
     return {
-        "lake": LakeResource(root=str(lake)),
+        # RADPLAN_LAKE_S3_BUCKET: the lake lives in S3 (this folder is its working copy); else the local folder.
+        "lake": s3_lake_from_env(str(lake)) or LakeResource(root=str(lake)),
         "landing": LandingZoneResource(folder=str(landing_dir())),
         "pacs": pacs,
         "deid_key": DeidKeyResource(demo=demo_mode()),
