@@ -61,9 +61,14 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 @dataclass(frozen=True)
 class QuarantineRecord:
-    """Machine-readable reason for a quarantined input (kept beside the raw file)."""
+    """Machine-readable reason for a quarantined input, written as ``reason.json`` beside the kept copy.
+
+    ``file`` is the copy's name in the quarantine folder (the source's name; a folder for a whole
+    series); ``stage``, ``error_class`` and ``message`` say where and why it was refused.
+    """
 
     quarantine_id: str
+    file: str
     stage: str
     error_class: str
     message: str
@@ -76,18 +81,41 @@ class QuarantineRecord:
         return {"quarantine_id": self.quarantine_id, "stage": self.stage, "error_class": self.error_class}
 
 
+def folder_sha256(folder: str | os.PathLike) -> str:
+    """Content digest of a folder: every file's relative path and SHA-256, in path order."""
+    h = hashlib.sha256()
+    root = Path(folder)
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(f"{path.relative_to(root).as_posix()}\x00{file_sha256(path)}\n".encode())
+    return h.hexdigest()
+
+
 def quarantine_file(quarantine_root: str | os.PathLike, source: str | os.PathLike, stage: str, error: BaseException) -> QuarantineRecord:
-    """Copy ``source`` into the quarantine zone with a reason file; the source is left in place."""
+    """Copy ``source`` (a file, or a folder such as one series) into the quarantine zone with a reason file.
+
+    The source is left in place. The id hashes stage, content and source path, so quarantining the same
+    input again (a re-run, or every patient run reading one shared extract) lands in the same folder.
+    """
     source = Path(source)
-    digest = file_sha256(source) if source.is_file() else hashlib.sha256(str(source).encode()).hexdigest()
+    if source.is_file():
+        digest = file_sha256(source)
+    elif source.is_dir():
+        digest = folder_sha256(source)
+    else:
+        digest = hashlib.sha256(str(source).encode()).hexdigest()
     quarantine_id = hashlib.sha256(f"{stage}\x00{digest}\x00{source}".encode()).hexdigest()[:16]
     folder = Path(quarantine_root) / stage / quarantine_id
     folder.mkdir(parents=True, exist_ok=True)
     if source.is_file():
         with atomic_path(folder / source.name) as tmp:
             shutil.copyfile(source, tmp)
+    elif source.is_dir():
+        for path in sorted(p for p in source.rglob("*") if p.is_file()):
+            with atomic_path(folder / source.name / path.relative_to(source)) as tmp:
+                shutil.copyfile(path, tmp)
     record = QuarantineRecord(
         quarantine_id=quarantine_id,
+        file=source.name,
         stage=stage,
         error_class=type(error).__name__,
         message=str(error),
