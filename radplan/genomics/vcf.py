@@ -327,6 +327,7 @@ class VariantReader:
             af = None
             if has["AF"] or has["FA"]:
                 af = self._format_rows(variant, "AF") or self._format_rows(variant, "FA")
+        n_alts = len(alts)
         sample_range = range(n_samples) if n_samples else (None,)
         split_cache = self._split_cache
         build = self.build
@@ -360,9 +361,12 @@ class VariantReader:
                             vtype, is_transition, *annotation_values, build))
                     continue
                 call = genotypes[s]
-                key = (*call, k)
+                key = (*call, k, n_alts)
                 split = split_cache.get(key)
                 if split is None:
+                    if max(call[:-1], default=-1) > n_alts:
+                        raise InvalidVcfError(f"{self.path.name}: record {stats.records} has a genotype allele index beyond its "
+                                              f"{n_alts} ALT allele(s)")
                     split = split_cache[key] = _split_genotype(call[:-1], bool(call[-1]), k)
                 ref_depth = alt_depth = ad_sum = None
                 if ad is not None:
