@@ -68,22 +68,27 @@ def scan_genomics(folder: Path) -> Iterator[GenomicsFile | tuple[Path, RadplanIn
 
 
 def ehr_patient_ids(csv_dir: Path, fhir_dir: Path) -> set[str]:
-    """Patient ids in the Synthea patients.csv and the FHIR Patient NDJSON (id column/field only)."""
+    """Patient ids in the Synthea patients CSV files and the FHIR Patient NDJSON files (id column/field only).
+
+    Every file of the table counts (``patients.csv``, ``patients.<part>.csv``, ``Patient.000.ndjson``...),
+    the same files the EHR ingest reads; a byte-order mark before the header is skipped.
+    """
+    from radplan.ehr.extracts import table_files
+
     ids: set[str] = set()
-    patients_csv = csv_dir / "patients.csv"
-    if patients_csv.exists():
-        with patients_csv.open(newline="", encoding="utf-8", errors="replace") as handle:
+    for patients_csv in table_files(csv_dir, "patients"):
+        with patients_csv.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
             for row in csv.DictReader(handle):
                 if row.get("Id"):
                     ids.add(row["Id"].strip())
-    patients_ndjson = fhir_dir / "Patient.ndjson"
-    if patients_ndjson.exists():
+    for patients_ndjson in table_files(fhir_dir, "Patient", ".ndjson"):
         with patients_ndjson.open(encoding="utf-8", errors="replace") as handle:
             for line in handle:
                 try:
                     resource = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # the EHR ingest asset quarantines it with its line number
-                if isinstance(resource, dict) and resource.get("id"):
+                # Only Patient resources name patients; a misfiled resource's id is not a patient id.
+                if isinstance(resource, dict) and resource.get("resourceType") == "Patient" and resource.get("id"):
                     ids.add(str(resource["id"]).strip())
     return ids

@@ -2,10 +2,14 @@
 
 Both readers stream their input (CSV lines in chunks, NDJSON line by line), keep
 every good record and quarantine each bad one with its line number and reason.
-The returned quarantine records hold no PHI (table, line, reason); with a
-``quarantine_dir`` the rejected raw lines are also written there with the source
-patient id where it can be told (that folder is part of the PHI zone);
-``deid.quarantined_rows_table`` turns them into per-patient-key counts.
+A table may arrive as several files (``conditions.csv``, ``conditions.2024-06.csv``;
+``Patient.000.ndjson``...). The returned quarantine records hold no PHI (table,
+line, reason); with a ``quarantine_dir`` the rejected raw lines of each file are
+also written there (``<source>.rejected.jsonl``: file, stage, error class, message,
+line, raw line and the source patient id where it can be told; that folder is part
+of the PHI zone), and a CSV file that cannot be read as its table at all is copied
+there whole with a ``reason.json`` while the other files go on;
+``deid.quarantined_rows_table`` turns the rejected lines into per-patient-key counts.
 
 FHIR resources are parsed and validated with ``fhir.resources`` R4B models
 (FHIR 4.3, wire-compatible with R4 for the resources used here).
@@ -26,7 +30,7 @@ from pydantic import ValidationError
 
 from radplan.ehr.identifiers import PatientIdentifiers, patient_identifiers  # noqa: F401  (re-exported API)
 from radplan.errors import InvalidEhrRecordError
-from radplan.lake import atomic_write_text
+from radplan.lake import atomic_write_text, quarantine_file
 
 SYNTHEA_TABLES = ("patients", "encounters", "conditions", "medications", "observations", "procedures")
 FHIR_TABLE_TYPES = ("Patient", "Condition", "MedicationRequest", "Observation", "DocumentReference")
@@ -36,20 +40,44 @@ def _schema() -> dict:
     return json.loads(importlib_resources.files("radplan.ehr").joinpath("data/synthea_schema.json").read_text())
 
 
-def _quarantine_record(table: str, line: int, reason: str) -> dict:
+CSV_STAGE = "ehr-csv"
+FHIR_STAGE = "ehr-fhir"
+
+
+def _quarantine_record(table: str, line: int | None, reason: str) -> dict:
     return {"table": table, "line": line, "reason": reason}
 
 
-def _write_quarantine(quarantine_dir: Path | None, name: str, rejected: list[dict]) -> None:
-    """Rejected raw lines with their reasons, one JSON object per line (PHI zone)."""
+def _write_quarantine(quarantine_dir: Path | None, name: str, source: Path, stage: str, rejected: list[dict]) -> None:
+    """Rejected raw lines with their reasons, one JSON object per line (PHI zone).
+
+    Every line of ``source`` that was rejected is written, whichever patient it belongs to, so the
+    per-patient runs that each read the shared extract all write the same, complete file.
+    """
     if quarantine_dir is None or not rejected:
         return
-    atomic_write_text(Path(quarantine_dir) / f"{name}.rejected.jsonl", "".join(json.dumps(r) + "\n" for r in rejected))
+    records = [{"file": source.name, "stage": stage, "error_class": InvalidEhrRecordError.__name__, "message": r["reason"], **r}
+               for r in rejected]
+    atomic_write_text(Path(quarantine_dir) / f"{name}.rejected.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+
+
+def table_files(folder: Path, table: str, suffix: str = ".csv") -> list[Path]:
+    """The files of one table: ``<table><suffix>`` and extra deliveries ``<table>.<part><suffix>``."""
+    folder = Path(folder)
+    return sorted(p for p in folder.glob(f"{table}*{suffix}") if p.is_file() and p.name.split(".")[0] == table)
+
+
+def _split_csv_line(text: str) -> list[str] | None:
+    """The fields of one CSV line, or None when it is not CSV (e.g. a bare carriage return inside it)."""
+    try:
+        return next(csv.reader([text.rstrip("\r\n")]), [])
+    except csv.Error:
+        return None
 
 
 def _csv_patient_id(text: str, header: list[str], patient_column: str) -> str | None:
     """The patient id of a rejected CSV line, when it can still be told (for per-patient counts)."""
-    fields = next(csv.reader([text.rstrip("\r\n")]), [])
+    fields = _split_csv_line(text) or []
     if len(fields) != len(header) or patient_column not in header:
         return None
     return fields[header.index(patient_column)].strip() or None
@@ -74,11 +102,12 @@ def _fhir_patient_id(text: str) -> str | None:
 def _csv_rows(path: Path, table: str, rejected: list[dict]) -> Iterator[tuple[int, list[str], list[str]]]:
     """(line number, header, fields) of each well-formed line; bad lines go to ``rejected``."""
     with open(path, "rb") as handle:
-        header_bytes = handle.readline()
         try:
-            header = next(csv.reader([header_bytes.decode("utf-8-sig")]))
-        except (UnicodeDecodeError, StopIteration) as error:
-            raise InvalidEhrRecordError(f"{table}: unreadable CSV header") from error
+            header = _split_csv_line(handle.readline().decode("utf-8-sig"))
+        except UnicodeDecodeError as error:
+            raise InvalidEhrRecordError(f"{table}: unreadable CSV header (not UTF-8)") from error
+        if header is None:
+            raise InvalidEhrRecordError(f"{table}: unreadable CSV header (not CSV, or carriage-return line endings)")
         for line_number, raw in enumerate(handle, start=2):
             if not raw.strip():
                 continue
@@ -87,7 +116,10 @@ def _csv_rows(path: Path, table: str, rejected: list[dict]) -> Iterator[tuple[in
             except UnicodeDecodeError:
                 rejected.append({"line": line_number, "reason": "invalid UTF-8 encoding", "raw": raw.decode("utf-8", "replace")})
                 continue
-            fields = next(csv.reader([text.rstrip("\r\n")]), [])
+            fields = _split_csv_line(text)
+            if fields is None:
+                rejected.append({"line": line_number, "reason": "not a CSV line (bare carriage return)", "raw": text})
+                continue
             if len(fields) != len(header):
                 rejected.append({"line": line_number, "reason": f"expected {len(header)} columns, found {len(fields)}", "raw": text})
                 continue
@@ -134,43 +166,60 @@ def _typed_chunk(table: str, rows: list[tuple[int, list[str]]], header: list[str
     return frame[~bad].reset_index(drop=True)
 
 
+def _read_csv_file(path: Path, table: str, spec: dict, patient_ids: set[str] | None, chunksize: int,
+                   rejected: list[dict]) -> pd.DataFrame:
+    """One CSV file of ``table``, typed and filtered; bad lines appended to ``rejected`` with their patient id."""
+    chunks: list[pd.DataFrame] = []
+    buffer: list[tuple[int, list[str]]] = []
+    header: list[str] = []
+    for line_number, header, fields in _csv_rows(path, table, rejected):
+        buffer.append((line_number, fields))
+        if len(buffer) >= chunksize:
+            chunks.append(_filter_patients(_typed_chunk(table, buffer, header, spec, rejected), spec, patient_ids))
+            buffer = []
+    if buffer or not chunks:
+        if not header:
+            header = next(csv.reader([path.open(encoding="utf-8-sig", errors="replace").readline()]), [])
+        chunks.append(_filter_patients(_typed_chunk(table, buffer, header, spec, rejected), spec, patient_ids))
+    for record in rejected:
+        record["patient_id"] = _csv_patient_id(record["raw"], header, spec["patient_column"])
+    return pd.concat(chunks, ignore_index=True)
+
+
 def read_synthea_csv(
     folder: Path, quarantine_dir: Path | None = None, patient_ids: set[str] | None = None, chunksize: int = 100_000
 ) -> tuple[dict[str, pd.DataFrame], list[dict]]:
     """The Synthea tables in ``folder`` with typed columns, and a PHI-free record per quarantined row.
 
     Codes stay strings (SNOMED/RxNorm codes exceed float precision); dates are
-    ``datetime64`` (date columns naive, date-time columns UTC).
+    ``datetime64`` (date columns naive, date-time columns UTC). A file that cannot be read as its
+    table (unreadable header, a required column missing) raises InvalidEhrRecordError; with a
+    ``quarantine_dir`` it is quarantined whole instead (one record with ``line`` None) and the
+    other files go on.
     """
     folder = Path(folder)
     schema = _schema()
     tables: dict[str, pd.DataFrame] = {}
     quarantined: list[dict] = []
     for table in SYNTHEA_TABLES:
-        path = folder / f"{table}.csv"
-        if not path.is_file():
-            continue
         spec = schema[table]
-        rejected: list[dict] = []
-        chunks: list[pd.DataFrame] = []
-        buffer: list[tuple[int, list[str]]] = []
-        header: list[str] = []
-        for line_number, header, fields in _csv_rows(path, table, rejected):
-            buffer.append((line_number, fields))
-            if len(buffer) >= chunksize:
-                chunks.append(_filter_patients(_typed_chunk(table, buffer, header, spec, rejected), spec, patient_ids))
-                buffer = []
-        if buffer or not chunks:
-            if not header:
-                header = next(csv.reader([path.open(encoding="utf-8-sig", errors="replace").readline()]), [])
-            chunks.append(_filter_patients(_typed_chunk(table, buffer, header, spec, rejected), spec, patient_ids))
-        tables[table] = pd.concat(chunks, ignore_index=True)
-        for record in rejected:
-            record["patient_id"] = _csv_patient_id(record["raw"], header, spec["patient_column"])
-        if patient_ids is not None:
-            rejected = [r for r in rejected if r["patient_id"] is None or r["patient_id"] in patient_ids]
-        _write_quarantine(quarantine_dir, f"synthea_{table}", [{"table": table, **r} for r in rejected])
-        quarantined += [_quarantine_record(table, r["line"], r["reason"]) for r in rejected]
+        frames: list[pd.DataFrame] = []
+        for path in table_files(folder, table):
+            rejected: list[dict] = []
+            try:
+                frames.append(_read_csv_file(path, table, spec, patient_ids, chunksize, rejected))
+            except InvalidEhrRecordError as error:
+                if quarantine_dir is None:
+                    raise
+                quarantine_file(quarantine_dir, path, CSV_STAGE, error)
+                quarantined.append(_quarantine_record(table, None, str(error)))
+                continue
+            _write_quarantine(quarantine_dir, f"synthea_{path.stem}", path, CSV_STAGE, [{"table": table, **r} for r in rejected])
+            if patient_ids is not None:
+                rejected = [r for r in rejected if r["patient_id"] is None or r["patient_id"] in patient_ids]
+            quarantined += [_quarantine_record(table, r["line"], r["reason"]) for r in rejected]
+        if frames:
+            tables[table] = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     return tables, quarantined
 
 
@@ -213,6 +262,13 @@ def parse_fhir_line(line: str, expected_type: str | None = None):
         raise InvalidEhrRecordError(_validation_reason(error)) from error
 
 
+def _bulk_resource(resource):
+    """A bulk-export resource must carry its id (FHIR Bulk Data: references between files use it)."""
+    if not resource.id:
+        raise InvalidEhrRecordError(f"{resource.get_resource_type()} without id")
+    return resource
+
+
 def read_fhir_ndjson(
     folder: Path, resource_types: Iterable[str] | None = None, quarantine_dir: Path | None = None
 ) -> tuple[dict[str, list], list[dict]]:
@@ -230,14 +286,14 @@ def read_fhir_ndjson(
                 if not raw.strip():
                     continue
                 try:
-                    kept.append(parse_fhir_line(raw.decode("utf-8"), resource_type))
+                    kept.append(_bulk_resource(parse_fhir_line(raw.decode("utf-8"), resource_type)))
                 except UnicodeDecodeError:
                     rejected.append({"line": line_number, "reason": "invalid UTF-8 encoding", "raw": raw.decode("utf-8", "replace")})
                 except InvalidEhrRecordError as error:
                     rejected.append({"line": line_number, "reason": str(error), "raw": raw.decode("utf-8", "replace")})
         for record in rejected:
             record["patient_id"] = _fhir_patient_id(record["raw"])
-        _write_quarantine(quarantine_dir, f"fhir_{path.stem}", [{"table": resource_type, **r} for r in rejected])
+        _write_quarantine(quarantine_dir, f"fhir_{path.stem}", path, FHIR_STAGE, [{"table": resource_type, **r} for r in rejected])
         quarantined += [_quarantine_record(resource_type, r["line"], r["reason"]) for r in rejected]
     return resources, quarantined
 
