@@ -1,27 +1,75 @@
-"""The Dagster instance for the embedded default: sqlite storage under RADPLAN_HOME/dagster_home, telemetry off."""
+"""The Dagster instance: sqlite under RADPLAN_HOME/dagster_home by default, PostgreSQL when configured; telemetry off.
+
+PostgreSQL is switched on by ``RADPLAN_DAGSTER_PG_URL`` (``postgresql+psycopg2://user:password@host:port/db``) or by
+``RADPLAN_DAGSTER_PG_HOST`` with ``..._PORT``, ``..._DB``, ``..._USER`` and ``..._PASSWORD``. The dagster.yaml
+written here names those variables (Dagster's ``env:`` indirection) and never holds a credential: the file can
+be shared, the secret stays in the process environment (a secret store injects it).
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Mapping
 
 from radplan.lake import atomic_write_text
 from radplan.settings import dagster_home
 
-DAGSTER_YAML = """\
-# Written by radplan for the embedded default (sqlite storage in this folder).
-# Production: replace with Postgres storage and a k8s/ECS run launcher (docs/deploy.md).
-telemetry:
-  enabled: false
-"""
+MARKER = "# Written by radplan"
+PG_URL_ENV = "RADPLAN_DAGSTER_PG_URL"
+# dagster-postgres's postgres_db keys → the environment variables that hold them.
+PG_PART_ENVS = {
+    "hostname": "RADPLAN_DAGSTER_PG_HOST",
+    "port": "RADPLAN_DAGSTER_PG_PORT",
+    "db_name": "RADPLAN_DAGSTER_PG_DB",
+    "username": "RADPLAN_DAGSTER_PG_USER",
+    "password": "RADPLAN_DAGSTER_PG_PASSWORD",
+}
+# The driver radplan installs (psycopg2-binary); SQLAlchemy 2.1's default for postgresql:// is psycopg 3.
+PG_SCHEME = "postgresql+psycopg2"
+TELEMETRY_OFF = "telemetry:\n  enabled: false\n"
+
+
+def dagster_yaml(environ: Mapping[str, str]) -> str:
+    """The dagster.yaml for this environment: sqlite in the folder, or Postgres run/event/schedule storage."""
+    url = environ.get(PG_URL_ENV)
+    if url:
+        if url.split("://", 1)[0] != PG_SCHEME:
+            raise ValueError(
+                f"{PG_URL_ENV} must start with {PG_SCHEME}:// (SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3, "
+                "which is not installed; psycopg2 is)"
+            )
+        return (
+            f"{MARKER} from {PG_URL_ENV}: Postgres run, event-log and schedule storage (credentials stay in the environment).\n"
+            f"storage:\n  postgres:\n    postgres_url:\n      env: {PG_URL_ENV}\n{TELEMETRY_OFF}"
+        )
+    if environ.get(PG_PART_ENVS["hostname"]):
+        missing = [name for name in PG_PART_ENVS.values() if not environ.get(name)]
+        if missing:
+            raise ValueError(f"Postgres instance storage needs {', '.join(missing)} (or {PG_URL_ENV})")
+        fields = "".join(f"      {key}:\n        env: {name}\n" for key, name in PG_PART_ENVS.items()) + f"      scheme: {PG_SCHEME}\n"
+        return (
+            f"{MARKER} from RADPLAN_DAGSTER_PG_*: Postgres run, event-log and schedule storage (credentials stay in the environment).\n"
+            f"storage:\n  postgres:\n    postgres_db:\n{fields}{TELEMETRY_OFF}"
+        )
+    return (
+        f"{MARKER} for the embedded default (sqlite storage in this folder).\n"
+        f"# Production: set {PG_URL_ENV} for Postgres storage; run launchers in docs/deploy.md.\n{TELEMETRY_OFF}"
+    )
 
 
 def ensure_dagster_home(home: Path | None = None) -> Path:
-    """Create DAGSTER_HOME with a dagster.yaml that disables telemetry, and export it."""
+    """Create DAGSTER_HOME with radplan's dagster.yaml for the current environment, and export it.
+
+    A dagster.yaml radplan wrote earlier is rewritten when the environment changed (sqlite → Postgres); one
+    without radplan's marker was written by an operator and is left alone.
+    """
     folder = Path(os.environ["DAGSTER_HOME"]) if "DAGSTER_HOME" in os.environ and home is None else dagster_home(home)
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "dagster.yaml"
-    if not config.exists():
-        atomic_write_text(config, DAGSTER_YAML)
+    wanted = dagster_yaml(os.environ)
+    current = config.read_text() if config.exists() else None
+    if current is None or (current.startswith(MARKER) and current != wanted):
+        atomic_write_text(config, wanted)
     os.environ["DAGSTER_HOME"] = str(folder)
     return folder

@@ -100,7 +100,7 @@ class PostgresServer:
 
     @property
     def url(self) -> str:
-        return f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}/{self.database}"
+        return f"postgresql+psycopg2://{self.user}:{self.password}@{self.host}:{self.port}/{self.database}"
 
     def connect(self, database: str | None = None):
         import psycopg2
@@ -138,10 +138,12 @@ def postgres_server() -> Iterator[PostgresServer]:
             "--auth-local=scram-sha-256", "--auth-host=scram-sha-256", "--encoding=UTF8", "--no-locale")
         options = f"-c listen_addresses=127.0.0.1 -p {server.port} -k {folder}"
         run(str(binaries / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start")
-        with server.connect("postgres") as connection:
-            connection.autocommit = True
+        connection = server.connect("postgres")
+        connection.autocommit = True  # CREATE DATABASE cannot run inside a transaction
+        try:
             connection.cursor().execute(f"CREATE DATABASE {server.database}")
-        connection.close()
+        finally:
+            connection.close()
         yield server
     finally:
         if (data / "postmaster.pid").exists():

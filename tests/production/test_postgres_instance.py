@@ -1,0 +1,98 @@
+"""The Dagster instance on a real PostgreSQL (Debian's server, a throwaway cluster on loopback): the dagster.yaml
+radplan writes holds no credential, and partitions, runs, a partitioned run and a sensor tick land in Postgres."""
+
+from __future__ import annotations
+
+import pytest
+from dagster import DagsterInstance, build_sensor_context, materialize
+
+from production.local_services import postgres_server
+from radplan.instance import PG_PART_ENVS, PG_URL_ENV, dagster_yaml, ensure_dagster_home
+from radplan.synth.generator import generate_cohort
+from radplan_assets import ehr, ingest
+from radplan_assets.partitions import PATIENTS_PARTITION_NAME
+from radplan_resources import DeidKeyResource, LakeResource, LandingFolderPacs, LandingZoneResource
+from sensors.landing import genomics_landing_sensor
+from sensors.patients import patient_refresh_sensor
+
+
+def test_dagster_yaml_names_variables_never_values():
+    url_config = dagster_yaml({PG_URL_ENV: "postgresql+psycopg2://dagster:s3cret-pw@db:5432/dagster"})
+    assert f"env: {PG_URL_ENV}" in url_config and "s3cret-pw" not in url_config
+    parts = {name: f"value-of-{key}" for key, name in PG_PART_ENVS.items()}
+    parts_config = dagster_yaml(parts)
+    assert "value-of-" not in parts_config and all(f"env: {name}" in parts_config for name in PG_PART_ENVS.values())
+    with pytest.raises(ValueError, match="RADPLAN_DAGSTER_PG_PASSWORD"):
+        dagster_yaml({k: v for k, v in parts.items() if k != PG_PART_ENVS["password"]})
+    assert "scheme: postgresql+psycopg2" in parts_config
+    with pytest.raises(ValueError, match=r"must start with postgresql\+psycopg2://"):
+        dagster_yaml({PG_URL_ENV: "postgresql://dagster:s3cret-pw@db:5432/dagster"})
+    for config in (url_config, parts_config, dagster_yaml({})):
+        assert "telemetry:\n  enabled: false" in config
+
+
+@pytest.mark.slow
+def test_partitions_runs_and_sensor_on_postgres(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    generate_cohort(home, 2, 7, bad_inputs=False)
+    monkeypatch.setenv("RADPLAN_HOME", str(home))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    with postgres_server() as server:
+        monkeypatch.setenv(PG_URL_ENV, server.url)
+        folder = ensure_dagster_home(home)
+        config = (folder / "dagster.yaml").read_text()
+        assert server.password not in config and f"env: {PG_URL_ENV}" in config
+
+        instance = DagsterInstance.get()
+        try:
+            assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+            assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+            assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
+            landing = home / "landing"
+            resources = {
+                "lake": LakeResource(root=str(home / "lake")),
+                "landing": LandingZoneResource(folder=str(landing)),
+                "pacs": LandingFolderPacs(folder=str(landing / "dicom")),
+                "deid_key": DeidKeyResource(demo=True),
+            }
+
+            # The arrival sensor sees the delivery and requests one intake run; its run key tags the run it starts.
+            arrival = build_sensor_context(instance=instance, cursor=None, resources={"landing": resources["landing"], "deid_key": resources["deid_key"]})
+            tick = genomics_landing_sensor(arrival)
+            (request,) = tick.run_requests
+            assert request.run_key.startswith("landing-genomics-") and tick.cursor
+            intake = materialize([ingest.landing_inventory], resources=resources, instance=instance, tags={"dagster/run_key": request.run_key})
+            assert intake.success
+            keys = sorted(instance.get_dynamic_partitions(PATIENTS_PARTITION_NAME))
+            assert len(keys) == 2
+
+            # The refresh sensor reads the intake's materialization from the Postgres event log: one request per patient.
+            refresh_context = build_sensor_context(instance=instance, cursor=None)
+            refresh = patient_refresh_sensor(refresh_context)
+            assert sorted(r.partition_key for r in refresh.run_requests) == keys and refresh.cursor
+            first = next(r for r in refresh.run_requests if r.partition_key == keys[0])
+            chain = [ehr.ehr_extracts, ehr.deid_ehr]
+            partition_run = materialize(chain, resources=resources, instance=instance, partition_key=keys[0], tags={"dagster/run_key": first.run_key})
+            assert partition_run.success
+            again = patient_refresh_sensor(build_sensor_context(instance=instance, cursor=refresh.cursor))
+            assert not again.run_requests  # no new intake since the cursor
+            # A partition added by hand (as the sensor's intake would) is stored and listed too.
+            instance.add_dynamic_partitions(PATIENTS_PARTITION_NAME, ["p00000000000000ff"])
+            assert instance.has_dynamic_partition(PATIENTS_PARTITION_NAME, "p00000000000000ff")
+        finally:
+            instance.dispose()
+
+        with server.connect() as connection, connection.cursor() as cursor:
+            cursor.execute("SELECT partition FROM dynamic_partitions WHERE partitions_def_name = %s ORDER BY partition", (PATIENTS_PARTITION_NAME,))
+            assert [row[0] for row in cursor.fetchall()] == sorted([*keys, "p00000000000000ff"])
+            cursor.execute("SELECT run_id, status FROM runs")
+            runs = dict(cursor.fetchall())
+            assert runs == {intake.run_id: "SUCCESS", partition_run.run_id: "SUCCESS"}
+            cursor.execute("SELECT value, run_id FROM run_tags WHERE key = 'dagster/run_key'")
+            assert sorted(cursor.fetchall()) == sorted([(request.run_key, intake.run_id), (first.run_key, partition_run.run_id)])
+            cursor.execute(
+                "SELECT partition FROM event_logs WHERE run_id = %s AND dagster_event_type = 'ASSET_MATERIALIZATION'",
+                (partition_run.run_id,),
+            )
+            assert {row[0] for row in cursor.fetchall()} == {keys[0]}
+        connection.close()
