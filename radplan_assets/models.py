@@ -9,7 +9,7 @@ import SimpleITK as sitk
 import torch
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 
-from radplan import cohort
+from radplan import cohort, monitoring
 from radplan.imaging import masks as mask_ops
 from radplan.imaging import volumes
 from radplan.imaging.series import group_series, read_instance_header
@@ -230,6 +230,8 @@ def response_model(
         predictions["top_attributions"] = predictions["top_attributions"].map(lambda a: json.dumps(a, default=float))
         predictions["model_name"] = RESPONSE_MODEL_NAME
         predictions["model_version"] = str(result["version"])
+        # What model_monitoring compares the scored cohort with: the rows this version was fitted on.
+        lake.write_table(monitoring.training_snapshot(training, predictions, str(result["version"])), "features", "response_training_snapshot")
         entry = {**response.model_report_entry(result), "trained": True}
     lake.write_table(predictions, "features", "response_predictions")
     update_model_report(lake, "response_model", entry)
