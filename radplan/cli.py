@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES = (
     "radplan.decision.cli",
     "radplan.demo",
     "radplan.privacy",
+    "radplan.audit_cli",
 )
 
 

@@ -7,6 +7,7 @@ import os
 from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
 
 from jobs import ALL_JOBS, ALL_SCHEDULES
+from radplan.crypto import KEY_ENV_VAR as RAW_ZONE_KEY_ENV_VAR
 from radplan.pseudonym import demo_mode
 from radplan.runtime import disable_telemetry
 from radplan.settings import lake_dir, landing_dir
@@ -40,9 +41,11 @@ def build_resources() -> dict:
         else LandingFolderPacs(folder=str(landing_dir() / "dicom"))
     )
     models = lake / "models"
+    # Raw-zone encryption is on exactly when a key is configured; the key itself is read at use, not stored here.
+    lake_options = {"raw_zone_encryption": bool(os.environ.get(RAW_ZONE_KEY_ENV_VAR, "").strip())}
     return {
         # RADPLAN_LAKE_S3_BUCKET: the lake lives in S3 (this folder is its working copy); else the local folder.
-        "lake": s3_lake_from_env(str(lake)) or LakeResource(root=str(lake)),
+        "lake": s3_lake_from_env(str(lake), **lake_options) or LakeResource(root=str(lake), **lake_options),
         "landing": LandingZoneResource(folder=str(landing_dir())),
         "pacs": pacs,
         "deid_key": DeidKeyResource(demo=demo_mode()),

@@ -1,5 +1,7 @@
 """EHR chain: extracts -> Safe Harbor de-identification -> clinical features; notes -> de-identified notes -> findings."""
 
+import io
+
 import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
@@ -27,7 +29,9 @@ def _patient_column(frame: pd.DataFrame) -> str:
 
 def _raw_tables(lake: LakeResource, patient_key: str) -> dict[str, pd.DataFrame]:
     folder = lake.zone("raw") / "ehr" / patient_key
-    return {p.stem: pd.read_parquet(p) for p in sorted(folder.glob("*.parquet"))} if folder.is_dir() else {}
+    if not folder.is_dir():
+        return {}
+    return {p.stem: pd.read_parquet(io.BytesIO(lake.read_raw_bytes(p))) for p in sorted(folder.glob("*.parquet"))}
 
 
 @asset(
@@ -107,7 +111,7 @@ def _known_identifiers(lake: LakeResource, patient_key: str, raw: dict[str, pd.D
         sources.append(extracts.patient_identifiers(raw["patients"].iloc[0]))
     resource_file = lake.zone("raw") / "ehr" / patient_key / PATIENT_RESOURCE_FILE
     if resource_file.exists():
-        sources.append(extracts.patient_identifiers(Patient.model_validate_json(resource_file.read_text())))
+        sources.append(extracts.patient_identifiers(Patient.model_validate_json(lake.read_raw_bytes(resource_file))))
     if not sources:
         return None
     merged = sources[0]

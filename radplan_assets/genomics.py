@@ -63,12 +63,13 @@ def variants(context: AssetExecutionContext, lake: LakeResource, deid_key: DeidK
     pseudonymizer = deid_key.pseudonymizer()
     summaries, quarantined = [], []
     with lake.rebuild_patient_dir("features", "variants", f"patient_key={patient_key}") as staging:
-        for index, path in enumerate(_raw_files(lake, patient_key, "vcf")):
-            try:
-                summary = vcf_to_parquet(path, staging / f"part-{index}.parquet", sample_pseudonym=pseudonymizer.patient_key)
-            except RadplanInputError as error:
-                quarantined.append(lake.quarantine(path, "vcf", error).safe_summary())
-                continue
+        for index, raw_path in enumerate(_raw_files(lake, patient_key, "vcf")):
+            with lake.open_raw(raw_path, companions=INDEX_SUFFIXES) as path:
+                try:
+                    summary = vcf_to_parquet(path, staging / f"part-{index}.parquet", sample_pseudonym=pseudonymizer.patient_key)
+                except RadplanInputError as error:
+                    quarantined.append(lake.quarantine(path, "vcf", error).safe_summary())
+                    continue
             summaries.append(summary)
             context.log.info(f"VCF {index + 1}: {summary['rows']} variant rows, build {summary['build']}")
     return MaterializeResult(
@@ -132,11 +133,12 @@ def coverage_qc(context: AssetExecutionContext, config: CoverageConfig, lake: La
     alignments = _raw_files(lake, patient_key, "alignment")
     positions = pgx_positions()
     frames = []
-    for path in alignments:
-        try:
-            frames.append(reads.coverage_qc(path, regions=[], pgx_positions=positions, min_depth=config.min_depth))
-        except RadplanInputError as error:
-            lake.quarantine(path, "alignment", error)
+    for raw_path in alignments:
+        with lake.open_raw(raw_path, companions=INDEX_SUFFIXES) as path:
+            try:
+                frames.append(reads.coverage_qc(path, regions=[], pgx_positions=positions, min_depth=config.min_depth))
+            except RadplanInputError as error:
+                lake.quarantine(path, "alignment", error)
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["chrom", "pos", "depth", "callable"])
     lake.write_table(frame, "features", "coverage_qc", patient_key)
     return MaterializeResult(metadata={"alignments": len(frames), "positions": len(frame), "min_depth": config.min_depth})
@@ -154,13 +156,14 @@ def pgx_phenotypes(context: AssetExecutionContext, config: CoverageConfig, lake:
     patient_key = context.partition_key
     coverage = lake.read_table("features", "coverage_qc", patient_key)
     frames = []
-    for path in _raw_files(lake, patient_key, "vcf"):
-        try:
-            frames.append(
-                pgx.call_pgx(path, depth_by_position=coverage if len(coverage) else None, min_depth=config.min_depth if len(coverage) else 0)
-            )
-        except RadplanInputError:
-            continue  # the variants asset has quarantined this file with its reason
+    for raw_path in _raw_files(lake, patient_key, "vcf"):
+        with lake.open_raw(raw_path, companions=INDEX_SUFFIXES) as path:
+            try:
+                frames.append(
+                    pgx.call_pgx(path, depth_by_position=coverage if len(coverage) else None, min_depth=config.min_depth if len(coverage) else 0)
+                )
+            except RadplanInputError:
+                continue  # the variants asset has quarantined this file with its reason
     frame = pd.concat(frames, ignore_index=True).drop_duplicates("gene") if frames else pd.DataFrame()
     lake.write_table(frame, "features", "pgx_phenotypes", patient_key)
     called = frame[frame["phenotype"].notna()] if len(frame) else frame

@@ -74,11 +74,12 @@ def deid_studies(context: AssetExecutionContext, config: DeidStudiesConfig, lake
     written, flagged, quarantined = 0, 0, []
     with lake.rebuild_patient_dir("deid", "dicom", patient_key) as staging:
         for index, source in enumerate(sources, start=1):
-            try:
-                result = deidentify_file(source, staging, pseudonymizer, options)
-            except RadplanInputError as error:
-                quarantined.append(lake.quarantine(source, "dicom-deid", error).safe_summary())
-                continue
+            with lake.open_raw(source) as plain:  # decrypted when the raw zone is encrypted at rest
+                try:
+                    result = deidentify_file(plain, staging, pseudonymizer, options)
+                except RadplanInputError as error:
+                    quarantined.append(lake.quarantine(plain, "dicom-deid", error).safe_summary())
+                    continue
             if result.patient_key != patient_key:
                 raise RuntimeError("de-identified instance maps to another patient key; inventory and PACS disagree")
             written += 1
