@@ -115,10 +115,13 @@ def copy_trial_records(source: Path, target: Path) -> int:
     """Put ClinicalTrials.gov records (API v2 JSON, legacy XML) where the trial catalogue is read from."""
     import shutil
 
+    from radplan.lake import atomic_path
+
     target.mkdir(parents=True, exist_ok=True)
     records = sorted(p for p in source.rglob("*") if p.suffix.lower() in {".json", ".xml"})
     for record in records:
-        shutil.copyfile(record, target / record.name)
+        with atomic_path(target / record.name) as tmp:  # a killed copy never leaves half a record to parse
+            shutil.copyfile(record, tmp)
     return len(records)
 
 

@@ -1,8 +1,11 @@
 """Lake layout, atomic writes and quarantine, for the local-folder lake.
 
 Zones: raw (PHI, as received), deid, features, models, exports, quarantine.
-Every write goes to a temporary file in the target folder and is renamed into
-place, so a killed run never leaves a half-written file behind.
+Every write goes to a temporary file (or staging folder) in the target folder and
+is renamed into place, so a killed run never leaves a half-written file behind.
+Temporary names carry the writer's host and process id; the next write of the same
+target removes what a writer that no longer runs left behind (a SIGKILLed worker),
+and puts back a previous version that such a writer had moved aside.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -21,12 +26,78 @@ from typing import Iterator
 ZONES = ("raw", "deid", "features", "models", "exports", "quarantine")
 
 
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+# What follows ".<target name>." in a temp file, staging folder or retired folder name.
+_LEFTOVER = re.compile(r"^(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)\.(?:[a-z0-9_]+(?:\.tmp)?|retired)$")
+# A whole temp file or staging folder name: "." + target name + "." + writer tag + "." + random part.
+_STAGED = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9-]+-\d+\.[a-z0-9_]+(?:\.tmp)?$")
+
+
+def _writer_tag() -> str:
+    return f"{_HOST}-{os.getpid()}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed child its parent has not reaped yet is a zombie: it writes nothing any more
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def sweep_leftovers(target: str | os.PathLike) -> list[str]:
+    """Remove the temp files and staging folders of ``target`` left by dead writers on this host.
+
+    A retired previous version (a writer died between moving it aside and renaming its new version
+    in) is put back when ``target`` is missing. Writers on other hosts, or still running, are left
+    alone. Returns the names removed or restored.
+    """
+    target = Path(target)
+    prefix = f".{target.name}."
+    handled = []
+    try:
+        entries = [e for e in os.scandir(target.parent) if e.name.startswith(prefix)]
+    except FileNotFoundError:
+        return handled
+    for entry in sorted(entries, key=lambda e: e.name.endswith(".retired")):  # staging first, then retired
+        match = _LEFTOVER.match(entry.name[len(prefix):])
+        if not match or match["host"] != _HOST or _process_alive(int(match["pid"])):
+            continue
+        if entry.name.endswith(".retired") and not os.path.lexists(target):
+            os.replace(entry.path, target)
+        elif entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            Path(entry.path).unlink(missing_ok=True)
+        handled.append(entry.name)
+    return handled
+
+
+def final_path(path: str | os.PathLike) -> Path:
+    """Where ``path`` lands once the staging folders and temp files on its way are renamed into place.
+
+    Records that name a file being written (a quarantined instance still in its staging folder) use
+    this, so a rerun names it the same way.
+    """
+    parts = []
+    for part in Path(path).parts:
+        match = _STAGED.match(part)
+        parts.append(match["name"] if match else part)
+    return Path(*parts)
+
+
 @contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` on success."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    sweep_leftovers(target)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{_writer_tag()}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -35,6 +106,28 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextmanager
+def rebuild_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty hidden staging folder that replaces the folder ``final`` only if the block succeeds."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    sweep_leftovers(final)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.{_writer_tag()}.", dir=final.parent))
+    try:
+        yield staging
+        if final.exists():
+            # A folder cannot be renamed over a non-empty one: move the old version aside first.
+            retired = final.with_name(f".{final.name}.{_writer_tag()}.retired")
+            shutil.rmtree(retired, ignore_errors=True)
+            os.replace(final, retired)
+            os.replace(staging, final)
+            shutil.rmtree(retired)
+        else:
+            os.replace(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> Path:
@@ -103,7 +196,9 @@ def quarantine_file(quarantine_root: str | os.PathLike, source: str | os.PathLik
         digest = folder_sha256(source)
     else:
         digest = hashlib.sha256(str(source).encode()).hexdigest()
-    quarantine_id = hashlib.sha256(f"{stage}\x00{digest}\x00{source}".encode()).hexdigest()[:16]
+    # The path it will have once written (not a staging name, which differs from run to run).
+    stable_source = final_path(source)
+    quarantine_id = hashlib.sha256(f"{stage}\x00{digest}\x00{stable_source}".encode()).hexdigest()[:16]
     folder = Path(quarantine_root) / stage / quarantine_id
     folder.mkdir(parents=True, exist_ok=True)
     if source.is_file():
@@ -119,7 +214,7 @@ def quarantine_file(quarantine_root: str | os.PathLike, source: str | os.PathLik
         stage=stage,
         error_class=type(error).__name__,
         message=str(error),
-        source_path=str(source),
+        source_path=str(stable_source),
         sha256=digest,
         quarantined_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )

@@ -12,7 +12,6 @@ plaintext through ``open_raw``/``read_raw_bytes``/``read_table``.
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -28,30 +27,13 @@ from pydantic import Field
 
 from radplan import crypto
 from radplan.audit import AUDIT_FOLDER, AuditLog, AuditRecord, process_identity
-from radplan.lake import ZONES, QuarantineRecord, atomic_path, quarantine_file
+from radplan.lake import ZONES, QuarantineRecord, atomic_path, quarantine_file, rebuild_dir
 
 PARTITION_COLUMN = "patient_key"
 HIVE_PARTITIONING = ds.partitioning(pa.schema([(PARTITION_COLUMN, pa.string())]), flavor="hive")
 ENCRYPTED_ZONES = ("raw",)
 # Run tags that name who launched a run (Dagster+ sets dagster/user; a launcher may set user).
 LAUNCHER_TAGS = ("dagster/user", "user")
-
-
-@contextmanager
-def rebuild_dir(final: Path) -> Iterator[Path]:
-    """Yield an empty hidden staging folder that replaces ``final`` only if the block succeeds."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        yield staging
-        if final.exists():
-            retired = final.with_name(f".{final.name}.retired")
-            shutil.rmtree(retired, ignore_errors=True)
-            os.replace(final, retired)
-            shutil.rmtree(retired)
-        os.replace(staging, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def execution_scope() -> dict:
