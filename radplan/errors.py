@@ -38,3 +38,21 @@ class InvalidNoteError(RadplanInputError):
 
 class MissingKeyError(RuntimeError):
     """The de-identification key is missing outside demo mode (a configuration error, not bad input)."""
+
+
+class ServiceUnavailableError(RuntimeError):
+    """An external service (PACS, object store, tracking server) still failed after every retry.
+
+    Not bad input: nothing is quarantined, the step fails and Dagster's retry policy may run it again.
+    The message names the service without credentials.
+    """
+
+
+class PacsUnavailableError(ServiceUnavailableError):
+    """The PACS did not answer, timed out or kept answering 5xx for ``attempts`` tries."""
+
+    def __init__(self, url: str, attempts: int, last_error: str):
+        self.url = url
+        self.attempts = attempts
+        self.last_error = last_error
+        super().__init__(f"PACS at {url} unavailable after {attempts} attempts (last error: {last_error})")

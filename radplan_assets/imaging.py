@@ -15,7 +15,7 @@ from radplan.imaging.series import InstanceHeader, group_series, read_instance_h
 from radplan_assets.ingest import landing_inventory, read_inventory
 from radplan_assets.partitions import patient_partitions
 from radplan_resources import DeidKeyResource, LakeResource, PacsResource
-from radplan_resources.pacs import StudyLocation
+from radplan_resources.pacs import PACS_RETRY_POLICY, StudyLocation
 
 IMAGE_MODALITIES = {"CT", "MR", "PT"}
 MASK_MODALITIES = {"SEG", "RTSTRUCT"}
@@ -30,6 +30,7 @@ def _deid_headers(lake: LakeResource, patient_key: str) -> list[InstanceHeader]:
     group_name="imaging",
     partitions_def=patient_partitions,
     deps=[landing_inventory],
+    retry_policy=PACS_RETRY_POLICY,
     description="The patient's studies fetched from the PACS into the raw zone (PHI). Each instance is validated; "
     "non-DICOM, truncated or pixel-less instances are quarantined and the rest of the study goes on.",
 )
