@@ -13,7 +13,8 @@ stage in a child process. What is measured:
 
 The segmentation model trains for ``--segmentation-epochs`` epochs (default 1, not the demo's
 default): training is a fixed cost that says nothing about scaling and would not fit the budget.
-``--keep-home DIR`` keeps the home of the 50-patient run at DIR (for bench_incremental.py).
+Sizes: ``--sizes`` or ``RADPLAN_BENCH_E2E_SIZES`` (default 20,50: the 100-patient run alone takes
+~11 min on 2 cores, past make bench's budget). ``--keep-home DIR`` keeps the home of the 50-patient run at DIR (for bench_incremental.py).
 
 Writes benchmarks/results/e2e.json (``e2e_per_patient_scaling``: per-patient cost at the largest
 size / at the smallest; target <= 1.2 from 20 to 100).
@@ -25,6 +26,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -47,19 +49,28 @@ def run_sampled(cmd: list[str], env: dict, interval: float = 0.1) -> tuple[int, 
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env)
         watched = psutil.Process(process.pid)
         peak = 0
-        while process.poll() is None:
-            try:
-                tree = [watched, *watched.children(recursive=True)]
-                total = 0
-                for member in tree:
+        try:
+            while process.poll() is None:
+                try:
+                    tree = [watched, *watched.children(recursive=True)]
+                    total = 0
+                    for member in tree:
+                        try:
+                            total += member.memory_info().rss
+                        except psutil.Error:  # ended between listing and reading
+                            pass
+                    peak = max(peak, total)
+                except psutil.Error:
+                    pass
+                time.sleep(interval)
+        finally:
+            if process.poll() is None:  # interrupted: leave no demo, worker or JVM behind
+                for member in [*watched.children(recursive=True), watched]:
                     try:
-                        total += member.memory_info().rss
-                    except psutil.Error:  # ended between listing and reading
+                        member.kill()
+                    except psutil.Error:
                         pass
-                peak = max(peak, total)
-            except psutil.Error:
-                pass
-            time.sleep(interval)
+                process.wait()
         wall = time.perf_counter() - started
         log.seek(0)
         return process.returncode, log.read(), wall, peak / 2**30
@@ -79,7 +90,7 @@ def run_size(patients: int, home: Path, epochs: int) -> dict:
     code, output, wall, peak_gib = run_sampled(cmd, env)
     stages = {}
     for line in output.splitlines():
-        match = STAGE_LINE.match(line.strip().split("\r")[-1])
+        match = STAGE_LINE.match(line.split("\r")[-1].strip())  # Spark progress bars share the line
         if match:
             stages[match.group(1)] = {"seconds": float(match.group(3)), "status": match.group(2)}
     if code != 0 or not stages:
@@ -95,10 +106,12 @@ def run_size(patients: int, home: Path, epochs: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="3,6" if QUICK else "20,50")
+    # 20 and 50 fit make bench's 20-minute budget on 2 cores; RADPLAN_BENCH_E2E_SIZES=20,50,100 adds ~11 min.
+    parser.add_argument("--sizes", default=os.environ.get("RADPLAN_BENCH_E2E_SIZES", "3,6" if QUICK else "20,50"))
     parser.add_argument("--segmentation-epochs", type=int, default=1)
     parser.add_argument("--keep-home", type=Path, help="keep the 50-patient (else the largest) home here")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up in run_sampled on `timeout`/kill
     sizes = [int(s) for s in args.sizes.split(",")]
     keep_size = 50 if 50 in sizes else max(sizes)
 

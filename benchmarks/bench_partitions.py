@@ -54,7 +54,7 @@ def _tick_all(instance, sensors, resources, definitions) -> dict[str, float | st
     return ticks
 
 
-def measure(steps: list[int], materialized: int, repeats: int) -> list[dict]:
+def measure(steps: list[int], materialized: int, repeats: int, single_batch: int) -> list[dict]:
     import logging
 
     from dagster import AssetKey, AssetMaterialization, DagsterInstance, RunStatusSensorDefinition
@@ -112,13 +112,32 @@ def measure(steps: list[int], materialized: int, repeats: int) -> list[dict]:
                 break
             measurements.append(row)
             print(row, flush=True)
+        if single_batch:
+            measurements.append(_single_call_probe(instance, single_batch))
     return measurements
+
+
+def _single_call_probe(instance, count: int) -> dict:
+    """Add ``count`` keys in ONE call to a separate partitions definition: the failure reported at ~36k
+    (dagster-io/dagster#16260) comes from one SQL ``IN`` list over every new key, past sqlite's
+    32766-variable limit; radplan's intake adds keys in batches of at most 1000."""
+    row: dict = {"partitions": count, "single_call_probe": True}
+    start = time.perf_counter()
+    try:
+        instance.add_dynamic_partitions("single_call_probe", [f"q{i:016x}" for i in range(count)])
+        row.update(ok=True, add_seconds=round(time.perf_counter() - start, 3))
+    except Exception as exc:  # noqa: BLE001 - the failure is the finding
+        row.update(ok=False, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    print(row, flush=True)
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", default="100,1000,2000" if QUICK else "1000,10000,40000")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--single-call-probe", type=int, default=0 if QUICK else 40_000,
+                        help="keys added in one call at the end (0: skip)")
     args = parser.parse_args(argv)
     steps = [int(s) for s in args.steps.split(",")]
 
@@ -127,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["RADPLAN_HOME"] = radplan_home
         os.environ["RADPLAN_DEMO"] = "1"
         Path(radplan_home, "landing").mkdir()
-        measurements = measure(steps, MATERIALIZED, args.repeats)
-    by_size = {m["partitions"]: m for m in measurements}
+        measurements = measure(steps, MATERIALIZED, args.repeats, args.single_call_probe)
+    by_size = {m["partitions"]: m for m in measurements if not m.get("single_call_probe")}
     small, large = steps[0], steps[1]
     tick_small = by_size.get(small, {}).get("sensor_tick_total_s")
     tick_large = by_size.get(large, {}).get("sensor_tick_total_s")

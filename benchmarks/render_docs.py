@@ -50,7 +50,23 @@ METHODS = """\
   The segmentation model trains 1 epoch (a fixed cost, unrelated to scaling).
 * **Partition scale** (`bench_partitions.py`): a temporary sqlite Dagster instance grown to 1k, 10k and 40k
   "patients" dynamic partitions (batches of 1000), timing the add, the partition queries, a partitioned
-  asset's status queries and one tick of every ticking sensor in `sensors.ALL_SENSORS`.
+  asset's status queries and one tick of every ticking sensor in `sensors.ALL_SENSORS`; then 40k keys
+  added in one call to a separate definition (the reported ~36k sqlite failure, dagster-io/dagster#16260,
+  is one SQL `IN` list over all new keys, past sqlite's 32766-variable limit).
+
+## Why some targets are missed (read with the figures above)
+
+* **VCF vs `bcftools query`**: bare cyvcf2 iteration over the same fields, with no conversion at all, is
+  the ceiling for a cyvcf2-based converter (row `vcf_cyvcf2_ceiling_vs_bcftools`), already well below 1×;
+  radplan also splits alleles, picks the transcript annotation and builds typed Arrow batches per row in
+  Python. Reaching 1× needs a different reader (an Arrow-vectorized text parser, or `bcftools` itself
+  streaming into Arrow on the second core). Memory stays flat in file size (row `vcf_peak_rss`).
+* **Radiomics 2-worker speed-up**: lesions are processed in parallel, one per worker; the demo's phantom
+  lesions take a fraction of a second each, so the pool's start and the image transfer are a visible share,
+  and the speed-up is bounded by the lesion count and balance. Per-patient parallelism (the demo runs
+  patients on 2 processes) is where both cores are used in the pipeline.
+* **End to end at 100 patients**: `make bench` runs 20 and 50 patients to stay within 20 minutes on 2 cores;
+  `RADPLAN_BENCH_E2E_SIZES=20,50,100 make bench` adds the 100-patient run (about 11 more minutes).
 """
 
 
@@ -59,6 +75,26 @@ def _load(path: Path):
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def _as_rows(name: str, payload) -> list[dict]:
+    """Rows in the common schema; the single-object files of bench_incremental / bench_sensor_latency adapted."""
+    if isinstance(payload, list):
+        return [row for row in payload if isinstance(row, dict) and "name" in row]
+    if not isinstance(payload, dict):
+        return []
+    if "name" in payload:
+        return [payload]
+    common = {"runs": 1, "load_average": payload.get("load_average_1m"), "note": payload.get("note")}
+    if "incremental_s" in payload:
+        return [{"name": "incremental_rematerialization", "radplan": payload["incremental_s"], "peer": payload["full_s"],
+                 "unit": "s", "ratio": payload["ratio"], "target": f"<= {payload.get('target_ratio', 0.1)}",
+                 "peer_tool": "the full run of the same home", **common}]
+    if "latency_s" in payload:
+        return [{"name": "sensor_latency", "radplan": payload["latency_s"], "peer": payload["target_s"], "unit": "s",
+                 "ratio": round(payload["latency_s"] / payload["target_s"], 3), "target": "<= 1",
+                 "peer_tool": "the latency target", **common}]
+    return [{"name": name, "radplan": None, "peer": None, "unit": "", "ratio": None, **common}]
 
 
 def _fmt(value) -> str:
@@ -113,12 +149,16 @@ def _details(rows: list[dict]) -> list[str]:
                       "| partitions | add s | get_dynamic_partitions s | has_dynamic_partition ms | get_materialized_partitions s | "
                       "get_status_by_partition s | sensor tick total s | ok |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
             for m in row["steps"]:
+                if m.get("single_call_probe"):
+                    outcome = f"ok in {m['add_seconds']} s" if m["ok"] else f"failed: {m['error']}"
+                    lines.append(f"| {m['partitions']:,} added in one call (separate definition) | {outcome} | | | | | | {m['ok']} |")
+                    continue
                 if "error" in m:
                     lines.append(f"| {m['partitions']:,} | failed: {m['error']} | | | | | | no |")
                     continue
                 lines.append(f"| {m['partitions']:,} | {m['add_seconds']} | {m['get_dynamic_partitions_s']} | {m['has_dynamic_partition_ms']} | "
                              f"{m['get_materialized_partitions_s']} | {m['get_status_by_partition_s']} | {m['sensor_tick_total_s']} | {m['ok']} |")
-            last = row["steps"][-1] if row["steps"] else {}
+            last = next((m for m in reversed(row["steps"]) if m.get("sensor_ticks_s")), {})
             if last.get("sensor_ticks_s"):
                 lines += ["", f"Per sensor at {last['partitions']:,} partitions (s): " + ", ".join(
                     f"`{name}` {_fmt(value)}" for name, value in last["sensor_ticks_s"].items()) + "."]
@@ -136,7 +176,7 @@ def _details(rows: list[dict]) -> list[str]:
 def render() -> str:
     files = [RESULTS_DIR / name for name in ORDER if (RESULTS_DIR / name).exists()]
     files += sorted(p for p in RESULTS_DIR.glob("*.json") if p.name not in ORDER and p.name != "run_all.json")
-    rows = [row for path in files for row in (_load(path) or []) if isinstance(row, dict) and "name" in row]
+    rows = [row for path in files for row in _as_rows(path.stem, _load(path))]
     run = _load(RESULTS_DIR / "run_all.json") or {}
     machines = sorted({row.get("machine", "") for row in rows} - {""})
     dates = sorted(row.get("date", "") for row in rows if row.get("date"))
