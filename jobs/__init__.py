@@ -4,10 +4,14 @@ from dagster import AssetSelection, DefaultScheduleStatus, ScheduleDefinition, d
 
 from radplan_assets.partitions import patient_partitions
 
+# Intake runs are serialized by this tag (instance run coordinator: tag_concurrency_limits, limit 1).
+INTAKE_TAGS = {"radplan/intake": "inventory"}
+
 ingest_job = define_asset_job(
     "ingest_job",
     selection=AssetSelection.assets("landing_inventory"),
-    description="Scan the PACS and the landing zone; register new patient partitions.",
+    tags=INTAKE_TAGS,
+    description="Scan the PACS and the landing zone; register new patient partitions; list the patients whose inputs changed.",
 )
 
 patient_preparation_job = define_asset_job(
@@ -47,6 +51,25 @@ export_job = define_asset_job(
     "export_job",
     selection=AssetSelection.assets("recommendation_export"),
     description="Write what clinicians use: Parquet, CSV, FHIR R4 bundles, HTML reports, model report.",
+)
+
+# Incremental path (sensors): one patient's partitions, then the cohort level in batches.
+PATIENT_ASSETS = (
+    patient_preparation_job.selection | patient_features_job.selection | recommendation_job.selection
+)
+
+patient_refresh_job = define_asset_job(
+    "patient_refresh_job",
+    selection=PATIENT_ASSETS,
+    partitions_def=patient_partitions,
+    description="One patient's partition of every per-patient asset, from intake to recommendations "
+    "(requested by the patient refresh sensor when the patient's inputs change).",
+)
+
+cohort_refresh_job = define_asset_job(
+    "cohort_refresh_job",
+    selection=cohort_job.selection | export_job.selection,
+    description="Cohort table, strata, response model and the full clinician exports, once per batch of patient updates.",
 )
 
 retraining_job = define_asset_job(
@@ -93,5 +116,5 @@ weekly_retraining_schedule = ScheduleDefinition(
     description="Weekly: retrain the segmentation and response models (champion/challenger).",
 )
 
-ALL_JOBS = [*DEMO_STAGES, retraining_job]
+ALL_JOBS = [*DEMO_STAGES, patient_refresh_job, cohort_refresh_job, retraining_job]
 ALL_SCHEDULES = [nightly_cohort_schedule, nightly_export_schedule, weekly_retraining_schedule]

@@ -4,7 +4,8 @@ import json
 
 import numpy as np
 import SimpleITK as sitk
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+from pydantic import Field
 
 from radplan.decision import export, recommend, rules, trials
 from radplan.genomics.actionable import load_knowledge_base
@@ -68,16 +69,29 @@ def _key_slice(lake: LakeResource, patient_key: str) -> bytes | None:
     return export.key_slice_png(image, mask)
 
 
+class ExportConfig(Config):
+    patient_keys: list[str] = Field(
+        default_factory=list,
+        description="Rewrite only these patients' FHIR bundles and reports (the tables are always rebuilt); empty: every patient.",
+    )
+
+
 @asset(
     group_name="decision",
     deps=[patient_recommendations],
     description="What clinicians use, in lake/exports: recommendations.parquet and .csv, a validated FHIR R4 Bundle per "
     "patient, and a self-contained HTML report per patient.",
 )
-def recommendation_export(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
+def recommendation_export(context: AssetExecutionContext, config: ExportConfig, lake: LakeResource) -> MaterializeResult:
     recommendations = lake.read_table("features", "patient_recommendations")
     recommendations = recommendations[list(recommend.RECOMMENDATION_COLUMNS)].sort_values(["patient_key", "rank"], ignore_index=True)
     patients = sorted(lake.read_table("features", "patient_features")["patient_key"])
+    if config.patient_keys:
+        # Incremental export (patient export sensor): the other patients' bundles and reports stay as they are.
+        unknown = sorted(set(config.patient_keys) - set(patients))
+        if unknown:
+            raise ValueError(f"no feature row for patients {unknown}")
+        patients = sorted(config.patient_keys)
     bundles, reports = {}, {}
     for patient_key in patients:
         # Every patient gets a bundle and a report, also one with no matching rule or trial.
@@ -98,4 +112,4 @@ def recommendation_export(context: AssetExecutionContext, lake: LakeResource) ->
             radiomics_highlights={k: v for k, v in facts.items() if k.startswith("rad_") or k.endswith("lesion_volume_ml")},
         )
     summary = export.write_exports(recommendations, bundles, reports, lake.zone("exports"))
-    return MaterializeResult(metadata={"patients": len(bundles), **{k: v for k, v in summary.items() if isinstance(v, (int, float, str))}})
+    return MaterializeResult(metadata={"patients": len(bundles), "incremental": bool(config.patient_keys), **{k: v for k, v in summary.items() if isinstance(v, (int, float, str))}})

@@ -2,6 +2,11 @@
 
 The inventory maps source patient ids (PHI) to pseudonymous keys; it stays in
 the raw zone. Dagster sees only keys and counts.
+
+Each run also records, per patient, a keyed fingerprint of everything the patient's
+assets read (study contents, genomics file contents, the patient's EHR rows) and
+lists in its metadata the patients whose fingerprint changed since the previous
+inventory: the patient refresh sensor reruns exactly those partitions.
 """
 
 import pandas as pd
@@ -10,8 +15,39 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from radplan.inventory import GenomicsFile, ehr_patient_ids, scan_genomics
 from radplan_assets.partitions import PATIENTS_PARTITION_NAME
 from radplan_resources import DeidKeyResource, LakeResource, LandingZoneResource, PacsResource
+from radplan_resources.landing import file_sha256
 
 INVENTORY = "inventory"
+FINGERPRINTS = "patient_fingerprints"
+# Metadata entry of a landing_inventory materialization: {patient_key: fingerprint} of changed patients.
+CHANGED_PATIENTS = "changed_patients"
+
+
+def combine_fingerprints(parts: dict[str, list[str]], token) -> dict[str, str]:
+    """Patient key -> one fingerprint over that patient's input parts (order-independent).
+
+    ``token(purpose, value)`` is the pseudonymizer's keyed hash: the result reveals nothing about
+    the (PHI-bearing) inputs and can go into run keys.
+    """
+    return {key: token("inputs", "\n".join(sorted(values))) for key, values in sorted(parts.items())}
+
+
+def changed_fingerprints(previous: dict[str, str], current: dict[str, str]) -> dict[str, str]:
+    """The patients that are new or whose fingerprint differs (a removed patient is not a change to run)."""
+    return {key: fp for key, fp in sorted(current.items()) if previous.get(key) != fp}
+
+
+def _genomics_hashes(paths: list, previous: pd.DataFrame) -> dict[str, str]:
+    """Content hash per genomics file, reusing the previous inventory's hash while size and mtime are unchanged."""
+    known = {}
+    if {"path", "size", "mtime_ns", "sha256"} <= set(previous.columns):
+        known = {(r.path, int(r.size), int(r.mtime_ns)): r.sha256 for r in previous.itertuples()}
+    hashes = {}
+    for path in paths:
+        stat = path.stat()
+        cached = known.get((str(path), stat.st_size, stat.st_mtime_ns))
+        hashes[str(path)] = cached or file_sha256(path)
+    return hashes
 
 
 @asset(
@@ -41,16 +77,23 @@ def landing_inventory(
             "source_patient_id": study.source_patient_id,
             "study_ref": study.study_ref,
             "files": list(study.files),
+            "content_fingerprint": study.content_fingerprint,
         }
         for study in studies
     ]
 
-    genomics_rows = []
+    genomics_files = []
     for found in scan_genomics(landing.genomics_dir):
         if not isinstance(found, GenomicsFile):
             path, error = found
             quarantined.append(lake.quarantine(path, "genomics-scan", error).safe_summary())
             continue
+        genomics_files.append(found)
+    previous_genomics = lake.read_table_if_present("raw", f"{INVENTORY}_genomics_files")
+    hashes = _genomics_hashes([found.path for found in genomics_files], previous_genomics)
+    genomics_rows = []
+    for found in genomics_files:
+        stat = found.path.stat()
         for sample in found.samples:
             genomics_rows.append(
                 {
@@ -59,32 +102,58 @@ def landing_inventory(
                     "path": str(found.path),
                     "kind": found.kind,
                     "sample": sample,
+                    "size": stat.st_size,
+                    "mtime_ns": stat.st_mtime_ns,
+                    "sha256": hashes[str(found.path)],
                 }
             )
 
+    ehr_hashes = landing.ehr_fingerprints()
     ehr_rows = [
-        {"patient_key": pseudonymizer.patient_key(pid), "source_patient_id": pid}
+        {"patient_key": pseudonymizer.patient_key(pid), "source_patient_id": pid, "rows_fingerprint": ehr_hashes.get(pid, "")}
         for pid in sorted(ehr_patient_ids(landing.ehr_csv_dir, landing.ehr_fhir_dir))
     ]
 
     tables = {
-        "dicom_studies": pd.DataFrame(study_rows, columns=["patient_key", "source_patient_id", "study_ref", "files"]),
-        "genomics_files": pd.DataFrame(genomics_rows, columns=["patient_key", "source_patient_id", "path", "kind", "sample"]),
-        "ehr_patients": pd.DataFrame(ehr_rows, columns=["patient_key", "source_patient_id"]),
+        "dicom_studies": pd.DataFrame(study_rows, columns=["patient_key", "source_patient_id", "study_ref", "files", "content_fingerprint"]),
+        "genomics_files": pd.DataFrame(
+            genomics_rows, columns=["patient_key", "source_patient_id", "path", "kind", "sample", "size", "mtime_ns", "sha256"]
+        ),
+        "ehr_patients": pd.DataFrame(ehr_rows, columns=["patient_key", "source_patient_id", "rows_fingerprint"]),
     }
+
+    parts: dict[str, list[str]] = {}
+    for row in study_rows:
+        parts.setdefault(row["patient_key"], []).append(f"study\x00{row['study_ref']}\x00{row['content_fingerprint']}")
+    for row in genomics_rows:
+        parts.setdefault(row["patient_key"], []).append(f"genomics\x00{row['kind']}\x00{row['sample']}\x00{row['sha256']}")
+    for row in ehr_rows:
+        parts.setdefault(row["patient_key"], []).append(f"ehr\x00{row['rows_fingerprint']}")
+    fingerprints = combine_fingerprints(parts, pseudonymizer.token)
+    previous = lake.read_table_if_present("raw", f"{INVENTORY}_{FINGERPRINTS}")
+    changed = changed_fingerprints(dict(zip(previous.get("patient_key", []), previous.get("fingerprint", []))), fingerprints)
+    tables[FINGERPRINTS] = pd.DataFrame(sorted(fingerprints.items()), columns=["patient_key", "fingerprint"])
+
+    # Fingerprints last: a run that fails half-way leaves the previous ones, so its changes are seen again.
     for name, frame in tables.items():
         lake.write_table(frame, "raw", f"{INVENTORY}_{name}")
 
-    keys = sorted(set().union(*(set(frame["patient_key"]) for frame in tables.values())))
+    keys = sorted(fingerprints)
     known = set(context.instance.get_dynamic_partitions(PATIENTS_PARTITION_NAME))
     new_keys = [key for key in keys if key not in known]
     if new_keys:
         context.instance.add_dynamic_partitions(PATIENTS_PARTITION_NAME, new_keys)
-    context.log.info(f"inventory: {len(keys)} patients ({len(new_keys)} new), {len(study_rows)} studies, {len(quarantined)} files quarantined")
+    context.log.info(
+        f"inventory: {len(keys)} patients ({len(new_keys)} new, {len(changed)} changed), "
+        f"{len(study_rows)} studies, {len(quarantined)} files quarantined"
+    )
     return MaterializeResult(
         metadata={
             "patients": len(keys),
             "new_patients": len(new_keys),
+            "changed_patient_count": len(changed),
+            # Pseudonymous keys and keyed fingerprints only.
+            CHANGED_PATIENTS: MetadataValue.json(changed),
             "studies": len(study_rows),
             "genomics_files": len(genomics_rows),
             "ehr_patients": len(ehr_rows),

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import random
+import hashlib
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import requests
-from dagster import Backoff, ConfigurableResource, Jitter, RetryPolicy
+from dagster import ConfigurableResource
 from pydantic import Field
 
-from radplan.errors import InvalidDicomError, PacsUnavailableError
+from radplan.errors import InvalidDicomError
 from radplan.imaging.series import read_instance_header
 from radplan.lake import atomic_path
 
@@ -27,6 +25,16 @@ class StudyLocation:
     source_patient_id: str
     study_ref: str
     files: tuple[str, ...] = ()
+    # Identity of the study's content (instance UIDs/ids and sizes): equal for a re-sent identical study.
+    content_fingerprint: str = ""
+
+
+def content_fingerprint(items: list[tuple[str, int]]) -> str:
+    """Order-independent hash of (instance identifier, size) pairs."""
+    digest = hashlib.sha256()
+    for identifier, size in sorted(items):
+        digest.update(f"{identifier}\x00{size}\n".encode())
+    return digest.hexdigest()[:24]
 
 
 @dataclass(frozen=True)
@@ -56,7 +64,7 @@ class LandingFolderPacs(PacsResource):
             yield from sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
 
     def list_studies(self) -> tuple[list[StudyLocation], list[UnreadableFile]]:
-        studies: dict[tuple[str, str], list[str]] = {}
+        studies: dict[tuple[str, str], list[tuple[str, str, int]]] = {}
         unreadable: list[UnreadableFile] = []
         for path in self.iter_files():
             try:
@@ -64,9 +72,15 @@ class LandingFolderPacs(PacsResource):
             except InvalidDicomError as error:
                 unreadable.append(UnreadableFile(path, error))
                 continue
-            studies.setdefault((header.patient_id, header.study_uid), []).append(str(path))
+            studies.setdefault((header.patient_id, header.study_uid), []).append((str(path), header.sop_uid, path.stat().st_size))
         locations = [
-            StudyLocation(source_patient_id=pid, study_ref=study_uid, files=tuple(sorted(files)))
+            StudyLocation(
+                source_patient_id=pid,
+                study_ref=study_uid,
+                files=tuple(sorted(path for path, _, _ in files)),
+                # SOP UIDs and sizes, not paths or mtimes: a re-copied identical study keeps its fingerprint.
+                content_fingerprint=content_fingerprint([(sop_uid, size) for _, sop_uid, size in files]),
+            )
             for (pid, study_uid), files in sorted(studies.items())
         ]
         return locations, unreadable
@@ -82,75 +96,48 @@ class LandingFolderPacs(PacsResource):
         return copied
 
 
-# Step-level retries of assets that read the PACS, on top of the per-request retries below: a PACS
-# restart or network outage longer than those gets three more tries, 1, 3 and 7 times the base delay
-# (default 5 s, each +- one base delay) later.
-PACS_RETRY_DELAY_ENV_VAR = "RADPLAN_PACS_RETRY_DELAY_S"
-PACS_RETRY_POLICY = RetryPolicy(
-    max_retries=3, delay=float(os.environ.get(PACS_RETRY_DELAY_ENV_VAR, "5")), backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
-)
-
-# Failures worth another try: connection refused/reset, timeouts, a body cut off mid-transfer.
-TRANSIENT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
-TRANSIENT_STATUSES = {429}  # and every 5xx
-
-
-def backoff_delay(attempt: int, base_s: float, max_s: float) -> float:
-    """Exponential backoff with jitter: about base * 2^(attempt-1), between 50 % and 100 % of it, capped."""
-    return min(max_s, base_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-
-
-def redacted_url(url: str) -> str:
-    """The URL without user and password (what errors and logs may name)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
 class OrthancPacs(PacsResource):
     """An Orthanc server over its REST API (study listing, instance download, /changes feed)."""
 
     url: str = Field(description="Orthanc base URL, e.g. http://127.0.0.1:8042")
     username: str | None = Field(default=None, description="HTTP basic auth user (from a secret store in production)")
     password: str | None = Field(default=None, description="HTTP basic auth password")
-    timeout_s: float = Field(default=30.0, description="Seconds to wait for a connection or for the next bytes of an answer")
-    max_retries: int = Field(default=3, description="Retries of a request after a transient failure (refused, timeout, 5xx, 429)")
-    backoff_s: float = Field(default=1.0, description="Wait before the first retry; doubled for each further one")
-    max_backoff_s: float = Field(default=30.0, description="Longest wait between two tries")
+    timeout_s: float = 30.0
+    max_retries: int = 3
 
     def _get(self, path: str, **params) -> requests.Response:
-        """GET with retries on transient failures; PacsUnavailableError after the last, HTTPError at once on 4xx."""
         auth = (self.username, self.password) if self.username else None
-        attempts = self.max_retries + 1
-        for attempt in range(1, attempts + 1):
+        delay = 1.0
+        for attempt in range(1, self.max_retries + 1):
             try:
                 response = requests.get(f"{self.url.rstrip('/')}{path}", params=params or None, auth=auth, timeout=self.timeout_s)
-            except TRANSIENT_ERRORS as error:
-                # The class name only: requests' messages repeat the path, whose Orthanc ids hash patient identifiers.
-                failure = type(error).__name__
-            else:
-                if response.ok:
+                if response.status_code < 500:
+                    response.raise_for_status()
                     return response
-                if response.status_code not in TRANSIENT_STATUSES and response.status_code < 500:
-                    # Not worth retrying (bad credentials, unknown id); named without the path, like below.
-                    raise requests.HTTPError(f"PACS at {redacted_url(self.url)} answered HTTP {response.status_code}", response=response)
-                failure = f"HTTP {response.status_code}"
-            if attempt < attempts:
-                time.sleep(backoff_delay(attempt, self.backoff_s, self.max_backoff_s))
-        raise PacsUnavailableError(redacted_url(self.url), attempts, failure)
+            except requests.ConnectionError:
+                if attempt == self.max_retries:
+                    raise
+            time.sleep(delay)
+            delay *= 2
+        response.raise_for_status()
+        return response
 
     def list_studies(self) -> tuple[list[StudyLocation], list[UnreadableFile]]:
         studies = self._get("/studies", expand="").json()
-        locations = [
-            StudyLocation(source_patient_id=study["PatientMainDicomTags"].get("PatientID", ""), study_ref=study["ID"])
-            for study in studies
-        ]
+        locations = [self._location(study) for study in studies]
         return sorted(locations, key=lambda s: s.study_ref), []
 
     def study_location(self, orthanc_study_id: str) -> StudyLocation:
-        study = self._get(f"/studies/{orthanc_study_id}").json()
-        return StudyLocation(source_patient_id=study["PatientMainDicomTags"].get("PatientID", ""), study_ref=study["ID"])
+        return self._location(self._get(f"/studies/{orthanc_study_id}").json())
+
+    def _location(self, study: dict) -> StudyLocation:
+        # Orthanc's instance ids are hashes of the UIDs: a re-sent identical study keeps its fingerprint.
+        instances = self._get(f"/studies/{study['ID']}/instances").json()
+        return StudyLocation(
+            source_patient_id=study["PatientMainDicomTags"].get("PatientID", ""),
+            study_ref=study["ID"],
+            content_fingerprint=content_fingerprint([(i["ID"], int(i.get("FileSize", 0))) for i in instances]),
+        )
 
     def fetch_study(self, study: StudyLocation, dest: Path) -> list[Path]:
         dest.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,17 @@
-"""Sensors: new data in the landing zone triggers intake."""
+"""Sensors: arrivals trigger intake, changed patients get their partitions rerun, cohort level in batches, failures recorded."""
 
-from sensors.landing import landing_sensor
+from sensors.failures import run_failure_recorder
+from sensors.landing import ehr_landing_sensor, genomics_landing_sensor, pacs_study_sensor
+from sensors.patients import cohort_batch_sensor, patient_export_sensor, patient_refresh_sensor
 from sensors.retraining import retraining_sensor
 
-ALL_SENSORS = [landing_sensor, retraining_sensor]
+ALL_SENSORS = [
+    pacs_study_sensor,
+    genomics_landing_sensor,
+    ehr_landing_sensor,
+    patient_refresh_sensor,
+    patient_export_sensor,
+    cohort_batch_sensor,
+    run_failure_recorder,
+    retraining_sensor,
+]

@@ -1,33 +1,76 @@
-"""The landing sensor: one intake request per change of the landing zone, none for a repeat tick."""
+"""Landing-folder sensors (one intake per change, keyed run keys) and the run-failure recorder."""
 
 from __future__ import annotations
 
-from dagster import DagsterInstance, RunRequest, SkipReason, build_sensor_context
+import json
 
-from sensors.landing import landing_sensor
+from dagster import DagsterInstance
 
-
-def _tick(instance, cursor):
-    context = build_sensor_context(instance=instance, cursor=cursor)
-    result = landing_sensor(context)
-    return result, context.cursor
+from radplan_resources import LandingFolderPacs
+from sensors.failures import failure_rows, failures_path, record_failures
+from sensors.inprocess import InProcessDaemon, definitions_with
 
 
-def test_landing_sensor_requests_once_per_change(tmp_path, monkeypatch):
+def test_landing_sensors_request_once_per_change_without_file_names(tmp_path, monkeypatch):
     monkeypatch.setenv("RADPLAN_HOME", str(tmp_path))
-    landing = tmp_path / "landing" / "genomics"
-    landing.mkdir(parents=True)
-    (landing / "a.vcf").write_text("##fileformat=VCFv4.2\n")
+    landing = tmp_path / "landing"
+    (landing / "genomics").mkdir(parents=True)
+    (landing / "ehr" / "csv").mkdir(parents=True)
+    (landing / "dicom").mkdir(parents=True)
+    (landing / "genomics" / "MRN0000001.vcf.gz").write_bytes(b"not really a vcf")
+    defs = definitions_with(pacs=LandingFolderPacs(folder=str(landing / "dicom")))
     instance = DagsterInstance.ephemeral()
+    daemon = InProcessDaemon(defs, instance)
 
-    first, cursor = _tick(instance, None)
-    assert isinstance(first, RunRequest) and first.run_key.startswith("landing-")
-    repeat, same_cursor = _tick(instance, cursor)
-    assert isinstance(repeat, SkipReason) and same_cursor == cursor
+    first = daemon.evaluate("genomics_landing_sensor")
+    assert len(first) == 1 and first[0].run_key.startswith("landing-genomics-")
+    assert "MRN" not in first[0].run_key and "MRN" not in daemon.cursors["genomics_landing_sensor"]
+    daemon.record_without_executing("genomics_landing_sensor", first[0])
+    assert daemon.evaluate("genomics_landing_sensor") == []
 
-    (landing / "b.vcf").write_text("##fileformat=VCFv4.2\n")
-    changed, new_cursor = _tick(instance, cursor)
-    assert isinstance(changed, RunRequest) and changed.run_key != first.run_key and new_cursor != cursor
-    # A restarted sensor that lost its cursor asks again with the same run key: Dagster drops the duplicate.
-    restarted, _ = _tick(instance, None)
-    assert restarted.run_key == changed.run_key
+    # Only the genomics sensor sees a genomics arrival; the EHR one sees only EHR files.
+    ehr_before = daemon.evaluate("ehr_landing_sensor")
+    (landing / "genomics" / "MRN0000002.vcf.gz").write_bytes(b"second")
+    changed = daemon.evaluate("genomics_landing_sensor")
+    assert len(changed) == 1 and changed[0].run_key != first[0].run_key
+    assert daemon.evaluate("ehr_landing_sensor") == []
+    (landing / "ehr" / "csv" / "patients.csv").write_text("Id\nMRN0000002\n")
+    assert len(daemon.evaluate("ehr_landing_sensor")) == 1 and len(ehr_before) == 1
+    daemon.record_without_executing("genomics_landing_sensor", changed[0])
+
+    # A restarted sensor that lost its cursor asks again with the same run key: the daemon drops it.
+    restarted = InProcessDaemon(defs, instance)
+    assert restarted.evaluate("genomics_landing_sensor") == [] and restarted.dropped_duplicates == 1
+
+    # The embedded PACS is watched through the pacs resource's folder.
+    (landing / "dicom" / "IM_0001.dcm").write_bytes(b"DICM")
+    assert daemon.evaluate("pacs_study_sensor")[0].run_key.startswith("landing-dicom-")
+
+
+def test_failure_records_are_deduplicated_and_phi_free(tmp_path):
+    path = tmp_path / "ops" / "run_failures.jsonl"
+    rows = failure_rows("run1", "patient_refresh_job", "p0123456789abcdef", [("deid_studies", "InvalidDicomError")], "t")
+    assert record_failures(path, rows) == 1 and record_failures(path, rows) == 0
+    assert record_failures(path, failure_rows("run2", "ingest_job", None, [], "t")) == 1
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["run_id"], r["step"], r["error_class"]) for r in lines] == [("run1", "deid_studies", "InvalidDicomError"), ("run2", None, None)]
+
+
+def test_run_failure_recorder_writes_the_failed_partition(tmp_path, monkeypatch):
+    monkeypatch.setenv("RADPLAN_HOME", str(tmp_path))
+    defs = definitions_with()
+    instance = DagsterInstance.ephemeral()
+    daemon = InProcessDaemon(defs, instance)
+    daemon.evaluate("run_failure_recorder")  # the first tick starts watching from now
+    partition = "p00000000000000aa"
+    instance.add_dynamic_partitions("patients", [partition])
+    # No intake has run: the patient's assets cannot find the inventory and fail.
+    result = defs.resolve_job_def("patient_features_job").execute_in_process(
+        instance=instance, partition_key=partition, raise_on_error=False
+    )
+    assert not result.success
+    daemon.evaluate("run_failure_recorder")
+    lines = [json.loads(line) for line in failures_path(tmp_path / "lake").read_text().splitlines()]
+    assert lines and {line["run_id"] for line in lines} == {result.run_id}
+    assert all(line["partition_key"] == partition and line["job"] == "patient_features_job" for line in lines)
+    assert any(line["step"] and line["error_class"] for line in lines)
