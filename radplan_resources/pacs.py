@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import random
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
-from dagster import ConfigurableResource
+from dagster import Backoff, ConfigurableResource, Jitter, RetryPolicy
 from pydantic import Field
 
-from radplan.errors import InvalidDicomError
+from radplan.errors import InvalidDicomError, PacsUnavailableError
 from radplan.imaging.series import read_instance_header
 from radplan.lake import atomic_path
 
@@ -96,31 +99,63 @@ class LandingFolderPacs(PacsResource):
         return copied
 
 
+# Step-level retries of assets that read the PACS, on top of the per-request retries below: a PACS
+# restart or network outage longer than those gets three more tries, 1, 3 and 7 times the base delay
+# (default 5 s, each +- one base delay) later.
+PACS_RETRY_DELAY_ENV_VAR = "RADPLAN_PACS_RETRY_DELAY_S"
+PACS_RETRY_POLICY = RetryPolicy(
+    max_retries=3, delay=float(os.environ.get(PACS_RETRY_DELAY_ENV_VAR, "5")), backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
+)
+
+# Failures worth another try: connection refused/reset, timeouts, a body cut off mid-transfer.
+TRANSIENT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+TRANSIENT_STATUSES = {429}  # and every 5xx
+
+
+def backoff_delay(attempt: int, base_s: float, max_s: float) -> float:
+    """Exponential backoff with jitter: about base * 2^(attempt-1), between 50 % and 100 % of it, capped."""
+    return min(max_s, base_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+
+
+def redacted_url(url: str) -> str:
+    """The URL without user and password (what errors and logs may name)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 class OrthancPacs(PacsResource):
     """An Orthanc server over its REST API (study listing, instance download, /changes feed)."""
 
     url: str = Field(description="Orthanc base URL, e.g. http://127.0.0.1:8042")
     username: str | None = Field(default=None, description="HTTP basic auth user (from a secret store in production)")
     password: str | None = Field(default=None, description="HTTP basic auth password")
-    timeout_s: float = 30.0
-    max_retries: int = 3
+    timeout_s: float = Field(default=30.0, description="Seconds to wait for a connection or for the next bytes of an answer")
+    max_retries: int = Field(default=3, description="Retries of a request after a transient failure (refused, timeout, 5xx, 429)")
+    backoff_s: float = Field(default=1.0, description="Wait before the first retry; doubled for each further one")
+    max_backoff_s: float = Field(default=30.0, description="Longest wait between two tries")
 
     def _get(self, path: str, **params) -> requests.Response:
+        """GET with retries on transient failures; PacsUnavailableError after the last, HTTPError at once on 4xx."""
         auth = (self.username, self.password) if self.username else None
-        delay = 1.0
-        for attempt in range(1, self.max_retries + 1):
+        attempts = self.max_retries + 1
+        for attempt in range(1, attempts + 1):
             try:
                 response = requests.get(f"{self.url.rstrip('/')}{path}", params=params or None, auth=auth, timeout=self.timeout_s)
-                if response.status_code < 500:
-                    response.raise_for_status()
+            except TRANSIENT_ERRORS as error:
+                # The class name only: requests' messages repeat the path, whose Orthanc ids hash patient identifiers.
+                failure = type(error).__name__
+            else:
+                if response.ok:
                     return response
-            except requests.ConnectionError:
-                if attempt == self.max_retries:
-                    raise
-            time.sleep(delay)
-            delay *= 2
-        response.raise_for_status()
-        return response
+                if response.status_code not in TRANSIENT_STATUSES and response.status_code < 500:
+                    # Not worth retrying (bad credentials, unknown id); named without the path, like below.
+                    raise requests.HTTPError(f"PACS at {redacted_url(self.url)} answered HTTP {response.status_code}", response=response)
+                failure = f"HTTP {response.status_code}"
+            if attempt < attempts:
+                time.sleep(backoff_delay(attempt, self.backoff_s, self.max_backoff_s))
+        raise PacsUnavailableError(redacted_url(self.url), attempts, failure)
 
     def list_studies(self) -> tuple[list[StudyLocation], list[UnreadableFile]]:
         studies = self._get("/studies", expand="").json()
