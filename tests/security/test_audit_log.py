@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from radplan import cli
 from radplan.audit import AuditLog, AuditRecord, Materialization, compare_run, iter_records, verify_chain
 from radplan.audit_cli import audit_complete_for_run
 from radplan.privacy import PHI_ZONES, load_canaries, scan_tree
@@ -23,6 +24,7 @@ PATIENT_KEY = re.compile(r"p[0-9a-f]{16}")
 
 APPENDER = """
 import sys
+from radplan import cli
 from radplan.audit import AuditLog, AuditRecord
 log = AuditLog(sys.argv[1])
 for i in range(int(sys.argv[2])):
@@ -101,7 +103,7 @@ def test_completeness_compares_materializations_with_records():
 
 
 @pytest.mark.slow
-def test_a_real_run_is_completely_audited_and_a_deleted_line_is_found(plain_home, tmp_path):
+def test_a_real_run_is_completely_audited_and_a_deleted_line_is_found(plain_home, tmp_path, monkeypatch, capsys):
     instance, audit_dir = plain_home.instance, plain_home.lake / "audit"
     preparation_runs = plain_home.run_ids[1:]
     for run_id in preparation_runs:
@@ -130,14 +132,13 @@ def test_a_real_run_is_completely_audited_and_a_deleted_line_is_found(plain_home
     report = audit_complete_for_run(instance, run_id, copy)
     assert report.missing == [Materialization("deid_ehr", json.loads(lines[of_deid_ehr[0]])["partition_key"])]
 
-    # The same through the command line.
-    env = {**os.environ, "DAGSTER_HOME": str(plain_home.home / "dagster_home")}
-    command = [sys.executable, "-m", "radplan.cli", "audit-check", "--run-id", run_id, "--home", str(plain_home.home)]
-    ok = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert json.loads(ok.stdout)[0]["complete"] is True
-    broken = subprocess.run([*command, "--audit-dir", str(copy)], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert broken.returncode == 1 and json.loads(broken.stdout)[0]["missing"]
+    # The same through the command line (in-process; monkeypatch restores the variables it sets).
+    monkeypatch.setenv("RADPLAN_HOME", str(plain_home.home))
+    monkeypatch.setenv("DAGSTER_HOME", str(plain_home.home / "dagster_home"))
+    assert cli.main(["audit-check", "--run-id", run_id, "--home", str(plain_home.home)]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["complete"] is True
+    assert cli.main(["audit-check", "--run-id", run_id, "--home", str(plain_home.home), "--audit-dir", str(copy)]) == 1
+    assert json.loads(capsys.readouterr().out)[0]["missing"]
 
 
 @pytest.mark.slow
