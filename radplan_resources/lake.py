@@ -190,10 +190,12 @@ class LakeResource(ConfigurableResource):
             yield path
             return
         with self._scratch() as scratch:
-            plain = scratch / path.name
+            # Mirror the lake path so a quarantine reason written from the copy still says which raw file it was.
+            plain = scratch / relative
+            plain.parent.mkdir(parents=True)
             nbytes = self._decrypt_file(path, plain, key)
             for sidecar in sidecars:
-                self._decrypt_file(sidecar, scratch / sidecar.name, key)
+                self._decrypt_file(sidecar, plain.with_name(sidecar.name), key)
             self.audit("read", "raw", relative, patient_key=self._patient_of(relative), nbytes=nbytes, files=1 + len(sidecars))
             yield plain
 
