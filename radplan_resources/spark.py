@@ -1,4 +1,8 @@
-"""Spark sessions: local[*] by default, any master URL by configuration, same code."""
+"""Spark sessions: local[*] by default, any master URL by configuration, same code.
+
+The driver binds loopback unless told otherwise; with a standalone or Kubernetes master on other machines set the
+driver host (the address executors call back) and bind address (RADPLAN_SPARK_DRIVER_HOST / _BIND_ADDRESS).
+"""
 
 from __future__ import annotations
 
@@ -13,17 +17,27 @@ class SparkResource(ConfigurableResource):
     app_name: str = "radplan"
     driver_memory: str = "2g"
     shuffle_partitions: int = Field(default=4, description="Small default: cohorts are thousands of rows, not billions")
+    driver_host: str | None = Field(
+        default=None,
+        description="Address executors use to reach the driver (None: RADPLAN_SPARK_DRIVER_HOST, else 127.0.0.1). "
+        "A master on another machine needs the driver's routable address, e.g. the pod IP.",
+    )
+    driver_bind_address: str | None = Field(
+        default=None, description="Interface the driver listens on (None: RADPLAN_SPARK_DRIVER_BIND_ADDRESS, else 127.0.0.1)"
+    )
 
     def session(self):
         from pyspark.sql import SparkSession
 
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        host = self.driver_host or os.environ.get("RADPLAN_SPARK_DRIVER_HOST") or "127.0.0.1"
+        bind = self.driver_bind_address or os.environ.get("RADPLAN_SPARK_DRIVER_BIND_ADDRESS") or "127.0.0.1"
+        os.environ.setdefault("SPARK_LOCAL_IP", bind)
         return (
             SparkSession.builder.master(self.master)
             .appName(self.app_name)
             .config("spark.driver.memory", self.driver_memory)
-            .config("spark.driver.host", "127.0.0.1")
-            .config("spark.driver.bindAddress", "127.0.0.1")
+            .config("spark.driver.host", host)
+            .config("spark.driver.bindAddress", bind)
             .config("spark.ui.enabled", "false")
             .config("spark.sql.shuffle.partitions", str(self.shuffle_partitions))
             .config("spark.sql.session.timeZone", "UTC")
