@@ -82,6 +82,18 @@ def test_partitions_runs_and_sensor_on_postgres(tmp_path, monkeypatch):
         finally:
             instance.dispose()
 
+        # The same database through the five RADPLAN_DAGSTER_PG_* parts: radplan rewrites its own dagster.yaml.
+        monkeypatch.delenv(PG_URL_ENV)
+        for key, value in {"hostname": server.host, "port": str(server.port), "db_name": server.database, "username": server.user, "password": server.password}.items():
+            monkeypatch.setenv(PG_PART_ENVS[key], value)
+        ensure_dagster_home(home)
+        assert "postgres_db:" in (folder / "dagster.yaml").read_text()
+        by_parts = DagsterInstance.get()
+        try:
+            assert by_parts.get_runs_count() == 2 and by_parts.has_dynamic_partition(PATIENTS_PARTITION_NAME, keys[1])
+        finally:
+            by_parts.dispose()
+
         with server.connect() as connection, connection.cursor() as cursor:
             cursor.execute("SELECT partition FROM dynamic_partitions WHERE partitions_def_name = %s ORDER BY partition", (PATIENTS_PARTITION_NAME,))
             assert [row[0] for row in cursor.fetchall()] == sorted([*keys, "p00000000000000ff"])
