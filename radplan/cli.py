@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from radplan.errors import MissingKeyError
 from radplan.runtime import disable_telemetry
 
 # Each domain module exposes ``register(subparsers)`` adding its subcommands;
@@ -35,7 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     disable_telemetry()
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except MissingKeyError as error:
+        # A configuration error, not a crash: one clear line (it names the variable, never the key).
+        print(f"radplan {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
+from dagster import Definitions, EnvVar, load_asset_checks_from_modules, load_assets_from_modules
 
 from jobs import ALL_JOBS, ALL_SCHEDULES
 from radplan.crypto import KEY_ENV_VAR as RAW_ZONE_KEY_ENV_VAR
@@ -35,12 +35,16 @@ def build_resources() -> dict:
         OrthancPacs(
             url=orthanc_url,
             username=os.environ.get("RADPLAN_ORTHANC_USER"),
-            password=os.environ.get("RADPLAN_ORTHANC_PASSWORD"),
+            # An EnvVar, not its value: Dagster resolves it at run time and shows only the variable's name.
+            password=EnvVar("RADPLAN_ORTHANC_PASSWORD") if os.environ.get("RADPLAN_ORTHANC_PASSWORD") else None,
         )
         if orthanc_url
         else LandingFolderPacs(folder=str(landing_dir() / "dicom"))
     )
     models = lake / "models"
+    deid_key = DeidKeyResource(demo=demo_mode())
+    # Start-up refuses a missing or short de-identification key outside demo mode (the message never holds the key).
+    deid_key.validate()
     # Raw-zone encryption is on exactly when a key is configured; the key itself is read at use, not stored here.
     lake_options = {"raw_zone_encryption": bool(os.environ.get(RAW_ZONE_KEY_ENV_VAR, "").strip())}
     return {
@@ -48,7 +52,7 @@ def build_resources() -> dict:
         "lake": s3_lake_from_env(str(lake), **lake_options) or LakeResource(root=str(lake), **lake_options),
         "landing": LandingZoneResource(folder=str(landing_dir())),
         "pacs": pacs,
-        "deid_key": DeidKeyResource(demo=demo_mode()),
+        "deid_key": deid_key,
         "mlflow": MlflowResource(
             tracking_uri=os.environ.get("RADPLAN_MLFLOW_TRACKING_URI", f"sqlite:///{models / 'mlflow.db'}"),
             artifact_root=os.environ.get("RADPLAN_MLFLOW_ARTIFACT_ROOT", str(models / "artifacts")),

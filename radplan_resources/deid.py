@@ -13,5 +13,9 @@ class DeidKeyResource(ConfigurableResource):
 
     demo: bool = Field(default=False, description="Allow the built-in demo key when RADPLAN_DEID_KEY is unset (synthetic data only)")
 
+    def validate(self) -> None:
+        """Raise MissingKeyError now (at start-up) if the key is missing or too short, instead of in the first run."""
+        load_key(demo=self.demo)
+
     def pseudonymizer(self) -> Pseudonymizer:
         return Pseudonymizer(load_key(demo=self.demo))
