@@ -68,7 +68,7 @@ def segmentation_model(context: AssetExecutionContext, config: SegmentationTrain
         lake,
         "segmentation_model",
         {"name": SEGMENTATION_MODEL_NAME, "mlflow_version": summary.get("version"), "alias": summary.get("alias"),
-         "val_dice": summary.get("val_dice"), "champion_comparison": summary.get("champion_comparison"),
+         "val_dice": summary.get("val_dice"), "metrics": {"dice": summary.get("val_dice_ci")}, "champion_comparison": summary.get("champion_comparison"),
          "training_volumes": len(pairs), "device": summary.get("device"), "train_seconds": summary.get("train_seconds")},
     )
     return MaterializeResult(metadata={**scalars, "training_volumes": len(pairs)})
@@ -194,8 +194,8 @@ class ResponseModelConfig(Config):
 @asset(
     group_name="models",
     deps=["cohort_features", "patient_strata", "deid_ehr"],
-    description="Response to first-line therapy from cohort features: rules-only baseline vs gradient-boosted trees vs "
-    "a Lightning MLP vs their ensemble on the same stratified folds; calibrated, with bootstrap CIs and per-patient "
+    description="Response to first-line therapy from cohort features: rules-only baseline vs a prognostic logistic model vs "
+    "gradient-boosted trees vs a Lightning MLP vs their ensemble on the same stratified folds; calibrated, with bootstrap CIs and per-patient "
     "attributions; registered as radplan-response with champion/challenger. Writes lake/exports/model_report.json.",
 )
 def response_model(
