@@ -6,7 +6,7 @@ written with ``pyarrow.parquet.ParquetWriter``). Multi-allelic records are split
 into one row per ALT, like ``bcftools norm -m-``: per-allele AD/AF are picked,
 and in each split genotype the other ALT alleles become ``0`` (so a ``1/2``
 genotype is ``0/1`` for ALT 1 and for ALT 2). ``*`` (spanning deletion) alleles
-and records without any ALT are skipped and counted in the summary.
+and records without any ALT are skipped and counted in the summary, as are blank lines.
 
 Output columns (:data:`VARIANT_SCHEMA`)
 ---------------------------------------
@@ -33,7 +33,9 @@ genome_build      GRCh37 | GRCh38 | unknown (also in the file's key-value metada
 
 from __future__ import annotations
 
+import gzip
 import re
+import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -138,8 +140,38 @@ def detect_genome_build(vcf_path: Path) -> str:
 
 # --------------------------------------------------------------------------- opening / validation
 
+_SCAN_CHUNK_BYTES = 1 << 22
+_HEADER_END = re.compile(rb"(?:^|\n)#CHROM[^\n]*\n")
+
+
+def _check_no_empty_fields(path: Path, compressed: bool) -> None:
+    """Reject a record with an empty tab-separated field (VCF writes a missing value as ``.``).
+
+    htslib 1.x via cyvcf2 crashes the whole process (SIGSEGV) on an empty first sample column, so such
+    text must never reach it. One streamed pass over the (decompressed) records, searched in C.
+    """
+    opener = gzip.open if compressed else open
+    try:
+        with opener(path, "rb") as fh:
+            pending, in_header = b"", True
+            while chunk := fh.read(_SCAN_CHUNK_BYTES):
+                data = pending + chunk
+                if in_header:
+                    end = _HEADER_END.search(data)
+                    if end is None:
+                        pending = data[-(1 << 16):]  # the #CHROM line may span chunks
+                        continue
+                    in_header, data = False, data[end.end():]
+                if b"\t\t" in data:
+                    raise InvalidVcfError(f"{path.name}: a record has an empty field (missing values are written '.')")
+                pending = data[-1:]
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise InvalidVcfError(f"{path.name}: corrupt compressed data ({exc})") from exc
+
+
 def _check_complete(path: Path) -> None:
-    """Reject files that end mid-way: BGZF without its EOF block, text without a final newline."""
+    """Reject files that end mid-way (BGZF without its EOF block, text without a final newline) and
+    records with empty fields (see :func:`_check_no_empty_fields`)."""
     if not path.is_file():
         raise InvalidVcfError(f"VCF not found or not a file: {path.name}")
     size = path.stat().st_size
@@ -150,15 +182,24 @@ def _check_complete(path: Path) -> None:
         fh.seek(max(0, size - len(_BGZF_EOF)))
         tail = fh.read()
     if magic[:2] == b"\x1f\x8b":
-        if magic[3] & 4:  # FEXTRA set: BGZF (bgzipped VCF or BCF)
-            if tail != _BGZF_EOF:
-                raise InvalidVcfError(f"{path.name}: truncated BGZF file (no end-of-file block)")
-        else:  # plain gzip: only a full decompression can prove completeness; done while reading
-            return
+        if len(magic) < 4:
+            raise InvalidVcfError(f"{path.name}: truncated gzip header")
+        if magic[3] & 4 and tail != _BGZF_EOF:  # FEXTRA set: BGZF (bgzipped VCF or BCF)
+            raise InvalidVcfError(f"{path.name}: truncated BGZF file (no end-of-file block)")
+        # Plain gzip: only a full decompression proves completeness; the scan below does it.
+        with gzip.open(path, "rb") as fh:
+            try:
+                binary = fh.read(3) == b"BCF"
+            except (OSError, EOFError, zlib.error) as exc:
+                raise InvalidVcfError(f"{path.name}: corrupt compressed data ({exc})") from exc
+        if not binary:
+            _check_no_empty_fields(path, compressed=True)
     elif magic[:3] == b"BCF":  # uncompressed BCF: binary, no line structure to check
         return
     elif not tail.endswith(b"\n"):
         raise InvalidVcfError(f"{path.name}: truncated VCF (last line has no newline)")
+    else:
+        _check_no_empty_fields(path, compressed=False)
 
 
 def open_vcf(path: Path):
@@ -231,6 +272,7 @@ class VcfStats:
     transitions: int = 0
     transversions: int = 0
     records_without_alt: int = 0
+    blank_lines: int = 0
     spanning_deletion_alleles: int = 0
     variant_types: dict[str, int] = field(default_factory=dict)
 
@@ -298,13 +340,21 @@ class VariantReader:
     def _add_record(self, variant, rows: list[tuple]) -> None:
         # Hot loop: one call per cyvcf2 property, plain lists, memoized genotype strings.
         stats = self.stats
-        stats.records += 1
         alts = variant.ALT
+        chrom = variant.CHROM
+        if chrom[:1] == "#":
+            raise InvalidVcfError(f"{self.path.name}: a header line after record {stats.records} (VCFs concatenated "
+                                  "without merging?)")
         if not alts:
+            if not chrom:  # a blank line: htslib returns an empty record (reading its REF crashes cyvcf2)
+                stats.blank_lines += 1
+                return
+            stats.records += 1
             stats.records_without_alt += 1
             return
+        stats.records += 1
         ref = variant.REF
-        chrom, pos, vid, qual = variant.CHROM, variant.POS, variant.ID, variant.QUAL
+        pos, vid, qual = variant.POS, variant.ID, variant.QUAL
         filters = variant.FILTERS
         filter_text = ";".join(filters) if filters and filters != ["."] else None
         if filter_text == "PASS":
@@ -400,7 +450,7 @@ def vcf_to_parquet(vcf_path: Path, out_path: Path, *, sample_pseudonym: Callable
     ``genome_build`` overrides header detection (for VCFs whose header names no
     build). On malformed input raises :class:`InvalidVcfError` and leaves no output.
     Summary keys: records, rows, samples, build, annotation, pass_fraction, titv,
-    alleles, variant_types, records_without_alt, spanning_deletion_alleles.
+    alleles, variant_types, records_without_alt, blank_lines, spanning_deletion_alleles.
     """
     reader = VariantReader(Path(vcf_path), sample_pseudonym=sample_pseudonym, batch_size=batch_size,
                            genome_build=genome_build)
@@ -434,5 +484,6 @@ def vcf_to_parquet(vcf_path: Path, out_path: Path, *, sample_pseudonym: Callable
         "alleles": stats.alleles,
         "variant_types": dict(sorted(stats.variant_types.items())),
         "records_without_alt": stats.records_without_alt,
+        "blank_lines": stats.blank_lines,
         "spanning_deletion_alleles": stats.spanning_deletion_alleles,
     }
