@@ -542,7 +542,11 @@ def read_dicom(src: Path | BinaryIO) -> Dataset:
         if isinstance(src, (str, os.PathLike)) and not Path(src).is_file():
             raise  # a missing file is the caller's error, not bad input
         raise InvalidDicomError(f"not a readable DICOM file: {type(exc).__name__}") from exc
-    _check_complete(ds)
+    try:
+        _check_complete(ds)
+    except (EOFError, struct.error, ValueError, TypeError, KeyError, NotImplementedError, UnicodeDecodeError) as exc:
+        # pydicom converts some elements on access (e.g. an unknown VR): they fail here, not in dcmread.
+        raise InvalidDicomError(f"malformed element: {type(exc).__name__}") from exc
     return ds
 
 
