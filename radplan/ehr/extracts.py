@@ -314,10 +314,21 @@ def _first_coding(concept):
     return coding.code, coding.display or concept.text
 
 
+def _representable(stamp: pd.Timestamp) -> pd.Timestamp | None:
+    """The stamp, or None outside the years 1677-2262 that the tables' datetime64[ns] columns can hold.
+
+    FHIR allows any year from 0001; such dates are placeholders, not clinical dates: kept as unknown.
+    """
+    naive = stamp.tz_localize(None) if stamp.tzinfo else stamp
+    return stamp if pd.Timestamp.min <= naive <= pd.Timestamp.max else None
+
+
 def _timestamp(value) -> pd.Timestamp | None:
     if value is None:
         return None
-    stamp = pd.Timestamp(value)
+    stamp = _representable(pd.Timestamp(value))
+    if stamp is None:
+        return None
     return stamp.tz_convert("UTC") if stamp.tzinfo else stamp.tz_localize("UTC")
 
 
@@ -326,7 +337,7 @@ def _date(value) -> pd.Timestamp | None:
         return None
     if isinstance(value, dt.datetime):
         value = value.date()
-    return pd.Timestamp(value)
+    return _representable(pd.Timestamp(value))
 
 
 def _patient_row(patient) -> dict:
