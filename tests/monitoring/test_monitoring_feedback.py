@@ -45,7 +45,7 @@ def test_malformed_rows_are_rejected_with_line_and_reason_without_their_values()
         f"{R4},accept,,p0123456789abcdef,2026-11-20T09:30:00Z",   # 6 a patient key as clinician
         f"{R4},accept,,oncologist-03,20/11/2026",                 # 7 not ISO 8601
         f"{R4},accept,,oncologist-03,2027-01-01T00:00:00Z",       # 8 in the future
-        f"MRN-4711,accept,,oncologist-03,2026-11-20T09:30:00Z",   # 9 not a recommendation id
+        "MRN-4711,accept,,oncologist-03,2026-11-20T09:30:00Z",   # 9 not a recommendation id
         f"{R4},accept,oncologist-03,2026-11-20T09:30:00Z",        # 10 a field missing
         "",                                                       # 11 blank: skipped
         f"{R4},override,comorbidity,oncologist-03,2026-11-20T10:00:00Z",  # 12 valid
