@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 RADPLAN_HOME ?= $(CURDIR)/.radplan
 export RADPLAN_HOME
 INSTALL_STAMP := $(VENV)/.installed
-DEBIAN_PACKAGES := orthanc dcmtk dicom3tools bcftools tabix samtools chromium openjdk-17-jre-headless
+DEBIAN_PACKAGES := orthanc dcmtk dicom3tools bcftools tabix samtools chromium openjdk-17-jre-headless postgresql
 
 .PHONY: install system-deps demo test test-fast ui bench clean-data
 
@@ -25,7 +25,8 @@ $(INSTALL_STAMP): $(PY) pyproject.toml requirements/lock.txt requirements/extra.
 
 install: $(INSTALL_STAMP)
 
-# Debian packages for the real-service tests (Orthanc, dcmtk, dciodvfy, bcftools, Chromium, Java for Spark);
+# Debian packages for the real-service tests (Orthanc, dcmtk, dciodvfy, bcftools, Chromium, Java for Spark,
+# PostgreSQL for the production-instance test);
 # installed only when missing, and only when we are root.
 system-deps:
 	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
