@@ -6,7 +6,7 @@ sensors are ticked once a second in-process, their runs executed as dagster-daem
 that patient's recommendation rows and HTML report have been rewritten. Writes
 benchmarks/results/sensor_latency.json (latency_s and its breakdown).
 
-    python benchmarks/bench_sensor_latency.py [--patients 6] [--segmentation-epochs 1] [--home DIR]
+    python benchmarks/bench_sensor_latency.py [--patients 4] [--segmentation-epochs 1] [--home DIR]
 
 A real daemon adds its tick interval per sensor hop (three hops: PACS -> patient refresh -> export;
 minimum_interval_seconds 15 each), reported as daemon_tick_allowance_s.
@@ -31,11 +31,14 @@ TICK_S = 1.0
 
 
 def _store_tree(server, folder: Path) -> None:
-    """Send every file under ``folder`` (bad inputs included: Orthanc refuses what is not DICOM)."""
+    """Send every file under ``folder`` (bad inputs included: Orthanc refuses what is not DICOM).
+
+    -R proposes the SOP classes of the files themselves: storescu's default list lacks Segmentation Storage.
+    """
     from support.orthanc import STORESCU_AET
 
     subprocess.run(
-        ["storescu", "-nh", "+sd", "+r", "-aet", STORESCU_AET, "-aec", "ORTHANC", "127.0.0.1", str(server.dicom_port), str(folder)],
+        ["storescu", "-R", "-nh", "+sd", "+r", "-aet", STORESCU_AET, "-aec", "ORTHANC", "127.0.0.1", str(server.dicom_port), str(folder)],
         capture_output=True,
         timeout=1800,
     )
@@ -51,7 +54,7 @@ def _patient_outputs(lake: Path, patient_key: str) -> tuple:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", type=Path)
-    parser.add_argument("--patients", type=int, default=6)
+    parser.add_argument("--patients", type=int, default=4)
     parser.add_argument("--segmentation-epochs", type=int, default=1)
     parser.add_argument("--patient", type=int, default=1, help="index of the patient who gets the follow-up study")
     parser.add_argument("--timeout-s", type=float, default=900)

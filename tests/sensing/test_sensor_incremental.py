@@ -13,7 +13,8 @@ from radplan.demo import add_follow_up_study
 from radplan.synth.generator import _draw_unique
 from sensors.inprocess import InProcessDaemon, definitions_with, partition_materialization_counts, patient_file_digests
 
-pytestmark = pytest.mark.slow
+# A 4-patient demo takes ~2 min on a quiet machine; a loaded shared one needs far more than the default timeout.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]
 
 PATIENTS = 4
 SEED = 7
