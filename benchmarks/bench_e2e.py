@@ -139,10 +139,12 @@ def main(argv: list[str] | None = None) -> int:
                    peer_tool=f"per-patient cost at {first['patients']} patients (radplan column: {last['patients']})",
                    note="per-patient stages' wall seconds / patients; demo with --segmentation-epochs "
                         f"{args.segmentation_epochs}, 2 workers", **common),
-        result_row("e2e_peak_memory", radplan=max(m["peak_tree_rss_gib"] for m in measurements), peer=2.5, unit="GiB",
-                   ratio=round(max(m["peak_tree_rss_gib"] for m in measurements) / 2.5, 3), lower_is_better=True,
-                   peer_tool="the 2.5 GiB target", note="peak summed RSS of the demo's process tree, largest over sizes",
-                   **common),
+        result_row("e2e_peak_memory_scaling", radplan=last["peak_tree_rss_gib"], peer=first["peak_tree_rss_gib"], unit="GiB",
+                   ratio=round(last["peak_tree_rss_gib"] / first["peak_tree_rss_gib"], 3), lower_is_better=True,
+                   peer_tool=f"peak at {first['patients']} patients (radplan column: {last['patients']})",
+                   note="peak summed RSS of the whole demo process tree (2 patient workers with torch, Spark's JVM, "
+                        "radiomics workers); flat in cohort size is the goal. The 2.5 GiB target is for one CT series: "
+                        "ct_series_peak_memory", **common),
     ]
     write_results("e2e.json", results)
     return 0 if ok else 1

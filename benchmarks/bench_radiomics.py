@@ -38,6 +38,13 @@ SEED = 7
 SPACING_MM = 1.5  # normalized_volumes' default grid
 
 
+def _reach(lesion) -> float:
+    """How far (mm) a lesion's ellipsoid and lobes extend from its centre (as the phantom renders them)."""
+    mean_radius = sum(lesion.radii_mm) / 3.0
+    return max(lesion.radii_mm) + max((float(np.abs(offset).max()) + mean_radius * scale for offset, scale in lesion.lobes),
+                                      default=0.0)
+
+
 def _collect_lesions(count: int):
     """``count`` non-overlapping lesions from the first demo patients, and the study to render them in."""
     # Imported here: process-pool workers re-import this module, and need none of radplan.synth.
@@ -49,8 +56,7 @@ def _collect_lesions(count: int):
         for study in plan.studies:
             base_study = base_study or study
             for lesion in study.lesions:
-                reach = max(lesion.radii_mm) * 2.0 + 5.0
-                if all(np.linalg.norm(np.subtract(lesion.center_mm, other.center_mm)) > reach + max(other.radii_mm) * 2.0
+                if all(np.linalg.norm(np.subtract(lesion.center_mm, other.center_mm)) > _reach(lesion) + _reach(other) + 2.0
                        for other in chosen):
                     chosen.append(lesion)
                 if len(chosen) == count:
