@@ -3,7 +3,8 @@
 Run as a script it materializes the named jobs on ``RADPLAN_HOME`` (per-patient jobs once per
 partition, in partition-key order), so a test can SIGKILL it like a crashed worker:
 
-    python reliability_helpers.py ingest_job patient_preparation_job [--partition KEY]
+    python reliability_helpers.py ingest_job patient_preparation_job [--partition KEY|first]
+    python reliability_helpers.py --orthanc URL    # inventory + pacs_studies from an Orthanc, JSON outcome
 """
 
 from __future__ import annotations

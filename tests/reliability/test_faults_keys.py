@@ -47,13 +47,6 @@ def test_a_short_key_is_refused_without_being_echoed(tmp_path):
     assert short not in result.stdout + result.stderr
 
 
-def test_the_code_location_loads_with_a_key_and_in_demo_mode(tmp_path):
-    with_key = _import_definitions(_without_key_or_demo(tmp_path, RADPLAN_DEID_KEY=PRODUCTION_KEY))
-    demo = _import_definitions(stage_env(tmp_path))
-    assert with_key.returncode == 0, with_key.stderr[-3000:]
-    assert demo.returncode == 0, demo.stderr[-3000:]
-
-
 def test_radplan_materialize_refuses_a_missing_key_with_one_clear_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "radplan.cli", "materialize"], cwd=REPO_ROOT, env=_without_key_or_demo(tmp_path),
                             capture_output=True, text=True, timeout=300)

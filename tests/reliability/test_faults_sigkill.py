@@ -21,7 +21,7 @@ from reliability_helpers import lake_snapshot, run_stages, snapshot_differences,
 pytestmark = pytest.mark.slow
 
 JOBS = ["ingest_job", "patient_preparation_job"]
-PATIENTS, SEED = 3, 5
+PATIENTS, SEED = 2, 5
 
 
 def _half_written_deid_study(lake) -> bool:
