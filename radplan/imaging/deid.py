@@ -53,7 +53,7 @@ import pydicom
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.datadict import DicomDictionary, dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError as PydicomInvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
@@ -431,7 +431,7 @@ def _dictionary_vr(tag: int) -> str | None:
 def _decoded(ds: Dataset, tag: int) -> DataElement:
     try:
         return ds[tag]
-    except (ValueError, EOFError, struct.error, NotImplementedError, UnicodeDecodeError) as exc:
+    except (ValueError, EOFError, struct.error, NotImplementedError, UnicodeDecodeError, BytesLengthException) as exc:
         where = f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
         raise InvalidDicomError(f"malformed element {where}: {type(exc).__name__}") from exc
 
@@ -536,7 +536,7 @@ def read_dicom(src: Path | BinaryIO) -> Dataset:
     try:
         ds = pydicom.dcmread(src)
     except (PydicomInvalidDicomError, EOFError, struct.error, ValueError, TypeError, KeyError,
-            NotImplementedError, UnicodeDecodeError) as exc:
+            NotImplementedError, UnicodeDecodeError, BytesLengthException) as exc:
         raise InvalidDicomError(f"not a readable DICOM file: {type(exc).__name__}") from exc
     except OSError as exc:  # pydicom's "No tag to read" on a file cut inside an element header
         if isinstance(src, (str, os.PathLike)) and not Path(src).is_file():
@@ -544,7 +544,8 @@ def read_dicom(src: Path | BinaryIO) -> Dataset:
         raise InvalidDicomError(f"not a readable DICOM file: {type(exc).__name__}") from exc
     try:
         _check_complete(ds)
-    except (EOFError, struct.error, ValueError, TypeError, KeyError, NotImplementedError, UnicodeDecodeError) as exc:
+    except (EOFError, struct.error, ValueError, TypeError, KeyError, NotImplementedError, UnicodeDecodeError,
+            BytesLengthException) as exc:
         # pydicom converts some elements on access (e.g. an unknown VR): they fail here, not in dcmread.
         raise InvalidDicomError(f"malformed element: {type(exc).__name__}") from exc
     return ds

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError as PydicomInvalidDicomError
 from pydicom.uid import UID
 
 from radplan.errors import InvalidDicomError
@@ -69,8 +69,8 @@ def read_dataset(path: Path, *, with_pixels: bool) -> pydicom.Dataset:
         return pydicom.dcmread(path, defer_size=_DEFER_VALUES_ABOVE_BYTES)
     except PydicomInvalidDicomError as exc:
         raise InvalidDicomError(f"{path.name}: not a DICOM Part 10 file ({exc})") from exc
-    except (EOFError, OSError, ValueError, KeyError, TypeError, IndexError) as exc:
-        # pydicom raises these for truncated or corrupt element streams.
+    except (EOFError, OSError, ValueError, KeyError, TypeError, IndexError, NotImplementedError, BytesLengthException) as exc:
+        # pydicom raises these for truncated or corrupt element streams (and unknown VRs, odd value lengths).
         raise InvalidDicomError(f"{path.name}: unreadable DICOM ({type(exc).__name__}: {exc})") from exc
 
 
@@ -111,8 +111,8 @@ def instance_header_from_dataset(path: Path, ds: pydicom.Dataset) -> InstanceHea
             has_pixel_data=any(keyword in ds for keyword in _PIXEL_DATA_KEYWORDS),
             frame_of_reference_uid=frame_of_reference,
         )
-    except (EOFError, OSError, ValueError, TypeError) as exc:
-        # Deferred/lazily converted values are parsed here; a truncated header surfaces now.
+    except (EOFError, OSError, ValueError, TypeError, NotImplementedError, BytesLengthException) as exc:
+        # Deferred/lazily converted values are parsed here; a truncated or corrupt header surfaces now.
         raise InvalidDicomError(f"{path.name}: corrupt header ({type(exc).__name__}: {exc})") from exc
 
 
