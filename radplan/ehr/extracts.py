@@ -156,7 +156,7 @@ def _typed_chunk(table: str, rows: list[tuple[int, list[str]]], header: list[str
             parsed = pd.to_numeric(frame[column], errors="coerce")
             mark(parsed.isna() & frame[column].notna(), f"unparsable number in {column}")
             frame[column] = parsed.astype("Int64") if column in spec["integers"] else parsed.astype("float64")
-    if table == "observations" and "TYPE" in frame:
+    if table == "observations" and "TYPE" in frame and "VALUE" in frame:
         numeric = frame["TYPE"].eq("numeric").fillna(False)
         parsed = pd.to_numeric(frame["VALUE"], errors="coerce")
         mark(numeric & parsed.isna() & frame["VALUE"].notna(), "unparsable numeric VALUE")
@@ -263,9 +263,17 @@ def parse_fhir_line(line: str, expected_type: str | None = None):
 
 
 def _bulk_resource(resource):
-    """A bulk-export resource must carry its id (FHIR Bulk Data: references between files use it)."""
+    """A bulk-export resource must carry its id (FHIR Bulk Data: references between files use it), and a
+    note's text attachment must decode (base64 of UTF-8), or no table can be built from it."""
+    from radplan.ehr.scoring import document_text
+
     if not resource.id:
         raise InvalidEhrRecordError(f"{resource.get_resource_type()} without id")
+    if resource.get_resource_type() == "DocumentReference":
+        try:
+            document_text(resource)
+        except ValueError as error:  # binascii.Error and UnicodeDecodeError
+            raise InvalidEhrRecordError(f"DocumentReference attachment is not base64 UTF-8 text ({type(error).__name__})") from error
     return resource
 
 
