@@ -36,6 +36,7 @@ from radplan.ehr.extracts import fhir_to_tables, read_fhir_ndjson, read_synthea_
 from radplan.errors import InvalidDicomError, InvalidEhrRecordError, InvalidVcfError
 from radplan.genomics.vcf import vcf_to_parquet
 from radplan.imaging.deid import DeidOptions, deidentify_file
+from radplan.imaging.series import read_instance_header, validate_instance
 from radplan.pseudonym import DEMO_KEY, Pseudonymizer
 from radplan.synth.vcf import BGZF_EOF, bgzf_blocks
 
@@ -187,12 +188,17 @@ def test_deidentified_dicom_keeps_no_identifier(case):
 
 @FUZZ
 @given(st.data())
-def test_deidentifier_on_mutated_real_files_fails_cleanly(data):
+def test_dicom_ingest_and_deidentifier_on_mutated_real_files_fail_cleanly(data):
     name = data.draw(st.sampled_from(["CT_small.dcm", "MR_small.dcm", "rtstruct.dcm"]))
     mutated = _mutate_bytes(Path(get_testdata_file(name)).read_bytes(), data.draw)
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "in.dcm"
         source.write_bytes(mutated)
+        for ingest_check in (read_instance_header, validate_instance):  # what PACS scan and ingest run first
+            try:
+                ingest_check(source)
+            except InvalidDicomError:
+                pass
         try:
             deidentify_file(source, Path(tmp) / "out", PSEUDONYMIZER, FLAG_POLICY)
             event("de-identified")
@@ -513,3 +519,32 @@ def test_found_by_fuzzing_empty_element_with_unknown_vr_is_a_clean_dicom_error(t
     source.write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes() + unknown_vr_element)
     with pytest.raises(InvalidDicomError, match="malformed element"):
         deidentify_file(source, tmp_path / "out", PSEUDONYMIZER, FLAG_POLICY)
+
+
+@pytest.mark.parametrize("check", ["read_instance_header", "validate_instance", "deidentify_file"])
+def test_found_by_fuzzing_file_cut_inside_file_meta_is_a_clean_dicom_error(tmp_path, check):
+    source = tmp_path / "cut.dcm"
+    source.write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes()[:141])  # pydicom: BytesLengthException
+    with pytest.raises(InvalidDicomError):
+        if check == "deidentify_file":
+            deidentify_file(source, tmp_path / "out", PSEUDONYMIZER, FLAG_POLICY)
+        else:
+            {"read_instance_header": read_instance_header, "validate_instance": validate_instance}[check](source)
+
+
+def test_found_by_fuzzing_observations_without_value_column_do_not_crash(tmp_path):
+    lines = _synthea_lines("observations", 3)
+    lines[0] = lines[0].replace(",VALUE,", ",RESULT,")  # was a KeyError in the numeric-VALUE check
+    (tmp_path / "observations.csv").write_text("".join(lines))
+    tables, quarantined = read_synthea_csv(tmp_path)
+    assert len(tables["observations"]) == 3 and quarantined == []
+
+
+@pytest.mark.parametrize("data", ["not base64 at all!", "xMQ="])  # the second is base64 of bytes that are not UTF-8
+def test_found_by_fuzzing_note_attachment_that_does_not_decode_is_a_rejected_line(tmp_path, data):
+    note = json.loads((SHARED / "ehr" / "synthea_fhir_bulk" / "DocumentReference.ndjson").read_text().splitlines()[0])
+    note["content"][0]["attachment"]["data"] = data  # was binascii.Error / UnicodeDecodeError in fhir_to_tables
+    (tmp_path / "DocumentReference.ndjson").write_text(json.dumps(note) + "\n")
+    resources, quarantined = read_fhir_ndjson(tmp_path)
+    assert resources["DocumentReference"] == [] and [q["line"] for q in quarantined] == [1]
+    assert "attachment" in quarantined[0]["reason"]
