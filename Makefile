@@ -53,7 +53,7 @@ test-fast: install
 
 ui: install
 	$(PY) -c "from radplan.instance import ensure_dagster_home; ensure_dagster_home()"
-	RADPLAN_DEMO=1 DAGSTER_HOME=$(RADPLAN_HOME)/dagster_home $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	RADPLAN_DEMO=$${RADPLAN_DEMO-1} DAGSTER_HOME=$(RADPLAN_HOME)/dagster_home $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 bench: install system-deps
 	$(PY) benchmarks/run_all.py
