@@ -16,6 +16,8 @@ DOC = REPO / "docs" / "benchmarks.md"
 # Result files in the order the page shows them; others found in results/ follow.
 ORDER = ("deid.json", "vcf.json", "radiomics.json", "memory.json", "e2e.json", "partitions.json",
          "incremental.json", "sensor_latency.json")
+DEMO_ORDER = ("ingest_job", "patient_preparation_job", "segmentation_training_job", "patient_features_job", "cohort_job",
+              "recommendation_job", "export_job")  # jobs.DEMO_STAGES, without importing Dagster here
 TARGET = re.compile(r"^\s*(>=|<=)\s*([0-9.]+)")
 
 INTRO = """\
@@ -110,6 +112,10 @@ def _fmt(value) -> str:
 
 
 def _verdict(row: dict) -> str:
+    if row.get("quick"):
+        return "none (quick run)"
+    if row["name"] == "e2e_per_patient_scaling" and row["sizes"][-1]["patients"] < 100:
+        return f"not measured at 100 patients ({row['sizes'][0]['patients']} to {row['sizes'][-1]['patients']} here)"
     match = TARGET.match(str(row.get("target", "")))
     if not match or row.get("ratio") is None:
         return ""
@@ -124,7 +130,8 @@ def _summary_table(rows: list[dict]) -> list[str]:
         peer = _fmt(row.get("peer"))
         if row.get("peer_tool"):
             peer += f" ({row['peer_tool']})"
-        lines.append(f"| `{row['name']}` | {_fmt(row.get('radplan'))} | {peer} | {row.get('unit', '')} | "
+        quick = " _quick_" if row.get("quick") else ""
+        lines.append(f"| `{row['name']}`{quick} | {_fmt(row.get('radplan'))} | {peer} | {row.get('unit', '')} | "
                      f"**{_fmt(row.get('ratio'))}** | {row.get('target', '—')} | {_verdict(row)} | {row.get('runs', '')} |")
     return lines
 
@@ -139,7 +146,8 @@ def _details(rows: list[dict]) -> list[str]:
             for m in row["sizes"]:
                 lines.append(f"| {m['patients']} | {m['generate_seconds']} | {m['demo_wall_seconds']} | {m['per_patient_stage_seconds']} | "
                              f"{m['cohort_stage_seconds']} | {m['per_patient_cost_s']} | {m['peak_tree_rss_gib']} | {m['exit_code'] == 0} |")
-            stage_names = list(dict.fromkeys(s for m in row["sizes"] for s in m["stages"]))
+            seen = list(dict.fromkeys(s for m in row["sizes"] for s in m["stages"]))
+            stage_names = sorted(seen, key=lambda name: DEMO_ORDER.index(name) if name in DEMO_ORDER else len(DEMO_ORDER))
             lines += ["", "| stage | " + " | ".join(f"{m['patients']} patients (s)" for m in row["sizes"]) + " |",
                       "| --- |" + " --- |" * len(row["sizes"])]
             for stage in stage_names:
@@ -192,7 +200,8 @@ def render() -> str:
         lines.append(f"**`make bench` wall time:** {run['total_seconds']:.0f} s (budget {run['budget_seconds']} s); "
                      + ", ".join(f"`{r['script']}` {r['seconds']:.0f} s" for r in run["scripts"]))
     if any(row.get("quick") for row in rows):
-        lines += ["", "> **These figures come from a quick run (`RADPLAN_BENCH_QUICK=1`, reduced sizes): not the benchmark's figures.**"]
+        lines += ["", "> **Rows marked _quick_ come from `RADPLAN_BENCH_QUICK=1` runs (reduced sizes): development "
+                  "figures, not the benchmark's.**"]
     lines += ["", "## Results", "", "Ratios: radplan / peer for rates (higher is better); for times, memory and scaling, lower is better.", ""]
     lines += _summary_table(rows)
     lines += ["", "## Details"] + _details(rows)
