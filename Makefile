@@ -8,7 +8,7 @@ export RADPLAN_HOME
 INSTALL_STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := orthanc dcmtk dicom3tools bcftools tabix samtools chromium openjdk-17-jre-headless postgresql
 
-.PHONY: install system-deps demo test test-fast ui bench clean-data
+.PHONY: install system-deps demo test test-fast fuzz ui bench clean-data
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ test: install system-deps
 
 test-fast: install
 	$(PY) -m pytest -m "not slow"
+
+# A longer property-based fuzzing session than the test suite's (hypothesis examples per property).
+fuzz: install
+	RADPLAN_FUZZ_EXAMPLES=400 $(PY) -m pytest tests/reliability/test_parser_properties.py -q
 
 ui: install
 	$(PY) -c "from radplan.instance import ensure_dagster_home; ensure_dagster_home()"
