@@ -26,15 +26,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the sensors and jobs packages, when run as a script
 RESULTS = REPO / "benchmarks" / "results"
 ARRIVAL_SENSORS = ("pacs_study_sensor", "genomics_landing_sensor", "ehr_landing_sensor")
-SEED = 7
 
 
-def full_run(home: Path, patients: int, segmentation_epochs: int | None) -> float:
+def full_run(home: Path, patients: int, seed: int, segmentation_epochs: int | None) -> float:
     from radplan.demo import run_stages
     from radplan.synth import generate_cohort
 
     if not (home / "landing").exists():
-        generate_cohort(home, patients, SEED)
+        generate_cohort(home, patients, seed)
     started = time.perf_counter()
     failures = run_stages(segmentation_epochs=segmentation_epochs)
     if failures:
@@ -72,13 +71,14 @@ def main() -> int:
     parser.add_argument("--home", type=Path, help="a fully materialized demo home to reuse (else one is built)")
     parser.add_argument("--full-seconds", type=float, help="wall time of that home's full run (required with --home)")
     parser.add_argument("--patients", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=7, help="the synthetic cohort's seed (also of a reused home)")
     parser.add_argument("--segmentation-epochs", type=int)
     parser.add_argument("--existing-patient", type=int, default=5, help="index of the patient who gets a follow-up study")
     parser.add_argument("--with-cohort-batch", action="store_true", help="also time the batched cohort refresh")
     parser.add_argument("--out", type=Path, default=RESULTS / "incremental.json")
     args = parser.parse_args()
 
-    home = (args.home or Path(os.environ.get("TMPDIR", "/tmp")) / f"radplan-bench-incremental-{args.patients}").resolve()
+    home = (args.home or Path(os.environ.get("TMPDIR", "/tmp")) / f"radplan-bench-incremental-{args.patients}-{args.seed}").resolve()
     os.environ["RADPLAN_HOME"] = str(home)
     os.environ["RADPLAN_DEMO"] = "1"
     os.environ.pop("RADPLAN_ORTHANC_URL", None)
@@ -92,7 +92,7 @@ def main() -> int:
             parser.error("--home needs --full-seconds (the wall time of its full run)")
         full_s = args.full_seconds
     else:
-        full_s = full_run(home, args.patients, args.segmentation_epochs)
+        full_s = full_run(home, args.patients, args.seed, args.segmentation_epochs)
 
     from dagster import DagsterInstance
 
@@ -112,13 +112,13 @@ def main() -> int:
     counts_before = partition_materialization_counts(instance, asset_keys)
     files_before = patient_file_digests(lake)
     new_index = len(patients_before)
-    plans = _draw_unique(SEED, new_index + 1)
+    plans = _draw_unique(args.seed, new_index + 1)
     pseudonymizer = Pseudonymizer.from_environment(demo=True)
     expected = {pseudonymizer.patient_key(plans[args.existing_patient].mrn), pseudonymizer.patient_key(plans[new_index].mrn)}
 
     started = time.perf_counter()
-    add_follow_up_study(home / "landing", args.existing_patient, seed=SEED)
-    add_new_patient(home / "landing", new_index, seed=SEED)
+    add_follow_up_study(home / "landing", args.existing_patient, seed=args.seed)
+    add_new_patient(home / "landing", new_index, seed=args.seed)
     arrival_s = time.perf_counter() - started  # writing the synthetic files: not pipeline work
     started = time.perf_counter()
     timings = incremental(daemon)

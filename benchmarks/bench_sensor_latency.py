@@ -6,7 +6,7 @@ sensors are ticked once a second in-process, their runs executed as dagster-daem
 that patient's recommendation rows and HTML report have been rewritten. Writes
 benchmarks/results/sensor_latency.json (latency_s and its breakdown).
 
-    python benchmarks/bench_sensor_latency.py [--patients 4] [--segmentation-epochs 1] [--home DIR]
+    python benchmarks/bench_sensor_latency.py [--patients 12 --seed 11] [--segmentation-epochs 1] [--home DIR]
 
 A real daemon adds its tick interval per sensor hop (three hops: PACS -> patient refresh -> export;
 minimum_interval_seconds 15 each), reported as daemon_tick_allowance_s.
@@ -26,7 +26,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the sensors and jobs packages, when run as a script
 RESULTS = REPO / "benchmarks" / "results"
-SEED = 7
 TICK_S = 1.0
 
 
@@ -54,7 +53,9 @@ def _patient_outputs(lake: Path, patient_key: str) -> tuple:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", type=Path)
-    parser.add_argument("--patients", type=int, default=4)
+    # The response model needs a few outcomes of each class: 12 patients of seed 11 have them.
+    parser.add_argument("--patients", type=int, default=12)
+    parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--segmentation-epochs", type=int, default=1)
     parser.add_argument("--patient", type=int, default=1, help="index of the patient who gets the follow-up study")
     parser.add_argument("--timeout-s", type=float, default=900)
@@ -79,7 +80,7 @@ def main() -> int:
         from radplan.demo import add_follow_up_study, run_stages
         from radplan.synth import generate_cohort
 
-        generate_cohort(home, args.patients, SEED)
+        generate_cohort(home, args.patients, args.seed)
         setup_started = time.perf_counter()
         _store_tree(server, home / "landing" / "dicom")
         failures = run_stages(segmentation_epochs=args.segmentation_epochs)
@@ -102,10 +103,10 @@ def main() -> int:
             raise SystemExit("sensors requested patient work on a fully materialized home")
         daemon.launched.clear()
 
-        patient_key = Pseudonymizer.from_environment(demo=True).patient_key(_draw_unique(SEED, args.patient + 1)[args.patient].mrn)
+        patient_key = Pseudonymizer.from_environment(demo=True).patient_key(_draw_unique(args.seed, args.patient + 1)[args.patient].mrn)
         lake = home / "lake"
         before = _patient_outputs(lake, patient_key)
-        files = add_follow_up_study(home / "arrivals", args.patient, seed=SEED)
+        files = add_follow_up_study(home / "arrivals", args.patient, seed=args.seed)
 
         marks = {}
         started = time.perf_counter()

@@ -13,11 +13,11 @@ from radplan.demo import add_follow_up_study
 from radplan.synth.generator import _draw_unique
 from sensors.inprocess import InProcessDaemon, definitions_with, partition_materialization_counts, patient_file_digests
 
-# A 4-patient demo takes ~2 min on a quiet machine; a loaded shared one needs far more than the default timeout.
+# A 12-patient demo takes ~3 min on a quiet machine; a loaded shared one needs far more than the default timeout.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]
 
-PATIENTS = 4
-SEED = 7
+PATIENTS = 12  # enough outcomes of each class for the response model (as in test_end_to_end)
+SEED = 11
 ARRIVAL_SENSORS = ("pacs_study_sensor", "genomics_landing_sensor", "ehr_landing_sensor")
 CHAIN = (*ARRIVAL_SENSORS, "patient_refresh_sensor", "patient_export_sensor")
 
@@ -26,8 +26,8 @@ def test_new_study_reruns_only_its_patient(tmp_path, monkeypatch, pseudonymizer)
     home = tmp_path / "home"
     # The full run in its own process, as `radplan demo` does it (its own import of the definitions).
     subprocess.run(
-        [str(Path(sys.executable).with_name("radplan")), "demo", "--patients", str(PATIENTS), "--home", str(home),
-         "--segmentation-epochs", "1", "--workers", "1"],
+        [str(Path(sys.executable).with_name("radplan")), "demo", "--patients", str(PATIENTS), "--seed", str(SEED), "--home", str(home),
+         "--segmentation-epochs", "1"],
         check=True, capture_output=True, timeout=1500,
     )  # fmt: skip
     monkeypatch.setenv("RADPLAN_HOME", str(home))
