@@ -17,7 +17,7 @@ DOC = REPO / "docs" / "benchmarks.md"
 ORDER = ("deid.json", "vcf.json", "radiomics.json", "memory.json", "e2e.json", "partitions.json",
          "incremental.json", "sensor_latency.json")
 DEMO_ORDER = ("ingest_job", "patient_preparation_job", "segmentation_training_job", "patient_features_job", "cohort_job",
-              "recommendation_job", "export_job")  # jobs.DEMO_STAGES, without importing Dagster here
+              "recommendation_job", "export_job", "monitoring_job")  # jobs.DEMO_STAGES, without importing Dagster here
 TARGET = re.compile(r"^\s*(>=|<=)\s*([0-9.]+)")
 
 INTRO = """\

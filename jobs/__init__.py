@@ -79,6 +79,12 @@ retraining_job = define_asset_job(
 )
 
 # The order `make demo` runs them in: partitioned stages run once per patient.
+monitoring_job = define_asset_job(
+    "monitoring_job",
+    selection=AssetSelection.assets("model_monitoring", "clinician_feedback"),
+    description="Input drift and missingness of the scored cohort; clinicians' accept/override decisions and override rates.",
+)
+
 DEMO_STAGES = (
     ingest_job,
     patient_preparation_job,
@@ -87,6 +93,7 @@ DEMO_STAGES = (
     cohort_job,
     recommendation_job,
     export_job,
+    monitoring_job,
 )
 
 nightly_cohort_schedule = ScheduleDefinition(
@@ -117,4 +124,13 @@ weekly_retraining_schedule = ScheduleDefinition(
 )
 
 ALL_JOBS = [*DEMO_STAGES, patient_refresh_job, cohort_refresh_job, retraining_job]
-ALL_SCHEDULES = [nightly_cohort_schedule, nightly_export_schedule, weekly_retraining_schedule]
+daily_monitoring_schedule = ScheduleDefinition(
+    name="daily_monitoring",
+    job=monitoring_job,
+    cron_schedule="0 5 * * *",
+    execution_timezone="UTC",
+    default_status=DefaultScheduleStatus.STOPPED,
+    description="Daily after the exports: drift, data quality and clinician feedback (the retraining sensor reads them).",
+)
+
+ALL_SCHEDULES = [nightly_cohort_schedule, nightly_export_schedule, weekly_retraining_schedule, daily_monitoring_schedule]

@@ -186,6 +186,11 @@ def first_line_therapy(current_medications) -> str | None:
     return drugs[0] if drugs else None
 
 
+# The calibrated candidates split each training fold 3 ways, so every training fold needs 3 patients of each
+# outcome: with k = min(5, m) outer folds, m patients of the rarer outcome leave m - ceil(m / k) ≥ 3 only from m = 4.
+MIN_OUTCOMES_PER_CLASS = 4
+
+
 class ResponseModelConfig(Config):
     n_splits: int = 5
     n_bootstrap: int = 1000
@@ -209,9 +214,10 @@ def response_model(
     folds = min(config.n_splits, smallest_class)
     context.log.info(f"{len(training)} of {len(cohort_frame)} patients have an observed response; {folds}-fold CV")
     truth = synthetic_true_probabilities(lake, deid_key)
-    if folds < 2:
+    if smallest_class < MIN_OUTCOMES_PER_CLASS:
         # Too few outcomes of one class to cross-validate: recommendations go on from rules alone.
-        entry = {"name": RESPONSE_MODEL_NAME, "trained": False, "reason": f"needs ≥ 2 patients per outcome class, has {smallest_class}"}
+        entry = {"name": RESPONSE_MODEL_NAME, "trained": False,
+                 "reason": f"needs ≥ {MIN_OUTCOMES_PER_CLASS} patients per outcome class, has {smallest_class}"}
         predictions = pd.DataFrame(columns=["patient_key", "probability", "ci_low", "ci_high", "top_attributions", "model_name", "model_version"])
     else:
         result = response.train_response_models(

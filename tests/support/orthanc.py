@@ -84,9 +84,10 @@ class OrthancServer:
         self.process = None
 
     def store(self, paths: list[Path]) -> None:
-        """Send files with storescu, the way a modality pushes a study."""
+        """Send files with storescu, the way a modality pushes a study (-R: propose only the files' SOP classes;
+        storescu's default list lacks Segmentation Storage)."""
         subprocess.run(
-            ["storescu", "-aet", STORESCU_AET, "-aec", "ORTHANC", "127.0.0.1", str(self.dicom_port), *map(str, paths)],
+            ["storescu", "-R", "-aet", STORESCU_AET, "-aec", "ORTHANC", "127.0.0.1", str(self.dicom_port), *map(str, paths)],
             check=True,
             capture_output=True,
             timeout=120,
