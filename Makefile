@@ -45,8 +45,9 @@ TRIALS ?= $(wildcard $(CURDIR)/../shared/data/trials)
 demo: install system-deps
 	RADPLAN_DEMO=1 $(PY) -m radplan.cli demo --patients 50 --seed 7 $(if $(TRIALS),--trials $(TRIALS))
 
+# Two processes, whole test files each: module-scoped fixtures (a demo cohort, a real service) are built once.
 test: install system-deps
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 test-fast: install
 	$(PY) -m pytest -m "not slow"

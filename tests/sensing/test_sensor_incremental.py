@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,8 @@ def test_new_study_reruns_only_its_patient(tmp_path, monkeypatch, pseudonymizer)
         [str(Path(sys.executable).with_name("radplan")), "demo", "--patients", str(PATIENTS), "--seed", str(SEED), "--home", str(home),
          "--segmentation-epochs", "1"],
         check=True, capture_output=True, timeout=1500,
+        # Its own instance under the demo home, whatever an earlier test left in this process's environment.
+        env={**os.environ, "RADPLAN_DEMO": "1", "DAGSTER_HOME": str(home / "dagster_home")},
     )  # fmt: skip
     monkeypatch.setenv("RADPLAN_HOME", str(home))
     monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster_home"))
