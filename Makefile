@@ -45,9 +45,8 @@ TRIALS ?= $(wildcard $(CURDIR)/../shared/data/trials)
 demo: install system-deps
 	RADPLAN_DEMO=1 $(PY) -m radplan.cli demo --patients 50 --seed 7 $(if $(TRIALS),--trials $(TRIALS))
 
-# Two processes, whole test files each: module-scoped fixtures (a demo cohort, a real service) are built once.
 test: install system-deps
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest
 
 test-fast: install
 	$(PY) -m pytest -m "not slow"
