@@ -27,9 +27,8 @@ def _patient(key: str, **overrides) -> pd.DataFrame:
     return frame
 
 
-@pytest.mark.slow
-def test_spark_cohort_table_equals_pandas(tmp_path):
-    lake = LakeResource(root=str(tmp_path))
+def write_three_patient_lake(lake: LakeResource) -> None:
+    """Three patients' feature rows (one missing imaging, one with no alterations) written as lake partitions."""
     frames = [
         _patient("p0000000000000001"),
         _patient("p0000000000000002", has_imaging=False, cancer_type=None, ecog=None),
@@ -37,6 +36,12 @@ def test_spark_cohort_table_equals_pandas(tmp_path):
     ]
     for frame in frames:
         lake.write_table(cohort.patient_features_table(frame), "features", "patient_features", frame["patient_key"].iloc[0])
+
+
+@pytest.mark.slow
+def test_spark_cohort_table_equals_pandas(tmp_path):
+    lake = LakeResource(root=str(tmp_path))
+    write_three_patient_lake(lake)
 
     session = SparkResource(master="local[1]").session()
     on_spark = cohort.cohort_table_spark(session, str(tmp_path / "features" / "patient_features"))

@@ -10,10 +10,9 @@ import pytest
 from dagster import DagsterInstance, materialize
 
 from production.local_services import spark_standalone
-from radplan import cohort
 from radplan_assets.cohort import cohort_features
 from radplan_resources import LakeResource, SparkResource
-from test_cohort_spark import _patient
+from test_cohort_spark import write_three_patient_lake
 
 
 def stop_active_spark() -> None:
@@ -42,13 +41,7 @@ def test_cohort_features_on_standalone_master_equals_local(tmp_path, monkeypatch
     monkeypatch.setenv("SPARK_LOCAL_IP", "127.0.0.1")
     lake_root = tmp_path / "lake"
     lake = LakeResource(root=str(lake_root))
-    frames = [
-        _patient("p0000000000000001"),
-        _patient("p0000000000000002", has_imaging=False, cancer_type=None, ecog=None),
-        _patient("p00000000000000ff", actionable_alterations=[], pgx_CYP2C19_phenotype=None),
-    ]
-    for frame in frames:
-        lake.write_table(cohort.patient_features_table(frame), "features", "patient_features", frame["patient_key"].iloc[0])
+    write_three_patient_lake(lake)
     shutil.copytree(lake_root, tmp_path / "lake-local")
 
     on_local = run_cohort_features(tmp_path / "lake-local", "local[*]", "radplan-local")
