@@ -53,11 +53,23 @@ def alignment_samples(path: Path) -> tuple[str, ...]:
     return tuple(sorted({group["SM"] for group in groups if "SM" in group}))
 
 
+def landing_files(folder: Path) -> list[Path]:
+    """The files under a landing folder, sorted, leaving out hidden ones and everything in hidden folders.
+
+    Transfer tools stage partial uploads under dot-names (``.incoming/``, ``.x.vcf.gz.part``); a
+    file is only taken once it appears under a visible name.
+    """
+    if not folder.is_dir():
+        return []
+    return sorted(
+        path for path in folder.rglob("*")
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    )  # fmt: skip
+
+
 def scan_genomics(folder: Path) -> Iterator[GenomicsFile | tuple[Path, RadplanInputError]]:
     """Each genomics file with its sample names, or (path, error) for one whose header is unreadable."""
-    if not folder.is_dir():
-        return
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in landing_files(folder):
         try:
             if _has_suffix(path, VCF_SUFFIXES):
                 yield GenomicsFile(path, "vcf", vcf_samples(path))

@@ -18,6 +18,7 @@ from pydantic import Field
 
 from radplan.errors import InvalidDicomError, PacsUnavailableError
 from radplan.imaging.series import read_instance_header
+from radplan.inventory import landing_files
 from radplan.lake import atomic_path
 
 
@@ -62,9 +63,7 @@ class LandingFolderPacs(PacsResource):
     folder: str = Field(description="Landing folder of DICOM files (RADPLAN_HOME/landing/dicom by default)")
 
     def iter_files(self) -> Iterator[Path]:
-        root = Path(self.folder)
-        if root.is_dir():
-            yield from sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+        yield from landing_files(Path(self.folder))
 
     def list_studies(self) -> tuple[list[StudyLocation], list[UnreadableFile]]:
         studies: dict[tuple[str, str], list[tuple[str, str, int]]] = {}

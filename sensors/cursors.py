@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from radplan.inventory import landing_files
+
 STABLE_STUDY = "StableStudy"
 
 
@@ -66,11 +68,10 @@ def landing_fingerprint(folder: Path) -> tuple[str, int]:
     """Hash of (relative path, size, mtime) of every file under ``folder``: changes when anything arrives or changes."""
     digest = hashlib.sha256()
     count = 0
-    if folder.is_dir():
-        for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
-            stat = path.stat()
-            digest.update(f"{path.relative_to(folder)}\x00{stat.st_size}\x00{stat.st_mtime_ns}\n".encode())
-            count += 1
+    for path in landing_files(folder):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(folder)}\x00{stat.st_size}\x00{stat.st_mtime_ns}\n".encode())
+        count += 1
     return digest.hexdigest(), count
 
 
