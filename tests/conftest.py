@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from radplan.runtime import disable_telemetry
+from support.demo import DEMO_PATIENTS, DEMO_SEED
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RADPLAN_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -38,3 +41,21 @@ def orthanc(tmp_path):
     server = OrthancServer(tmp_path / "orthanc").start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_home(tmp_path_factory, shared_data) -> Path:
+    """One `radplan demo` of the whole graph, in its own process, shared by the slow tests (read it, copy it to change it).
+
+    A 12-patient demo takes ~3 min on a quiet machine; the end-to-end checks read it and the
+    incremental test copies it, so the suite pays for it once.
+    """
+    home = tmp_path_factory.mktemp("radplan-home")
+    env = {**os.environ, "RADPLAN_DEMO": "1", "DAGSTER_HOME": str(home / "dagster_home")}
+    env.pop("RADPLAN_HOME", None)
+    command = [sys.executable, "-m", "radplan.cli", "demo", "--patients", str(DEMO_PATIENTS), "--seed", str(DEMO_SEED), "--home", str(home),
+               "--segmentation-epochs", "2", "--trials", str(shared_data / "trials")]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1700)
+    (home / "demo.log").write_text(result.stdout + result.stderr)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return home

@@ -1,6 +1,6 @@
 """The whole graph on a small synthetic cohort, through the same `radplan demo` a user runs.
 
-One session-scoped run feeds the checks below: exports exist and validate, nothing past
+One session-scoped run (``demo_home`` in conftest.py) feeds the checks below: exports exist and validate, nothing past
 de-identification (Dagster's own storage and MLflow included) contains a planted canary,
 every planted bad input is quarantined with a reason, and the notebook runs on the lake.
 """
@@ -11,44 +11,25 @@ import json
 import os
 import re
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from radplan.privacy import CanaryMatcher, load_canaries, scan_tree
+from support.demo import DEMO_PATIENTS
 
-pytestmark = pytest.mark.slow
+# The first test to use demo_home pays for building it (~3 min quiet, far more on a loaded machine).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PATIENTS = 12  # enough outcomes of each class for the response model to train
-
-
-@pytest.fixture(scope="session")
-def demo_home(tmp_path_factory, shared_data):
-    home = tmp_path_factory.mktemp("radplan-home")
-    env = {**os.environ, "RADPLAN_DEMO": "1", "DAGSTER_HOME": str(home / "dagster_home")}
-    env.pop("RADPLAN_HOME", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "radplan.cli", "demo", "--patients", str(PATIENTS), "--seed", "11", "--home", str(home), "--segmentation-epochs", "2", "--trials", str(shared_data / "trials")],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1500,
-    )
-    (home / "demo.log").write_text(result.stdout + result.stderr)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return home
 
 
 def test_exports_exist_for_every_patient(demo_home):
     exports = demo_home / "lake" / "exports"
     recommendations = pd.read_parquet(exports / "recommendations.parquet")
     patients = sorted(p.stem for p in (exports / "fhir").glob("*.json"))
-    assert len(patients) == PATIENTS  # every patient, also one that no rule matched
+    assert len(patients) == DEMO_PATIENTS  # every patient, also one that no rule matched
     assert all(re.fullmatch(r"p[0-9a-f]{16}", p) for p in patients)
     assert set(recommendations["patient_key"]) <= set(patients)
     assert len(pd.read_csv(exports / "recommendations.csv")) == len(recommendations)
@@ -79,7 +60,7 @@ def test_dagster_storage_holds_only_pseudonymous_partition_keys(demo_home):
         tags = [r for r in db.execute("SELECT key, value FROM run_tags")]
     partition_tags = [value for key, value in tags if key == "dagster/partition"]
     assert partition_tags and set(partition_tags) <= set(keys)
-    assert len(keys) == PATIENTS
+    assert len(keys) == DEMO_PATIENTS
     assert all(re.fullmatch(r"p[0-9a-f]{16}", k) for k in keys)
 
 
@@ -111,7 +92,7 @@ def test_notebook_runs_on_the_lake(demo_home):
         os.environ.pop("RADPLAN_LAKE")
     outputs = [o.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs if o.get("name") == "stdout"]
     summary = json.loads(next(line for text in outputs for line in text.splitlines() if line.startswith("{")))
-    assert summary["patients"] == PATIENTS
+    assert summary["patients"] == DEMO_PATIENTS
 
 
 def test_one_patient_has_one_key_and_one_date_shift_across_dicom_vcf_and_ehr(demo_home):

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
+import shutil
 
 import pytest
 from dagster import DagsterInstance
@@ -13,33 +10,27 @@ from dagster import DagsterInstance
 from radplan.demo import add_follow_up_study
 from radplan.synth.generator import _draw_unique
 from sensors.inprocess import InProcessDaemon, definitions_with, partition_materialization_counts, patient_file_digests
+from support.demo import DEMO_PATIENTS, DEMO_SEED
 
-# A 12-patient demo takes ~3 min on a quiet machine; a loaded shared one needs far more than the default timeout.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]
+# The first test to use demo_home pays for building it (~3 min quiet, far more on a loaded machine).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
-PATIENTS = 12  # enough outcomes of each class for the response model (as in test_end_to_end)
-SEED = 11
 ARRIVAL_SENSORS = ("pacs_study_sensor", "genomics_landing_sensor", "ehr_landing_sensor")
 CHAIN = (*ARRIVAL_SENSORS, "patient_refresh_sensor", "patient_export_sensor")
 
 
-def test_new_study_reruns_only_its_patient(tmp_path, monkeypatch, pseudonymizer):
+def test_new_study_reruns_only_its_patient(demo_home, tmp_path, monkeypatch, pseudonymizer):
+    # A copy of the suite's materialized demo (built by `radplan demo` in its own process): the
+    # moved home must also be a clean baseline, since nothing in it may depend on where it lies.
     home = tmp_path / "home"
-    # The full run in its own process, as `radplan demo` does it (its own import of the definitions).
-    subprocess.run(
-        [str(Path(sys.executable).with_name("radplan")), "demo", "--patients", str(PATIENTS), "--seed", str(SEED), "--home", str(home),
-         "--segmentation-epochs", "1"],
-        check=True, capture_output=True, timeout=1500,
-        # Its own instance under the demo home, whatever an earlier test left in this process's environment.
-        env={**os.environ, "RADPLAN_DEMO": "1", "DAGSTER_HOME": str(home / "dagster_home")},
-    )  # fmt: skip
+    shutil.copytree(demo_home, home, symlinks=True)
     monkeypatch.setenv("RADPLAN_HOME", str(home))
     monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster_home"))
     defs = definitions_with()
     instance = DagsterInstance.get()
     daemon = InProcessDaemon(defs, instance)
     keys = set(instance.get_dynamic_partitions("patients"))
-    assert len(keys) == PATIENTS
+    assert len(keys) == DEMO_PATIENTS
 
     # The sensors' first ticks on a materialized home: an intake that finds nothing changed, no patient run.
     for name in CHAIN:
@@ -52,8 +43,8 @@ def test_new_study_reruns_only_its_patient(tmp_path, monkeypatch, pseudonymizer)
     counts_before = partition_materialization_counts(instance, asset_keys)
     files_before = patient_file_digests(home / "lake")
     studies_before = defs.resources["lake"].read_table("raw", "inventory_dicom_studies")
-    changed_key = pseudonymizer.patient_key(_draw_unique(SEED, 2)[1].mrn)
-    add_follow_up_study(home / "landing", 1, seed=SEED)
+    changed_key = pseudonymizer.patient_key(_draw_unique(DEMO_SEED, 2)[1].mrn)
+    add_follow_up_study(home / "landing", 1, seed=DEMO_SEED)
 
     daemon.launched.clear()
     for name in CHAIN:
