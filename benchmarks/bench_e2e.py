@@ -14,7 +14,10 @@ stage in a child process. What is measured:
 The segmentation model trains for ``--segmentation-epochs`` epochs (default 1, not the demo's
 default): training is a fixed cost that says nothing about scaling and would not fit the budget.
 Sizes: ``--sizes`` or ``RADPLAN_BENCH_E2E_SIZES`` (default 20,50: the 100-patient run alone takes
-~11 min on 2 cores, past make bench's budget). ``--keep-home DIR`` keeps the home of the 50-patient run at DIR (for bench_incremental.py).
+~15 min on 2 cores, past make bench's budget). ``--merge`` keeps the sizes of the existing e2e.json that
+this run does not measure (each size carries its own date and load), so the 100-patient point can be
+measured on its own: ``python benchmarks/bench_e2e.py --sizes 100 --merge``. ``--keep-home DIR`` keeps the
+home of the 50-patient run at DIR (for bench_incremental.py).
 
 Writes benchmarks/results/e2e.json (``e2e_per_patient_scaling``: per-patient cost at the largest
 size / at the smallest; target <= 1.2 from 20 to 100).
@@ -23,6 +26,7 @@ size / at the smallest; target <= 1.2 from 20 to 100).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -33,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import QUICK, REPO, result_row, write_results
+from _common import QUICK, REPO, RESULTS_DIR, load_average, machine, now, result_row, write_results
 
 PATIENT_STAGES = ("patient_preparation_job", "patient_features_job", "recommendation_job")
 STAGE_LINE = re.compile(r"^(\w+_job): (.*) in ([0-9.]+) s$")
@@ -78,6 +82,7 @@ def run_sampled(cmd: list[str], env: dict, interval: float = 0.1) -> tuple[int, 
 
 def run_size(patients: int, home: Path, epochs: int) -> dict:
     env = {**os.environ, "RADPLAN_DEMO": "1", "RADPLAN_HOME": str(home), "PYTHONPATH": str(REPO)}
+    load_at_start = load_average()
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from radplan.synth import generate_cohort; "
                     "generate_cohort(Path(sys.argv[1]), int(sys.argv[2]), 7)", str(home), str(patients)],
@@ -98,17 +103,29 @@ def run_size(patients: int, home: Path, epochs: int) -> dict:
         print(f"demo with {patients} patients exited {code}:\n{tail}", file=sys.stderr)
     patient_seconds = sum(stages[s]["seconds"] for s in PATIENT_STAGES if s in stages)
     cohort_seconds = sum(v["seconds"] for k, v in stages.items() if k not in PATIENT_STAGES)
-    return {"patients": patients, "exit_code": code, "generate_seconds": round(generate_seconds, 1),
+    return {"patients": patients, "date": now(), "load_average_at_start": load_at_start, "exit_code": code, "generate_seconds": round(generate_seconds, 1),
             "demo_wall_seconds": round(wall, 1), "per_patient_stage_seconds": round(patient_seconds, 1),
             "cohort_stage_seconds": round(cohort_seconds, 1), "per_patient_cost_s": round(patient_seconds / patients, 3),
             "wall_per_patient_s": round(wall / patients, 3), "peak_tree_rss_gib": round(peak_gib, 3), "stages": stages}
 
 
+def _previous_sizes() -> list[dict]:
+    path = RESULTS_DIR / "e2e.json"
+    if not path.exists():
+        return []
+    rows = json.loads(path.read_text())
+    row = next((row for row in rows if row["name"] == "e2e_per_patient_scaling"), None)
+    if row is None or row.get("machine") != machine() or row.get("quick") != QUICK:
+        return []  # another machine's (or a quick run's) figures do not belong with this run's
+    return [{**m, "kept_from_earlier_run": True} for m in row["sizes"]]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    # 20 and 50 fit make bench's 20-minute budget on 2 cores; RADPLAN_BENCH_E2E_SIZES=20,50,100 adds ~11 min.
+    # 20 and 50 fit make bench's 20-minute budget on 2 cores; the 100-patient run alone takes ~15 min.
     parser.add_argument("--sizes", default=os.environ.get("RADPLAN_BENCH_E2E_SIZES", "3,6" if QUICK else "20,50"))
     parser.add_argument("--segmentation-epochs", type=int, default=1)
+    parser.add_argument("--merge", action="store_true", help="keep the sizes of the existing e2e.json not measured now")
     parser.add_argument("--keep-home", type=Path, help="keep the 50-patient (else the largest) home here")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up in run_sampled on `timeout`/kill
@@ -128,9 +145,13 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.move(str(home), str(args.keep_home))
             else:
                 shutil.rmtree(home, ignore_errors=True)
+    if args.merge:
+        measurements += [m for m in _previous_sizes() if m["patients"] not in sizes]
+    measurements.sort(key=lambda m: m["patients"])
     first, last = measurements[0], measurements[-1]
     ok = all(m["exit_code"] == 0 for m in measurements)
-    common = {"runs": 1, "segmentation_epochs": args.segmentation_epochs, "workers": 2, "all_stages_ok": ok,
+    separate = any(m.get("kept_from_earlier_run") for m in measurements)
+    common = {"runs": 1, "sizes_measured_in_separate_runs": separate, "segmentation_epochs": args.segmentation_epochs, "workers": 2, "all_stages_ok": ok,
               "sizes": measurements}
     results = [
         result_row("e2e_per_patient_scaling", radplan=last["per_patient_cost_s"], peer=first["per_patient_cost_s"],

@@ -151,7 +151,7 @@ def main() -> int:
         "load_average_1m": round(os.getloadavg()[0], 2),
         "cpu_count": os.cpu_count(),
         "note": "sensor chain evaluated in-process like dagster-daemon; runs executed one after another; "
-        "the machine was shared with other jobs (see load average)",
+        "load_average_1m is the machine's load when the incremental part ended",
     }
     if args.with_cohort_batch:
         started = time.perf_counter()

@@ -141,11 +141,12 @@ def _details(rows: list[dict]) -> list[str]:
     for row in rows:
         if row["name"] == "e2e_per_patient_scaling":
             lines += ["", "### End to end, per cohort size", "",
-                      "| patients | generate s | demo wall s | per-patient stages s | cohort stages s | per-patient cost s | peak RSS GiB | all ok |",
-                      "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+                      "| patients | generate s | demo wall s | per-patient stages s | cohort stages s | per-patient cost s | peak RSS GiB | all ok | measured (load at start) |",
+                      "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
             for m in row["sizes"]:
+                when = f"{m['date'][:16].replace('T', ' ')} ({_fmt(m.get('load_average_at_start'))})" if m.get("date") else "—"
                 lines.append(f"| {m['patients']} | {m['generate_seconds']} | {m['demo_wall_seconds']} | {m['per_patient_stage_seconds']} | "
-                             f"{m['cohort_stage_seconds']} | {m['per_patient_cost_s']} | {m['peak_tree_rss_gib']} | {m['exit_code'] == 0} |")
+                             f"{m['cohort_stage_seconds']} | {m['per_patient_cost_s']} | {m['peak_tree_rss_gib']} | {m['exit_code'] == 0} | {when} |")
             seen = list(dict.fromkeys(s for m in row["sizes"] for s in m["stages"]))
             stage_names = sorted(seen, key=lambda name: DEMO_ORDER.index(name) if name in DEMO_ORDER else len(DEMO_ORDER))
             lines += ["", "| stage | " + " | ".join(f"{m['patients']} patients (s)" for m in row["sizes"]) + " |",

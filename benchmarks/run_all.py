@@ -49,7 +49,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="radplan-bench-"))
     try:
         home = work / "home50"
-        runs.append(_run("bench_e2e.py", "--keep-home", str(home)))
+        runs.append(_run("bench_e2e.py", "--merge", "--keep-home", str(home)))
         if (HERE / "bench_incremental.py").exists():
             if home.exists() and runs[-1]["exit_code"] == 0:
                 runs.append(_run("bench_incremental.py", "--home", str(home), "--full-seconds", str(_full_demo_seconds())))
