@@ -7,10 +7,11 @@ The results hold PHI (source patient ids, file names) and stay in the raw zone.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from radplan.errors import InvalidAlignmentError, InvalidVcfError, RadplanInputError
 
@@ -65,6 +66,32 @@ def landing_files(folder: Path) -> list[Path]:
         path for path in folder.rglob("*")
         if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)
     )  # fmt: skip
+
+
+def landing_fingerprint(folder: Path) -> tuple[str, int]:
+    """Hash of (relative path, size, mtime) of every file under ``folder``: changes when anything arrives or changes."""
+    digest = hashlib.sha256()
+    count = 0
+    for path in landing_files(folder):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(folder)}\x00{stat.st_size}\x00{stat.st_mtime_ns}\n".encode())
+        count += 1
+    return digest.hexdigest(), count
+
+
+def landing_state(token: Callable[..., str], folders: list[Path]) -> tuple[str, int]:
+    """One keyed token over the fingerprints of ``folders`` (and their file count).
+
+    ``token`` is the pseudonymizer's keyed hash: file names hold PHI (MRNs), the token does not, so it can
+    be a run key, a sensor cursor or asset metadata. The arrival sensors and the intake compute the same
+    token, which tells a sensor that an intake has already seen the state it is looking at.
+    """
+    digests, count = [], 0
+    for folder in folders:
+        digest, files = landing_fingerprint(folder)
+        digests.append(digest)
+        count += files
+    return token("landing-sensor", "\n".join(digests), 24), count
 
 
 def scan_genomics(folder: Path) -> Iterator[GenomicsFile | tuple[Path, RadplanInputError]]:

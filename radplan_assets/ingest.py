@@ -12,7 +12,7 @@ inventory: the patient refresh sensor reruns exactly those partitions.
 import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from radplan.inventory import GenomicsFile, ehr_patient_ids, scan_genomics
+from radplan.inventory import GenomicsFile, ehr_patient_ids, landing_state, scan_genomics
 from radplan_assets.partitions import PATIENTS_PARTITION_NAME
 from radplan_resources import DeidKeyResource, LakeResource, LandingZoneResource, PacsResource
 from radplan_resources.landing import file_sha256
@@ -21,6 +21,8 @@ INVENTORY = "inventory"
 FINGERPRINTS = "patient_fingerprints"
 # Metadata entry of a landing_inventory materialization: {patient_key: fingerprint} of changed patients.
 CHANGED_PATIENTS = "changed_patients"
+# Metadata entry: {watched folder name: keyed landing token} as this intake found the landing zone.
+LANDING_TOKENS = "landing_tokens"
 
 
 def combine_fingerprints(parts: dict[str, list[str]], token) -> dict[str, str]:
@@ -67,6 +69,10 @@ def landing_inventory(
 ) -> MaterializeResult:
     pseudonymizer = deid_key.pseudonymizer()
     quarantined = []
+    # Taken before the scan: a file that lands during the scan changes the state, so a sensor still asks.
+    landing_tokens = {
+        name: landing_state(pseudonymizer.token, folders)[0] for name, folders in landing.watched_folders(pacs).items()
+    }
 
     studies, unreadable = pacs.list_studies()
     for item in unreadable:
@@ -154,6 +160,7 @@ def landing_inventory(
             "changed_patient_count": len(changed),
             # Pseudonymous keys and keyed fingerprints only.
             CHANGED_PATIENTS: MetadataValue.json(changed),
+            LANDING_TOKENS: MetadataValue.json(landing_tokens),
             "studies": len(study_rows),
             "genomics_files": len(genomics_rows),
             "ehr_patients": len(ehr_rows),

@@ -58,6 +58,15 @@ class LandingZoneResource(ConfigurableResource):
     def feedback_dir(self) -> Path:
         return Path(self.folder) / "feedback"
 
+    def watched_folders(self, pacs: object = None) -> dict[str, list[Path]]:
+        """The folders each arrival sensor watches, by sensor name part; DICOM only for a landing-folder PACS."""
+        from radplan_resources.pacs import LandingFolderPacs
+
+        folders = {"genomics": [self.genomics_dir], "ehr": [self.ehr_csv_dir, self.ehr_fhir_dir]}
+        if isinstance(pacs, LandingFolderPacs):
+            folders["dicom"] = [Path(pacs.folder)]
+        return folders
+
     def ehr_fingerprints(self) -> dict[str, str]:
         """Source patient id (PHI) -> hash of that patient's rows in every CSV extract and FHIR NDJSON file.
 

@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from radplan.inventory import landing_files
-
 STABLE_STUDY = "StableStudy"
 
 
@@ -62,17 +60,6 @@ def read_change_feed(fetch_page: Callable[[int, int], dict], since: int, *, page
             # Not done, yet no progress (or the page budget is spent): keep what was read, say we are behind.
             return ChangeFeedRead(since, next_cursor, tuple(dict.fromkeys(stable)), pages, False, restarted, events)
         cursor = next_cursor
-
-
-def landing_fingerprint(folder: Path) -> tuple[str, int]:
-    """Hash of (relative path, size, mtime) of every file under ``folder``: changes when anything arrives or changes."""
-    digest = hashlib.sha256()
-    count = 0
-    for path in landing_files(folder):
-        stat = path.stat()
-        digest.update(f"{path.relative_to(folder)}\x00{stat.st_size}\x00{stat.st_mtime_ns}\n".encode())
-        count += 1
-    return digest.hexdigest(), count
 
 
 @dataclass

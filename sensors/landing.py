@@ -10,27 +10,42 @@ Orthanc ids stay out; landing fingerprints are keyed hashes.
 
 from pathlib import Path
 
-from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
+from dagster import AssetKey, DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
 from jobs import ingest_job
+from radplan.inventory import landing_state
+from radplan_assets.ingest import LANDING_TOKENS
 from radplan_resources import DeidKeyResource, LandingZoneResource, OrthancPacs, PacsResource
 from radplan_resources.pacs import LandingFolderPacs
-from sensors.cursors import SensorCursor, landing_fingerprint, read_change_feed
+from sensors.cursors import SensorCursor, read_change_feed
 
 ORTHANC_PAGE_LIMIT = 1000
 
 
+def _seen_by_latest_intake(context: SensorEvaluationContext, name: str, token: str) -> bool:
+    """Whether the latest intake already scanned this exact state of the folders (another sensor asked for it)."""
+    event = context.instance.get_latest_materialization_event(AssetKey("landing_inventory"))
+    if event is None or event.asset_materialization is None:
+        return False
+    entry = event.asset_materialization.metadata.get(LANDING_TOKENS)
+    return entry is not None and entry.value.get(name) == token
+
+
 def _folder_tick(context: SensorEvaluationContext, deid_key: DeidKeyResource, name: str, folders: list[Path]) -> SensorResult:
-    """One intake request per change of a landing folder (keyed fingerprint as run key and cursor)."""
-    digests, count = [], 0
-    for folder in folders:
-        digest, files = landing_fingerprint(folder)
-        digests.append(digest)
-        count += files
-    token = deid_key.pseudonymizer().token("landing-sensor", "\n".join(digests), 24)
+    """One intake request per change of a landing folder (keyed fingerprint as run key and cursor).
+
+    No request when the latest intake saw this very state: a patient arriving in every modality at
+    once then costs one intake, not one per sensor.
+    """
+    token, count = landing_state(deid_key.pseudonymizer().token, folders)
     cursor = SensorCursor.parse(context.cursor)
     if cursor.get("fingerprint") == token:
         return SensorResult(skip_reason=SkipReason(f"no change in {count} {name} landing files"))
+    if _seen_by_latest_intake(context, name, token):
+        return SensorResult(
+            skip_reason=SkipReason(f"{name} landing files changed ({count} files), and the latest intake already scanned them"),
+            cursor=cursor.with_value("fingerprint", token).dump(),
+        )
     context.log.info(f"{name} landing folder changed ({count} files): requesting intake")
     return SensorResult(
         run_requests=[RunRequest(run_key=f"landing-{name}-{token}", tags={"radplan/trigger": f"landing-{name}"})],
@@ -67,11 +82,13 @@ def _orthanc_tick(context: SensorEvaluationContext, pacs: OrthancPacs) -> Sensor
     description="New or changed studies in the PACS: Orthanc's /changes feed (StableStudy events, cursor = the feed's Last) "
     "or, for the embedded landing-folder PACS, a fingerprint of landing/dicom. Requests one intake run per change.",
 )
-def pacs_study_sensor(context: SensorEvaluationContext, pacs: PacsResource, deid_key: DeidKeyResource) -> SensorResult:
+def pacs_study_sensor(
+    context: SensorEvaluationContext, pacs: PacsResource, landing: LandingZoneResource, deid_key: DeidKeyResource
+) -> SensorResult:
     if isinstance(pacs, OrthancPacs):
         return _orthanc_tick(context, pacs)
     if isinstance(pacs, LandingFolderPacs):
-        return _folder_tick(context, deid_key, "dicom", [Path(pacs.folder)])
+        return _folder_tick(context, deid_key, "dicom", landing.watched_folders(pacs)["dicom"])
     raise TypeError(f"pacs_study_sensor does not know how to watch a {type(pacs).__name__}")
 
 
@@ -82,7 +99,7 @@ def pacs_study_sensor(context: SensorEvaluationContext, pacs: PacsResource, deid
     description="New or changed VCF/BAM/CRAM files in landing/genomics: requests one intake run per change.",
 )
 def genomics_landing_sensor(context: SensorEvaluationContext, landing: LandingZoneResource, deid_key: DeidKeyResource) -> SensorResult:
-    return _folder_tick(context, deid_key, "genomics", [landing.genomics_dir])
+    return _folder_tick(context, deid_key, "genomics", landing.watched_folders()["genomics"])
 
 
 @sensor(
@@ -92,4 +109,4 @@ def genomics_landing_sensor(context: SensorEvaluationContext, landing: LandingZo
     description="New or changed EHR extracts (Synthea CSV, FHIR NDJSON) in landing/ehr: requests one intake run per change.",
 )
 def ehr_landing_sensor(context: SensorEvaluationContext, landing: LandingZoneResource, deid_key: DeidKeyResource) -> SensorResult:
-    return _folder_tick(context, deid_key, "ehr", [landing.ehr_csv_dir, landing.ehr_fhir_dir])
+    return _folder_tick(context, deid_key, "ehr", landing.watched_folders()["ehr"])

@@ -74,3 +74,37 @@ def test_run_failure_recorder_writes_the_failed_partition(tmp_path, monkeypatch)
     assert lines and {line["run_id"] for line in lines} == {result.run_id}
     assert all(line["partition_key"] == partition and line["job"] == "patient_features_job" for line in lines)
     assert any(line["step"] and line["error_class"] for line in lines)
+
+
+def test_a_patient_arriving_in_every_modality_costs_one_intake(tmp_path, monkeypatch):
+    from radplan.demo import add_new_patient
+    from radplan.instance import ensure_dagster_home
+    from radplan.synth import generate_cohort
+
+    monkeypatch.setenv("RADPLAN_HOME", str(tmp_path))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    generate_cohort(tmp_path, 1, 31, bad_inputs=False)
+    ensure_dagster_home()
+    defs = definitions_with()
+    instance = DagsterInstance.get()
+    daemon = InProcessDaemon(defs, instance)
+    arrival = ("pacs_study_sensor", "genomics_landing_sensor", "ehr_landing_sensor")
+
+    # The first sensor's intake scans the whole landing zone; the other two see that state already scanned.
+    for name in arrival:
+        daemon.tick_and_run(name)
+    assert [(run.sensor, run.job) for run in daemon.launched] == [("pacs_study_sensor", "ingest_job")]
+    assert all(daemon.cursors[name] for name in arrival)  # they advanced their cursors all the same
+
+    # A new patient in DICOM, VCF and EHR at once: one intake again, which registers the patient.
+    add_new_patient(tmp_path / "landing", 1, seed=31)
+    daemon.launched.clear()
+    for name in reversed(arrival):
+        daemon.tick_and_run(name)
+    assert [run.sensor for run in daemon.launched] == ["ehr_landing_sensor"] and daemon.launched[0].success
+    assert len(instance.get_dynamic_partitions("patients")) == 2
+
+    # A file arriving after that intake is not covered by it: its sensor asks.
+    (tmp_path / "landing" / "genomics" / "late.vcf").write_text("##fileformat=VCFv4.2\n")
+    assert len(daemon.evaluate("genomics_landing_sensor")) == 1
+    assert daemon.evaluate("pacs_study_sensor") == [] and daemon.evaluate("ehr_landing_sensor") == []

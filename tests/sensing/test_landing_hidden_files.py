@@ -6,7 +6,7 @@ import shutil
 
 from radplan.inventory import scan_genomics
 from radplan_resources import LandingFolderPacs
-from sensors.cursors import landing_fingerprint
+from radplan.inventory import landing_fingerprint
 
 CT_SLICE = "imaging/ibsi_sts_002/dicom/PET/image/000022.dcm"
 VCF = "genomics/vcf/cyvcf2_test.snpeff.vcf"

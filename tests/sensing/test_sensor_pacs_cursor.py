@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from radplan.inventory import landing_fingerprint
 from radplan_assets.ingest import changed_fingerprints, combine_fingerprints
 from sensors.cursors import (
     InventoryChange,
     SensorCursor,
     cohort_batch_due,
-    landing_fingerprint,
     patient_refreshes,
     read_change_feed,
 )
