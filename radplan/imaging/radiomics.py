@@ -8,8 +8,11 @@ as float, ``extraction_error`` (None, or why pyradiomics refused that lesion; it
 are then NaN), and ``params_sha256`` / ``pyradiomics_version`` so any row can be traced to the
 exact settings (``extraction_settings`` gives the full record).
 
-Lesions are extracted in parallel with a process pool (forkserver, modules preloaded); each worker
-receives the image, label map and parameters once (pool initializer), not once per lesion.
+Lesions are extracted in parallel with a process pool (forkserver, modules preloaded), largest first.
+When pyradiomics would read nothing outside a lesion's bounding box (original image, no resampling,
+no normalization: the ``radiomic_features`` asset's case, its volumes being resampled already), each
+lesion is cropped first and a worker receives only its lesion; otherwise each worker receives the
+whole image once (pool initializer).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ _MODALITY_PARAMS = {"ct": "ct.yaml", "mr": "mr.yaml", "pet": "pet.yaml", "pt": "
 _PARAM_SECTIONS = {"setting", "imageType", "featureClass", "voxelSetting"}
 
 _worker_state: dict = {}
+CROP_RIM_VOXELS = 2
 
 
 def load_params(modality_or_path: str | Path) -> dict:
@@ -88,19 +92,55 @@ def extraction_settings(params: dict | Path) -> dict:
     }
 
 
-def _init_worker(image: sitk.Image, label_map: sitk.Image, params: dict) -> None:
-    _worker_state.update(image=image, label_map=label_map, extractor=_extractor(params))
+def _init_worker(params: dict, image: sitk.Image | None = None, label_map: sitk.Image | None = None) -> None:
+    _worker_state.update(extractor=_extractor(params), image=image, label_map=label_map)
 
 
-def _extract_one(label: int) -> tuple[int, dict[str, float], str | None]:
-    """Features of one lesion, or the reason pyradiomics refused it (ROI too small/flat for the settings)."""
+def _extract_one(
+    label: int, image: sitk.Image | None = None, label_map: sitk.Image | None = None
+) -> tuple[int, dict[str, float], str | None]:
+    """Features of one lesion (from its crop, else the worker's whole image), or why pyradiomics refused it.
+
+    pyradiomics refuses an ROI too small or flat for the settings.
+    """
     extractor = _worker_state["extractor"]
+    image = image if image is not None else _worker_state["image"]
+    label_map = label_map if label_map is not None else _worker_state["label_map"]
     try:
-        result = extractor.execute(_worker_state["image"], _worker_state["label_map"], label=int(label))
+        result = extractor.execute(image, label_map, label=int(label))
     except (ValueError, AssertionError) as exc:
         return int(label), {}, f"{type(exc).__name__}: {exc}"
     features = {name: float(np.asarray(value)) for name, value in result.items() if not name.startswith("diagnostics_")}
     return int(label), features, None
+
+
+def _crops_are_exact(params: dict) -> bool:
+    """Whether a lesion's bounding-box crop gives pyradiomics exactly what the whole image would.
+
+    True when pyradiomics reads nothing outside the lesion's box: the original image only (filters
+    read neighbouring voxels), no resampling (pyradiomics aligns its grid to the input's origin) and
+    no normalization (whole-image statistics). Then cropping first spares pyradiomics' whole-image
+    mask checks per lesion and sends each worker only its lesion.
+    """
+    setting = params.get("setting") or {}
+    image_types = set(params.get("imageType") or {"Original": {}})
+    return image_types == {"Original"} and not setting.get("resampledPixelSpacing") and not setting.get("normalize")
+
+
+def _lesion_crops(image: sitk.Image, label_map: sitk.Image, labels: list[int]) -> dict[int, tuple[sitk.Image, sitk.Image]]:
+    """Each lesion's bounding box (plus a 2-voxel rim) cut from the image and the label map, same physical positions."""
+    shape = sitk.LabelShapeStatisticsImageFilter()
+    shape.Execute(label_map)
+    dimension = label_map.GetDimension()
+    size = np.array(label_map.GetSize())
+    crops = {}
+    for label in labels:
+        box = shape.GetBoundingBox(label)
+        start = np.maximum(np.array(box[:dimension]) - CROP_RIM_VOXELS, 0)
+        stop = np.minimum(np.array(box[:dimension]) + np.array(box[dimension:]) + CROP_RIM_VOXELS, size)
+        extent, origin = (stop - start).tolist(), start.tolist()
+        crops[label] = (sitk.RegionOfInterest(image, extent, origin), sitk.RegionOfInterest(label_map, extent, origin))
+    return crops
 
 
 def _pool_context():
@@ -163,24 +203,32 @@ def extract_lesion_features(
     labels = sorted(sizes)
     results: dict[int, tuple[dict[str, float], str | None]] = {}
 
+    crops = _lesion_crops(image, label_map, labels) if _crops_are_exact(params) else None
+
+    def task(label: int) -> tuple:
+        return (label, *crops[label]) if crops else (label,)
+
     if n_workers <= 1 or len(labels) == 1:
-        _init_worker(image, label_map, params)
+        _init_worker(params, image, label_map)
         try:
             for done, label in enumerate(labels, start=1):
-                _, features, error = _extract_one(label)
+                _, features, error = _extract_one(*task(label))
                 results[label] = (features, error)
                 if progress:
                     progress(done, len(labels))
         finally:
             _worker_state.clear()
     else:
+        # With crops each task carries its lesion; without, each worker gets the whole image once.
+        whole = () if crops else (image, label_map)
         with ProcessPoolExecutor(
             max_workers=min(n_workers, len(labels)),
             mp_context=_pool_context(),
             initializer=_init_worker,
-            initargs=(image, label_map, params),
+            initargs=(params, *whole),
         ) as pool:
-            futures = [pool.submit(_extract_one, label) for label in labels]
+            # Largest lesions first: the slowest task starts early, so the workers finish together.
+            futures = [pool.submit(_extract_one, *task(label)) for label in sorted(labels, key=lambda lab: -sizes[lab])]
             for done, future in enumerate(as_completed(futures), start=1):
                 label, features, error = future.result()
                 results[label] = (features, error)
