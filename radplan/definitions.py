@@ -6,12 +6,8 @@ import os
 
 from dagster import Definitions, EnvVar, load_asset_checks_from_modules, load_assets_from_modules
 
-from jobs import ALL_JOBS, ALL_SCHEDULES
-from radplan.crypto import KEY_ENV_VAR as RAW_ZONE_KEY_ENV_VAR
 from radplan.pseudonym import demo_mode
 from radplan.runtime import disable_telemetry
-from radplan.settings import lake_dir, landing_dir
-from radplan_assets import ASSET_MODULES
 from radplan_resources import (
     DeidKeyResource,
     LakeResource,
@@ -21,10 +17,18 @@ from radplan_resources import (
     OrthancPacs,
     SparkResource,
 )
-from radplan_resources.s3_lake import s3_lake_from_env
-from sensors import ALL_SENSORS
 
 disable_telemetry()
+# A missing or short key is refused before the asset modules (torch, MONAI, Spark) are imported: a
+# misconfigured start-up fails in about two seconds instead of after the whole import.
+DeidKeyResource(demo=demo_mode()).validate()
+
+from jobs import ALL_JOBS, ALL_SCHEDULES  # noqa: E402
+from radplan.crypto import KEY_ENV_VAR as RAW_ZONE_KEY_ENV_VAR  # noqa: E402
+from radplan.settings import lake_dir, landing_dir  # noqa: E402
+from radplan_assets import ASSET_MODULES  # noqa: E402
+from radplan_resources.s3_lake import s3_lake_from_env  # noqa: E402
+from sensors import ALL_SENSORS  # noqa: E402
 
 
 def build_resources() -> dict:

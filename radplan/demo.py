@@ -55,8 +55,8 @@ def run_stages(*, segmentation_epochs: int | None = None, workers: int = 2) -> l
     """Materialize every stage; returns the failed (stage, partition) descriptions (no PHI: keys only)."""
     from dagster import DagsterInstance
 
+    from radplan.definitions import defs  # first: it refuses a bad key before the heavy imports
     from jobs import DEMO_STAGES
-    from radplan.definitions import defs
     from radplan.instance import ensure_dagster_home
     from radplan_assets.partitions import PATIENTS_PARTITION_NAME
 
