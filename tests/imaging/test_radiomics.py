@@ -189,7 +189,8 @@ def test_parallel_equals_serial_with_progress(brain1):
     params = {"setting": {"binWidth": 25, "label": 1}, "imageType": {"Original": {}}, "featureClass": {"firstorder": None}}
     calls = []
     serial = extract_lesion_features(image, label_map, params)
-    parallel = extract_lesion_features(image, label_map, params, n_workers=2, progress=lambda d, t: calls.append((d, t)))
+    parallel = extract_lesion_features(image, label_map, params, n_workers=2, progress=lambda d, t: calls.append((d, t)),
+                                       min_parallel_voxels=0)
     assert list(parallel["lesion_label"]) == [1, 2]
     assert sorted(calls) == [(1, 2), (2, 2)]
     pd.testing.assert_frame_equal(serial, parallel)
@@ -212,13 +213,30 @@ def test_every_feature_equals_bare_pyradiomics_on_the_whole_image(brain1, resamp
     if not resampled:  # the radiomic_features asset's case: lesions are cropped before pyradiomics sees them
         params["setting"]["resampledPixelSpacing"] = None
     bare_extractor = featureextractor.RadiomicsFeatureExtractor(params)
-    table = extract_lesion_features(image, label_map, params, n_workers=2)
+    table = extract_lesion_features(image, label_map, params, n_workers=2, min_parallel_voxels=0)
     for label_value in (1, 2):
         bare = {k: float(np.asarray(v)) for k, v in bare_extractor.execute(image, label_map, label=label_value).items()
                 if not k.startswith("diagnostics_")}
         row = table.set_index("lesion_label").loc[label_value]
         assert len(bare) > 100
         assert {name: row[name] for name in bare} == bare  # bit-identical, not merely close
+
+
+def test_small_cropped_lesions_are_extracted_without_a_process_pool(brain1, monkeypatch):
+    from radplan.imaging import radiomics
+
+    image, label, _ = brain1
+    label_map = _two_lesion_label_map(label)
+    voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(label_map)))
+    params = {"setting": {"binWidth": 25, "label": 1}, "imageType": {"Original": {}}, "featureClass": {"firstorder": None}}
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a process pool was started")
+
+    monkeypatch.setattr(radiomics, "ProcessPoolExecutor", no_pool)
+    assert len(extract_lesion_features(image, label_map, params, n_workers=2, min_parallel_voxels=voxels + 1)) == 2
+    with pytest.raises(AssertionError, match="process pool"):
+        extract_lesion_features(image, label_map, params, n_workers=2, min_parallel_voxels=voxels)
 
 
 def test_lesion_pyradiomics_refuses_keeps_its_row(brain1):
@@ -292,22 +310,3 @@ def test_cli_reports_bad_input(tmp_path, shared_data, capsys):
     assert code == 2
     assert "not found" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
-
-
-@pytest.mark.slow
-def test_seconds_per_lesion_ct_gtv(sts_dir, series_files):
-    from radplan.imaging.masks import mask_from_rtstruct
-    from radplan.imaging.volumes import load_series_volume
-
-    files = series_files("CT")
-    image = load_series_volume(files)
-    mask = mask_from_rtstruct(sts_dir / "dicom" / "CT" / "mask" / "RS.dcm", files)["GTV_Mass_CT"]
-    params = load_params("ct")
-    extract_lesion_features(image, mask, params)  # warm-up: imports and caches
-    started = time.perf_counter()
-    repeats = 3
-    for _ in range(repeats):
-        extract_lesion_features(image, mask, params)
-    seconds = (time.perf_counter() - started) / repeats
-    print(f"CT GTV ({int(sitk.GetArrayViewFromImage(mask).sum())} voxels): {seconds:.2f} s per lesion")
-    assert seconds < 60
