@@ -148,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge:
         measurements += [m for m in _previous_sizes() if m["patients"] not in sizes]
     measurements.sort(key=lambda m: m["patients"])
-    first, last = measurements[0], measurements[-1]
+    # The scaling target compares 100 with 20 patients: 20 is the base whenever it was measured.
+    first = next((m for m in measurements if m["patients"] == 20), measurements[0])
+    last = measurements[-1]
     ok = all(m["exit_code"] == 0 for m in measurements)
     separate = any(m.get("kept_from_earlier_run") for m in measurements)
     common = {"runs": 1, "sizes_measured_in_separate_runs": separate, "segmentation_epochs": args.segmentation_epochs, "workers": 2, "all_stages_ok": ok,

@@ -153,7 +153,7 @@ def main() -> int:
         "load_average_1m": round(os.getloadavg()[0], 2),
         "cpu_count": os.cpu_count(),
         "note": "sensors ticked in-process once a second and their runs executed in-process (sequentially); "
-        "the machine was shared with other jobs (see load average)",
+        "load_average_1m is the machine's load when the measurement ended",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
