@@ -54,7 +54,7 @@ def demo_home(tmp_path_factory, shared_data) -> Path:
     env = {**os.environ, "RADPLAN_DEMO": "1", "DAGSTER_HOME": str(home / "dagster_home")}
     env.pop("RADPLAN_HOME", None)
     command = [sys.executable, "-m", "radplan.cli", "demo", "--patients", str(DEMO_PATIENTS), "--seed", str(DEMO_SEED), "--home", str(home),
-               "--segmentation-epochs", "2", "--trials", str(shared_data / "trials")]  # fmt: skip
+               "--segmentation-epochs", "1", "--trials", str(shared_data / "trials")]  # fmt: skip
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1700)
     (home / "demo.log").write_text(result.stdout + result.stderr)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]

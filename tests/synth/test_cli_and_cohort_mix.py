@@ -1,13 +1,10 @@
-"""``radplan synth`` CLI, the PGx mix of a larger cohort, and a one-off 50-patient timing (reported, not asserted)."""
+"""``radplan synth`` CLI and the PGx mix and edge cases of a 50-patient cohort (its generation time: benchmarks/bench_e2e.py)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections import Counter
-
-import pytest
 
 from radplan.synth.cli import register
 
@@ -47,14 +44,3 @@ def test_age_and_zip_edge_cases_occur():
     plans = [draw_patient(7, index) for index in range(50)]
     assert any(plan.age >= 90 for plan in plans)
     assert any(plan.place.get("restricted_zip3") for plan in plans)
-
-
-@pytest.mark.slow
-def test_generate_50_patients_timing(tmp_path):
-    from radplan.synth import generate_cohort
-
-    started = time.perf_counter()
-    summary = generate_cohort(tmp_path, 50, 7)
-    elapsed = time.perf_counter() - started
-    print(f"\n50 patients: {elapsed:.1f} s wall, {summary}")
-    assert summary["patients"] == 50 and summary["vcf_files"] == 50
