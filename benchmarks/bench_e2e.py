@@ -14,7 +14,7 @@ stage in a child process. What is measured:
 The segmentation model trains for ``--segmentation-epochs`` epochs (default 1, not the demo's
 default): training is a fixed cost that says nothing about scaling and would not fit the budget.
 Sizes: ``--sizes`` or ``RADPLAN_BENCH_E2E_SIZES`` (default 20,50: the 100-patient run alone takes
-~15 min on 2 cores, past make bench's budget). ``--merge`` keeps the sizes of the existing e2e.json that
+~11 min on 2 cores, past make bench's budget). ``--merge`` keeps the sizes of the existing e2e.json that
 this run does not measure (each size carries its own date and load), so the 100-patient point can be
 measured on its own: ``python benchmarks/bench_e2e.py --sizes 100 --merge``. ``--keep-home DIR`` keeps the
 home of the 50-patient run at DIR (for bench_incremental.py).
@@ -122,7 +122,7 @@ def _previous_sizes() -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    # 20 and 50 fit make bench's 20-minute budget on 2 cores; the 100-patient run alone takes ~15 min.
+    # 20 and 50 fit make bench's 20-minute budget on 2 cores; the 100-patient run alone takes ~11 min.
     parser.add_argument("--sizes", default=os.environ.get("RADPLAN_BENCH_E2E_SIZES", "3,6" if QUICK else "20,50"))
     parser.add_argument("--segmentation-epochs", type=int, default=1)
     parser.add_argument("--merge", action="store_true", help="keep the sizes of the existing e2e.json not measured now")

@@ -73,7 +73,7 @@ METHODS = """\
   parallelism (the demo runs patients on 2 processes) is where both cores are used in the pipeline.
 * **End to end at 100 patients**: `make bench` runs 20 and 50 patients to stay within 20 minutes on 2 cores.
   `python benchmarks/bench_e2e.py --sizes 100 --merge` measures the 100-patient point on its own (about
-  15 minutes) and keeps the sizes measured before on the same machine (`make bench` merges the same way);
+  11 minutes) and keeps the sizes measured before on the same machine (`make bench` merges the same way);
   the per-size table gives when each size was measured and the load at its start.
 """
 
