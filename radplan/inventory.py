@@ -6,9 +6,7 @@ The results hold PHI (source patient ids, file names) and stay in the raw zone.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -107,27 +105,12 @@ def scan_genomics(folder: Path) -> Iterator[GenomicsFile | tuple[Path, RadplanIn
 
 
 def ehr_patient_ids(csv_dir: Path, fhir_dir: Path) -> set[str]:
-    """Patient ids in the Synthea patients CSV files and the FHIR Patient NDJSON files (id column/field only).
+    """Patient ids in the Synthea patients CSV files and the FHIR Patient NDJSON files.
 
     Every file of the table counts (``patients.csv``, ``patients.<part>.csv``, ``Patient.000.ndjson``...),
-    the same files the EHR ingest reads; a byte-order mark before the header is skipped.
+    the same files the EHR ingest reads, and only rows and lines that ingest accepts: a malformed
+    Patient line with a new id would otherwise register a patient who has no record.
     """
-    from radplan.ehr.extracts import table_files
+    from radplan.ehr.extracts import accepted_patient_ids
 
-    ids: set[str] = set()
-    for patients_csv in table_files(csv_dir, "patients"):
-        with patients_csv.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
-            for row in csv.DictReader(handle):
-                if row.get("Id"):
-                    ids.add(row["Id"].strip())
-    for patients_ndjson in table_files(fhir_dir, "Patient", ".ndjson"):
-        with patients_ndjson.open(encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                try:
-                    resource = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # the EHR ingest asset quarantines it with its line number
-                # Only Patient resources name patients; a misfiled resource's id is not a patient id.
-                if isinstance(resource, dict) and resource.get("resourceType") == "Patient" and resource.get("id"):
-                    ids.add(str(resource["id"]).strip())
-    return ids
+    return accepted_patient_ids(csv_dir, fhir_dir)

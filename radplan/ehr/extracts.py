@@ -223,6 +223,34 @@ def read_synthea_csv(
     return tables, quarantined
 
 
+def accepted_patient_ids(csv_dir: Path, fhir_dir: Path) -> set[str]:
+    """Ids of the patients rows the EHR ingest accepts: Synthea ``patients`` CSV rows and FHIR Patient lines.
+
+    A row or line the ingest rejects (and quarantines) names no patient here, so it cannot register
+    a patient who would have no record at all; a file the ingest quarantines whole gives no ids.
+    """
+    ids: set[str] = set()
+    spec = _schema()["patients"]
+    for path in table_files(Path(csv_dir), "patients"):
+        try:
+            frame = _read_csv_file(path, "patients", spec, None, 100_000, [])
+        except InvalidEhrRecordError:
+            continue
+        ids.update(str(value).strip() for value in frame[spec["patient_column"]].dropna() if str(value).strip())
+    for path in table_files(Path(fhir_dir), "Patient", ".ndjson"):
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if not line.strip():
+                    continue
+                try:
+                    patient = parse_fhir_line(line, "Patient")
+                except InvalidEhrRecordError:
+                    continue
+                if patient.id and patient.id.strip():
+                    ids.add(patient.id.strip())
+    return ids
+
+
 def _filter_patients(frame: pd.DataFrame, spec: dict, patient_ids: set[str] | None) -> pd.DataFrame:
     if patient_ids is None:
         return frame

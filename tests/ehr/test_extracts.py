@@ -121,3 +121,28 @@ def test_missing_required_column_is_a_clear_error(tmp_path, missing_column_table
     (tmp_path / f"{missing_column_table}.csv").write_text("START,STOP,ENCOUNTER,CODE\n2020-01-01,,e,1\n")
     with pytest.raises(InvalidEhrRecordError, match="PATIENT"):
         read_synthea_csv(tmp_path)
+
+
+def test_only_accepted_patient_rows_and_lines_name_patients(shared_data, tmp_path):
+    from radplan.inventory import ehr_patient_ids
+
+    csv_dir, fhir_dir = tmp_path / "csv", tmp_path / "fhir"
+    csv_dir.mkdir()
+    fhir_dir.mkdir()
+    rows = (shared_data / "ehr" / "synthea_csv" / "patients.csv").read_text(encoding="utf-8").splitlines()
+    header, first = rows[0], rows[1].split(",")
+    columns = header.split(",")
+    bad_date = list(first)
+    bad_date[columns.index("Id")] = "csv-new-patient-bad-date"
+    bad_date[columns.index("BIRTHDATE")] = "not a date"
+    (csv_dir / "patients.csv").write_text("\n".join([header, rows[1], ",".join(bad_date)]) + "\n", encoding="utf-8")
+
+    lines = (shared_data / "ehr" / "synthea_fhir_bulk" / "Patient.ndjson").read_text().splitlines()
+    broken = json.loads(lines[1])
+    broken["id"], broken["birthDate"] = "fhir-new-patient-bad-date", "21/05/1927"
+    (fhir_dir / "Patient.ndjson").write_text("\n".join([lines[0], json.dumps(broken), ""]) + "\n")
+
+    # The ingest quarantines both malformed records; the inventory must not register their patients.
+    tables, quarantined = read_synthea_csv(csv_dir, patient_ids=None)
+    assert len(tables["patients"]) == 1 and len(quarantined) == 1
+    assert ehr_patient_ids(csv_dir, fhir_dir) == {first[columns.index("Id")], json.loads(lines[0])["id"]}
