@@ -78,13 +78,13 @@ retraining_job = define_asset_job(
     description="Retrain both models; a new version becomes champion only if it beats the current one.",
 )
 
-# The order `make demo` runs them in: partitioned stages run once per patient.
 monitoring_job = define_asset_job(
     "monitoring_job",
     selection=AssetSelection.assets("model_monitoring", "clinician_feedback"),
     description="Input drift and missingness of the scored cohort; clinicians' accept/override decisions and override rates.",
 )
 
+# The order `make demo` runs them in: partitioned stages run once per patient.
 DEMO_STAGES = (
     ingest_job,
     patient_preparation_job,
@@ -95,42 +95,27 @@ DEMO_STAGES = (
     export_job,
     monitoring_job,
 )
-
-nightly_cohort_schedule = ScheduleDefinition(
-    name="nightly_cohort_refresh",
-    job=cohort_job,
-    cron_schedule="0 2 * * *",
-    execution_timezone="UTC",
-    default_status=DefaultScheduleStatus.STOPPED,
-    description="Nightly: rebuild the cohort table, strata and response scores from the patients' latest features.",
-)
-
-nightly_export_schedule = ScheduleDefinition(
-    name="nightly_export",
-    job=export_job,
-    cron_schedule="0 4 * * *",
-    execution_timezone="UTC",
-    default_status=DefaultScheduleStatus.STOPPED,
-    description="Nightly: refresh the clinician exports after the cohort refresh.",
-)
-
-weekly_retraining_schedule = ScheduleDefinition(
-    name="weekly_retraining",
-    job=retraining_job,
-    cron_schedule="0 3 * * 0",
-    execution_timezone="UTC",
-    default_status=DefaultScheduleStatus.STOPPED,
-    description="Weekly: retrain the segmentation and response models (champion/challenger).",
-)
-
 ALL_JOBS = [*DEMO_STAGES, patient_refresh_job, cohort_refresh_job, retraining_job]
-daily_monitoring_schedule = ScheduleDefinition(
-    name="daily_monitoring",
-    job=monitoring_job,
-    cron_schedule="0 5 * * *",
-    execution_timezone="UTC",
-    default_status=DefaultScheduleStatus.STOPPED,
-    description="Daily after the exports: drift, data quality and clinician feedback (the retraining sensor reads them).",
-)
 
-ALL_SCHEDULES = [nightly_cohort_schedule, nightly_export_schedule, weekly_retraining_schedule, daily_monitoring_schedule]
+
+def _utc_schedule(name: str, job, cron_schedule: str, description: str) -> ScheduleDefinition:
+    """A UTC schedule, off until an operator turns it on (the demo runs its stages itself)."""
+    return ScheduleDefinition(
+        name=name,
+        job=job,
+        cron_schedule=cron_schedule,
+        execution_timezone="UTC",
+        default_status=DefaultScheduleStatus.STOPPED,
+        description=description,
+    )
+
+
+ALL_SCHEDULES = [
+    _utc_schedule("nightly_cohort_refresh", cohort_job, "0 2 * * *",
+                  "Nightly: rebuild the cohort table, strata and response scores from the patients' latest features."),
+    _utc_schedule("nightly_export", export_job, "0 4 * * *", "Nightly: refresh the clinician exports after the cohort refresh."),
+    _utc_schedule("weekly_retraining", retraining_job, "0 3 * * 0",
+                  "Weekly: retrain the segmentation and response models (champion/challenger)."),
+    _utc_schedule("daily_monitoring", monitoring_job, "0 5 * * *",
+                  "Daily after the exports: drift, data quality and clinician feedback (the retraining sensor reads them)."),
+]  # fmt: skip
