@@ -1,6 +1,7 @@
-"""What the landing zone holds, per source patient: genomics files and EHR patients.
+"""What the landing zone holds: genomics files with their samples, and the state of the landing folders.
 
-Readers here only look at headers and identifier columns; they never load whole files.
+Readers here only look at headers and file listings; they never load whole files. (EHR patient ids
+come from ``radplan.ehr.extracts.accepted_patient_ids``: the rows the EHR ingest accepts.)
 The results hold PHI (source patient ids, file names) and stay in the raw zone.
 """
 
@@ -102,15 +103,3 @@ def scan_genomics(folder: Path) -> Iterator[GenomicsFile | tuple[Path, RadplanIn
                 yield GenomicsFile(path, "alignment", alignment_samples(path))
         except RadplanInputError as error:
             yield path, error
-
-
-def ehr_patient_ids(csv_dir: Path, fhir_dir: Path) -> set[str]:
-    """Patient ids in the Synthea patients CSV files and the FHIR Patient NDJSON files.
-
-    Every file of the table counts (``patients.csv``, ``patients.<part>.csv``, ``Patient.000.ndjson``...),
-    the same files the EHR ingest reads, and only rows and lines that ingest accepts: a malformed
-    Patient line with a new id would otherwise register a patient who has no record.
-    """
-    from radplan.ehr.extracts import accepted_patient_ids
-
-    return accepted_patient_ids(csv_dir, fhir_dir)

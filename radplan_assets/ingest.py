@@ -12,7 +12,8 @@ inventory: the patient refresh sensor reruns exactly those partitions.
 import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from radplan.inventory import GenomicsFile, ehr_patient_ids, landing_state, scan_genomics
+from radplan.ehr.extracts import accepted_patient_ids
+from radplan.inventory import GenomicsFile, landing_state, scan_genomics
 from radplan_assets.partitions import PATIENTS_PARTITION_NAME
 from radplan_resources import DeidKeyResource, LakeResource, LandingZoneResource, PacsResource
 from radplan_resources.landing import file_sha256
@@ -117,7 +118,7 @@ def landing_inventory(
     ehr_hashes = landing.ehr_fingerprints()
     ehr_rows = [
         {"patient_key": pseudonymizer.patient_key(pid), "source_patient_id": pid, "rows_fingerprint": ehr_hashes.get(pid, "")}
-        for pid in sorted(ehr_patient_ids(landing.ehr_csv_dir, landing.ehr_fhir_dir))
+        for pid in sorted(accepted_patient_ids(landing.ehr_csv_dir, landing.ehr_fhir_dir))
     ]
 
     tables = {

@@ -8,7 +8,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from radplan.ehr.extracts import SYNTHEA_TABLES, fhir_to_tables, read_fhir_ndjson, read_synthea_csv
+from radplan.ehr.extracts import SYNTHEA_TABLES, accepted_patient_ids, fhir_to_tables, read_fhir_ndjson, read_synthea_csv
 
 
 def _data_lines(path) -> int:
@@ -124,8 +124,6 @@ def test_missing_required_column_is_a_clear_error(tmp_path, missing_column_table
 
 
 def test_only_accepted_patient_rows_and_lines_name_patients(shared_data, tmp_path):
-    from radplan.inventory import ehr_patient_ids
-
     csv_dir, fhir_dir = tmp_path / "csv", tmp_path / "fhir"
     csv_dir.mkdir()
     fhir_dir.mkdir()
@@ -145,4 +143,4 @@ def test_only_accepted_patient_rows_and_lines_name_patients(shared_data, tmp_pat
     # The ingest quarantines both malformed records; the inventory must not register their patients.
     tables, quarantined = read_synthea_csv(csv_dir, patient_ids=None)
     assert len(tables["patients"]) == 1 and len(quarantined) == 1
-    assert ehr_patient_ids(csv_dir, fhir_dir) == {first[columns.index("Id")], json.loads(lines[0])["id"]}
+    assert accepted_patient_ids(csv_dir, fhir_dir) == {first[columns.index("Id")], json.loads(lines[0])["id"]}
