@@ -43,7 +43,7 @@ system-deps:
 TRIALS ?= $(wildcard $(CURDIR)/../shared/data/trials)
 
 demo: install system-deps
-	RADPLAN_DEMO=1 $(PY) -m radplan.cli demo --patients 50 --seed 7 $(if $(TRIALS),--trials $(TRIALS))
+	RADPLAN_DEMO=1 $(PY) -m radplan_cli demo --patients 50 --seed 7 $(if $(TRIALS),--trials $(TRIALS))
 
 test: install system-deps
 	$(PY) -m pytest
@@ -56,7 +56,7 @@ fuzz: install
 	RADPLAN_FUZZ_EXAMPLES=400 $(PY) -m pytest tests/reliability/test_parser_properties.py -q
 
 ui: install
-	$(PY) -c "from radplan.instance import ensure_dagster_home; ensure_dagster_home()"
+	$(PY) -c "from radplan_resources.instance import ensure_dagster_home; ensure_dagster_home()"
 	RADPLAN_DEMO=$${RADPLAN_DEMO-1} DAGSTER_HOME=$(RADPLAN_HOME)/dagster_home $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 bench: install system-deps

@@ -19,6 +19,9 @@ QUICK = os.environ.get("RADPLAN_BENCH_QUICK", "") not in ("", "0")
 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+# The test harness the sensor benchmarks share with the tests (in-process daemon, synthetic arrivals).
+if str(REPO / "tests") not in sys.path:
+    sys.path.append(str(REPO / "tests"))
 
 
 def cpu_model() -> str:

@@ -24,12 +24,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the sensors and jobs packages, when run as a script
+sys.path.append(str(REPO / "tests"))  # the test harness: in-process daemon, synthetic arrivals
 RESULTS = REPO / "benchmarks" / "results"
 ARRIVAL_SENSORS = ("pacs_study_sensor", "genomics_landing_sensor", "ehr_landing_sensor")
 
 
 def full_run(home: Path, patients: int, seed: int, segmentation_epochs: int | None) -> float:
-    from radplan.demo import run_stages
+    from radplan_cli.demo import run_stages
     from radplan.synth import generate_cohort
 
     if not (home / "landing").exists():
@@ -82,8 +83,8 @@ def main() -> int:
     os.environ["RADPLAN_HOME"] = str(home)
     os.environ["RADPLAN_DEMO"] = "1"
     os.environ.pop("RADPLAN_ORTHANC_URL", None)
-    from radplan.instance import ensure_dagster_home
-    from radplan.runtime import disable_telemetry
+    from radplan_resources.instance import ensure_dagster_home
+    from radplan.settings import disable_telemetry
 
     disable_telemetry()
     ensure_dagster_home()
@@ -96,11 +97,11 @@ def main() -> int:
 
     from dagster import DagsterInstance
 
-    from radplan.definitions import defs
-    from radplan.demo import add_follow_up_study, add_new_patient
+    from definitions import defs
+    from support.arrivals import add_follow_up_study, add_new_patient
     from radplan.pseudonym import Pseudonymizer
     from radplan.synth.generator import _draw_unique
-    from sensors.inprocess import InProcessDaemon, partition_materialization_counts, patient_file_digests
+    from support.inprocess import InProcessDaemon, partition_materialization_counts, patient_file_digests
 
     instance = DagsterInstance.get()
     daemon = InProcessDaemon(defs, instance)

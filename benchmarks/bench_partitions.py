@@ -59,7 +59,7 @@ def measure(steps: list[int], materialized: int, repeats: int, single_batch: int
 
     from dagster import AssetKey, AssetMaterialization, DagsterInstance, RunStatusSensorDefinition
 
-    from radplan.definitions import defs
+    from definitions import defs
     from radplan_assets.partitions import PATIENTS_PARTITION_NAME, patient_partitions
     from sensors import ALL_SENSORS
 

@@ -72,12 +72,13 @@ def main() -> int:
     server = OrthancServer(home / "orthanc", stable_age_s=1).start()
     try:
         os.environ.update({"RADPLAN_HOME": str(home), "RADPLAN_DEMO": "1", "RADPLAN_ORTHANC_URL": server.url})
-        from radplan.instance import ensure_dagster_home
-        from radplan.runtime import disable_telemetry
+        from radplan_resources.instance import ensure_dagster_home
+        from radplan.settings import disable_telemetry
 
         disable_telemetry()
         ensure_dagster_home()
-        from radplan.demo import add_follow_up_study, run_stages
+        from radplan_cli.demo import run_stages
+        from support.arrivals import add_follow_up_study
         from radplan.synth import generate_cohort
 
         generate_cohort(home, args.patients, args.seed)
@@ -90,10 +91,10 @@ def main() -> int:
 
         from dagster import DagsterInstance
 
-        from radplan.definitions import defs
+        from definitions import defs
         from radplan.pseudonym import Pseudonymizer
         from radplan.synth.generator import _draw_unique
-        from sensors.inprocess import InProcessDaemon
+        from support.inprocess import InProcessDaemon
 
         instance = DagsterInstance.get()
         daemon = InProcessDaemon(defs, instance)

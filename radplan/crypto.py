@@ -31,7 +31,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-KEY_ENV_VAR = "RADPLAN_RAW_ZONE_KEY"
+from radplan.settings import RAW_ZONE_KEY_ENV_VAR, raw_zone_key_text
+
+KEY_ENV_VAR = RAW_ZONE_KEY_ENV_VAR
 MAGIC = b"RPRAWENC"
 VERSION = 1
 HEADER = struct.Struct(">8sB8sI12s")
@@ -94,7 +96,7 @@ def parse_key(text: str) -> RawZoneKey:
 
 def key_from_env(environ: dict | None = None) -> RawZoneKey | None:
     """The key from ``RADPLAN_RAW_ZONE_KEY``, or None when unset or empty."""
-    value = (os.environ if environ is None else environ).get(KEY_ENV_VAR, "")
+    value = raw_zone_key_text(environ)
     return parse_key(value) if value.strip() else None
 
 

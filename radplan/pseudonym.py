@@ -10,13 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import os
 from functools import cached_property
 
 from radplan.errors import MissingKeyError
+from radplan.settings import DEID_KEY_ENV_VAR, DEMO_ENV_VAR, deid_key_text
+from radplan.settings import demo_mode as demo_mode
 
-KEY_ENV_VAR = "RADPLAN_DEID_KEY"
-DEMO_ENV_VAR = "RADPLAN_DEMO"
+KEY_ENV_VAR = DEID_KEY_ENV_VAR
 # Only ever used when demo mode is switched on explicitly; never for real data.
 DEMO_KEY = b"radplan-demo-key--synthetic-data-only--not-for-clinical-use"
 MIN_KEY_BYTES = 32
@@ -27,13 +27,9 @@ MAX_SHIFT_DAYS = 730
 UID_ROOT = "2.25."
 
 
-def demo_mode() -> bool:
-    return os.environ.get(DEMO_ENV_VAR, "").lower() in {"1", "true", "yes"}
-
-
 def load_key(*, demo: bool | None = None) -> bytes:
     """The de-identification key from the environment; the demo key only in demo mode."""
-    value = os.environ.get(KEY_ENV_VAR, "")
+    value = deid_key_text()
     if value:
         key = value.encode("utf-8")
         if len(key) < MIN_KEY_BYTES:

@@ -4,11 +4,11 @@ Blocking checks stop downstream materialization where the data would be wrong;
 non-blocking ones warn where it would merely be incomplete.
 """
 
-from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
+import pandas as pd
+from dagster import AssetCheckExecutionContext, AssetIn, AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
 
 from radplan.quality import expectation as ex
 from radplan.quality import validate_frame
-from radplan_resources import LakeResource
 
 
 def _result(summary, *, severity=AssetCheckSeverity.ERROR) -> AssetCheckResult:
@@ -20,8 +20,8 @@ def _result(summary, *, severity=AssetCheckSeverity.ERROR) -> AssetCheckResult:
 
 
 @asset_check(asset="imaging_metadata", blocking=True, description="Series have a modality, UIDs, positive geometry and at least one instance.")
-def imaging_metadata_valid(context: AssetCheckExecutionContext, lake: LakeResource) -> AssetCheckResult:
-    frame = lake.read_table("features", "imaging_metadata", context.partition_key)
+def imaging_metadata_valid(context: AssetCheckExecutionContext, imaging_metadata: pd.DataFrame) -> AssetCheckResult:
+    frame = imaging_metadata
     if frame.empty:
         return AssetCheckResult(passed=True, severity=AssetCheckSeverity.WARN, metadata={"series": 0})
     return _result(
@@ -39,8 +39,8 @@ def imaging_metadata_valid(context: AssetCheckExecutionContext, lake: LakeResour
 
 
 @asset_check(asset="clinical_features", blocking=True, description="One row per patient; age, ECOG and labs within physiological ranges.")
-def clinical_features_valid(context: AssetCheckExecutionContext, lake: LakeResource) -> AssetCheckResult:
-    frame = lake.read_table("features", "clinical_features", context.partition_key)
+def clinical_features_valid(context: AssetCheckExecutionContext, clinical_features: pd.DataFrame) -> AssetCheckResult:
+    frame = clinical_features
     checks = [ex("expect_table_row_count_to_equal", value=1)]
     bounds = {
         "age_years": (0, 120),
@@ -56,11 +56,10 @@ def clinical_features_valid(context: AssetCheckExecutionContext, lake: LakeResou
 
 
 @asset_check(asset="variants", blocking=True, description="Genotypes well-formed, depths non-negative, allele fractions in [0, 1].")
-def variants_valid(context: AssetCheckExecutionContext, lake: LakeResource) -> AssetCheckResult:
-    folder = lake.partition_dir("features", "variants", context.partition_key)
-    if not folder.is_dir() or not any(folder.glob("*.parquet")):
+def variants_valid(context: AssetCheckExecutionContext, variants: pd.DataFrame) -> AssetCheckResult:
+    if len(variants.columns) <= 1:  # only the partition column: no VCF was delivered
         return AssetCheckResult(passed=True, severity=AssetCheckSeverity.WARN, metadata={"rows": 0, "note": "no VCF for this patient"})
-    frame = lake.read_table("features", "variants", context.partition_key)
+    frame = variants
     summary = validate_frame(
         frame,
         [
@@ -77,8 +76,8 @@ def variants_valid(context: AssetCheckExecutionContext, lake: LakeResource) -> A
 
 
 @asset_check(asset="cohort_features", blocking=True, description="One row per patient key; modality flags present.")
-def cohort_features_valid(context: AssetCheckExecutionContext, lake: LakeResource) -> AssetCheckResult:
-    frame = lake.read_table("features", "cohort_features")
+def cohort_features_valid(context: AssetCheckExecutionContext, cohort_features: pd.DataFrame) -> AssetCheckResult:
+    frame = cohort_features
     return _result(
         validate_frame(
             frame,
@@ -92,9 +91,14 @@ def cohort_features_valid(context: AssetCheckExecutionContext, lake: LakeResourc
     )
 
 
-@asset_check(asset="cohort_summary", blocking=False, description="Warns when a modality is missing for more than half the cohort.")
-def cohort_completeness(context: AssetCheckExecutionContext, lake: LakeResource) -> AssetCheckResult:
-    frame = lake.read_table("features", "cohort_features")
+@asset_check(
+    asset="cohort_summary",
+    additional_ins={"cohort_features": AssetIn()},
+    blocking=False,
+    description="Warns when a modality is missing for more than half the cohort.",
+)
+def cohort_completeness(context: AssetCheckExecutionContext, cohort_features: pd.DataFrame) -> AssetCheckResult:
+    frame = cohort_features
     summary = validate_frame(
         frame,
         [ex("expect_column_mean_to_be_between", column=f"has_{m}", min_value=0.5, max_value=1.0) for m in ("ehr", "imaging", "genomics")],

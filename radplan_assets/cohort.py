@@ -8,46 +8,62 @@ from dagster import AssetExecutionContext, AssetKey, AssetRecordsFilter, Materia
 from radplan import cohort
 from radplan_assets.partitions import patient_partitions
 from radplan_resources import LakeResource, SparkResource
+from radplan_resources.io_manager import optional_input
 
 
 PATIENT_FEATURE_INPUTS = ("radiomic_features", "annotated_variants", "pgx_phenotypes", "clinical_features", "note_findings", "variants")
 
 
-def upstream_run_ids(context: AssetExecutionContext, asset_names, partition_key: str | None) -> dict[str, str | None]:
+def upstream_run_ids(context: AssetExecutionContext, asset_keys, partition_key: str | None) -> dict[str, str | None]:
     """Lineage: the run that last materialized each input (for this patient's partition)."""
     versions = {}
-    for name in asset_names:
+    for key in asset_keys:
+        key = key if isinstance(key, AssetKey) else AssetKey(key)
         records = context.instance.fetch_materializations(
-            AssetRecordsFilter(asset_key=AssetKey(name), asset_partitions=[partition_key] if partition_key else None), limit=1
+            AssetRecordsFilter(asset_key=key, asset_partitions=[partition_key] if partition_key else None), limit=1
         ).records
-        versions[name] = records[0].run_id if records else None
+        versions[key.to_user_string()] = records[0].run_id if records else None
     return versions
+
+
+def input_keys(context: AssetExecutionContext) -> list[AssetKey]:
+    """The asset keys this asset reads (its declared inputs), for lineage records."""
+    return sorted(context.assets_def.keys_by_input_name.values(), key=lambda key: key.to_user_string())
 
 
 @asset(
     group_name="cohort",
     partitions_def=patient_partitions,
-    deps=list(PATIENT_FEATURE_INPUTS),
+    # A patient without imaging, genomics or notes has no such partition: the row then says so (has_* = false).
+    ins={name: optional_input() for name in PATIENT_FEATURE_INPUTS},
     description="One row per patient joining radiomics (latest study, aggregated over lesions), actionable variants, "
     "PGx phenotypes, clinical features and note findings; a missing modality gives nulls and has_* = false.",
 )
-def patient_features(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
+def patient_features(
+    context: AssetExecutionContext,
+    radiomic_features: pd.DataFrame,
+    annotated_variants: pd.DataFrame,
+    pgx_phenotypes: pd.DataFrame,
+    clinical_features: pd.DataFrame,
+    note_findings: pd.DataFrame,
+    variants: pd.DataFrame,
+) -> MaterializeResult:
     patient_key = context.partition_key
-    variants_dir = lake.partition_dir("features", "variants", patient_key)
-    versions = upstream_run_ids(context, PATIENT_FEATURE_INPUTS, patient_key)
+    versions = upstream_run_ids(context, input_keys(context), patient_key)
     frame = cohort.build_patient_features(
         patient_key,
-        clinical=lake.read_table_if_present("features", "clinical_features", patient_key),
-        radiomics=lake.read_table_if_present("features", "radiomic_features", patient_key),
-        actionable=lake.read_table_if_present("features", "annotated_variants", patient_key),
-        pgx=lake.read_table_if_present("features", "pgx_phenotypes", patient_key),
-        findings=lake.read_table_if_present("features", "note_findings", patient_key),
-        has_genomics=variants_dir.is_dir() and any(variants_dir.glob("*.parquet")),
+        clinical=clinical_features,
+        radiomics=radiomic_features,
+        actionable=annotated_variants,
+        pgx=pgx_phenotypes,
+        findings=note_findings,
+        # A delivered VCF with no records still leaves its columns; no VCF leaves only the partition column.
+        has_genomics=len(variants) > 0 or len(variants.columns) > 1,
         source_versions=versions,
     )
-    lake.write_table(cohort.patient_features_table(frame), "features", "patient_features", patient_key)
     row = frame.iloc[0]
     return MaterializeResult(
+        value=cohort.patient_features_table(frame),
         metadata={
             "has_imaging": bool(row["has_imaging"]),
             "has_genomics": bool(row["has_genomics"]),
@@ -67,32 +83,30 @@ def patient_features(context: AssetExecutionContext, lake: LakeResource) -> Mate
 )
 def cohort_features(context: AssetExecutionContext, lake: LakeResource, spark: SparkResource) -> MaterializeResult:
     session = spark.session()
-    table = cohort.cohort_table_spark(session, str(lake.zone("features") / "patient_features"))
-    lake.write_table(table, "features", "cohort_features")
-    return MaterializeResult(metadata={"patients": len(table), "columns": int(table.shape[1]), "spark_master": spark.master})
+    # Spark reads the hive-partitioned dataset itself (all partitions at once), so patient_features is a dependency
+    # whose folder Spark is given, not a frame loaded into this process.
+    table = cohort.cohort_table_spark(session, str(lake.dataset_path("features", "patient_features")))
+    return MaterializeResult(value=table, metadata={"patients": len(table), "columns": int(table.shape[1]), "spark_master": spark.master})
 
 
 @asset(
     group_name="cohort",
-    deps=[cohort_features],
     description="Cohort summary: patients per modality and missingness per column.",
 )
-def cohort_summary(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
-    summary = cohort.cohort_summary(lake.read_table("features", "cohort_features"))
-    lake.write_table(pd.DataFrame([{"summary": json.dumps(summary, sort_keys=True)}]), "features", "cohort_summary")
-    return MaterializeResult(metadata={"patients": summary["patients"], "with_modality": MetadataValue.json(summary["with_modality"])})
+def cohort_summary(context: AssetExecutionContext, cohort_features: pd.DataFrame) -> MaterializeResult:
+    summary = cohort.cohort_summary(cohort_features)
+    return MaterializeResult(value=pd.DataFrame([{"summary": json.dumps(summary, sort_keys=True)}]), metadata={"patients": summary["patients"], "with_modality": MetadataValue.json(summary["with_modality"])})
 
 
 @asset(
     group_name="cohort",
-    deps=[cohort_features],
     description="Patient strata: k-means and Ward hierarchical clustering on standardized features, with silhouette "
     "and cluster sizes; the k-means stratum feeds the recommendations.",
 )
-def patient_strata(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
-    strata, report = cohort.stratify(lake.read_table("features", "cohort_features"))
-    lake.write_table(strata, "features", "patient_strata")
+def patient_strata(context: AssetExecutionContext, cohort_features: pd.DataFrame) -> MaterializeResult:
+    strata, report = cohort.stratify(cohort_features)
     return MaterializeResult(
+        value=strata,
         metadata={
             "n_strata": report["n_strata"],
             "silhouette_kmeans": report["silhouette_kmeans"],

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import SimpleITK as sitk
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
@@ -13,12 +14,16 @@ from radplan_assets.cohort import upstream_run_ids
 from radplan_assets.imaging import mask_table
 from radplan_assets.partitions import patient_partitions
 from radplan_resources import LakeResource, LandingZoneResource
+from radplan_resources.io_manager import one_table_of, optional_input
 
 
-def _facts(lake: LakeResource, patient_key: str) -> dict:
-    row = lake.read_table("features", "patient_features", patient_key).iloc[0].to_dict()
-    strata = lake.read_table_if_present("features", "patient_strata")
-    mine = strata[strata["patient_key"] == patient_key] if len(strata) else strata
+def _rows_of(frame: pd.DataFrame, patient_key: str) -> pd.DataFrame:
+    return frame[frame["patient_key"] == patient_key] if len(frame) else frame
+
+
+def _facts(patient_features: pd.DataFrame, patient_strata: pd.DataFrame, patient_key: str) -> dict:
+    row = _rows_of(patient_features, patient_key).iloc[0].to_dict()
+    mine = _rows_of(patient_strata, patient_key)
     row["stratum"] = int(mine["stratum"].iloc[0]) if len(mine) else None
     return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in row.items()}
 
@@ -26,16 +31,21 @@ def _facts(lake: LakeResource, patient_key: str) -> dict:
 @asset(
     group_name="decision",
     partitions_def=patient_partitions,
-    deps=["patient_features", "patient_strata", "response_model"],
+    ins={"patient_strata": optional_input(), "response_model": one_table_of("predictions")},
     description="Per patient and candidate therapy: rule verdicts with the facts that matched, model response probability "
     "with interval and top attributions, PGx adjustments, interactions, matched trials, stratum, rank and a "
     "plain-language rationale; every row carries rule-base, knowledge-base, model and source versions.",
 )
-def patient_recommendations(context: AssetExecutionContext, lake: LakeResource, landing: LandingZoneResource) -> MaterializeResult:
+def patient_recommendations(
+    context: AssetExecutionContext,
+    patient_features: pd.DataFrame,
+    patient_strata: pd.DataFrame,
+    response_model: pd.DataFrame,
+    landing: LandingZoneResource,
+) -> MaterializeResult:
     patient_key = context.partition_key
-    facts = _facts(lake, patient_key)
-    predictions = lake.read_table("features", "response_predictions")
-    mine = predictions[predictions["patient_key"] == patient_key]
+    facts = _facts(patient_features, patient_strata, patient_key)
+    mine = _rows_of(response_model, patient_key)
     rule_base = rules.load_rule_base()
     catalog = trials.load_trial_catalog([landing.trials_dir] if landing.trials_dir.is_dir() else [])
     versions = {
@@ -44,11 +54,12 @@ def patient_recommendations(context: AssetExecutionContext, lake: LakeResource, 
         "knowledge_base_version": load_knowledge_base().kb_version,
         "model_name": mine["model_name"].iloc[0] if len(mine) else None,
         "model_version": mine["model_version"].iloc[0] if len(mine) else None,
-        "source_runs": upstream_run_ids(context, ["patient_features"], patient_key) | upstream_run_ids(context, ["response_model", "patient_strata"], None),
+        "source_runs": upstream_run_ids(context, [context.asset_key_for_input("patient_features")], patient_key)
+        | upstream_run_ids(context, [context.asset_key_for_input(name) for name in ("response_model", "patient_strata")], None),
     }
     frame = recommend.recommend_for_patient(facts, rule_base, model_predictions=mine, trials=catalog, versions=versions)
-    lake.write_table(frame, "features", "patient_recommendations", patient_key)
     return MaterializeResult(
+        value=frame,
         metadata={
             "recommendations": len(frame),
             "actions": MetadataValue.json(frame["action"].value_counts().to_dict() if len(frame) else {}),
@@ -57,11 +68,10 @@ def patient_recommendations(context: AssetExecutionContext, lake: LakeResource, 
     )
 
 
-def _key_slice(lake: LakeResource, patient_key: str) -> bytes | None:
-    masks = mask_table(lake, patient_key)
+def _key_slice(lake: LakeResource, masks: pd.DataFrame, vols: pd.DataFrame) -> bytes | None:
+    """The patient's first masked series: the slice with the most lesion, outlined."""
     if masks.empty:
         return None
-    vols = lake.read_table("features", "normalized_volumes", patient_key)
     item = masks.iloc[0]
     volume = vols[vols["series_uid"] == item["image_series_uid"]].iloc[0]
     image = sitk.GetArrayFromImage(sitk.ReadImage(str(lake.root_path / volume["volume_path"])))
@@ -78,14 +88,26 @@ class ExportConfig(Config):
 
 @asset(
     group_name="decision",
-    deps=[patient_recommendations],
+    ins={name: optional_input() for name in ("annotated_variants", "pgx_phenotypes", "patient_strata", "predicted_lesion_masks")},
     description="What clinicians use, in lake/exports: recommendations.parquet and .csv, a validated FHIR R4 Bundle per "
     "patient, and a self-contained HTML report per patient.",
 )
-def recommendation_export(context: AssetExecutionContext, config: ExportConfig, lake: LakeResource) -> MaterializeResult:
-    recommendations = lake.read_table("features", "patient_recommendations")
-    recommendations = recommendations[list(recommend.RECOMMENDATION_COLUMNS)].sort_values(["patient_key", "rank"], ignore_index=True)
-    patients = sorted(lake.read_table("features", "patient_features")["patient_key"])
+def recommendation_export(
+    context: AssetExecutionContext,
+    config: ExportConfig,
+    patient_recommendations: pd.DataFrame,
+    patient_features: pd.DataFrame,
+    patient_strata: pd.DataFrame,
+    annotated_variants: pd.DataFrame,
+    pgx_phenotypes: pd.DataFrame,
+    normalized_volumes: pd.DataFrame,
+    lesion_masks: pd.DataFrame,
+    predicted_lesion_masks: pd.DataFrame,
+    lake: LakeResource,
+) -> MaterializeResult:
+    recommendations = patient_recommendations[list(recommend.RECOMMENDATION_COLUMNS)].sort_values(["patient_key", "rank"], ignore_index=True)
+    patients = sorted(patient_features["patient_key"])
+    masks = mask_table(lesion_masks, predicted_lesion_masks)
     if config.patient_keys:
         # Incremental export (patient export sensor): the other patients' bundles and reports stay as they are.
         unknown = sorted(set(config.patient_keys) - set(patients))
@@ -96,16 +118,16 @@ def recommendation_export(context: AssetExecutionContext, config: ExportConfig, 
     for patient_key in patients:
         # Every patient gets a bundle and a report, also one with no matching rule or trial.
         rows = recommendations[recommendations["patient_key"] == patient_key]
-        facts = _facts(lake, patient_key)
-        variants = lake.read_table_if_present("features", "annotated_variants", patient_key)
-        pgx = lake.read_table_if_present("features", "pgx_phenotypes", patient_key)
+        facts = _facts(patient_features, patient_strata, patient_key)
+        variants = _rows_of(annotated_variants, patient_key).reset_index(drop=True)
+        pgx = _rows_of(pgx_phenotypes, patient_key).reset_index(drop=True)
         attributions = json.loads(rows["top_attributions"].dropna().iloc[0]) if len(rows) and rows["top_attributions"].notna().any() else []
         bundles[patient_key] = export.fhir_bundle(patient_key, rows, facts)
         reports[patient_key] = export.render_report_html(
             patient_key,
             facts,
             rows,
-            key_slice_png=_key_slice(lake, patient_key),
+            key_slice_png=_key_slice(lake, _rows_of(masks, patient_key), _rows_of(normalized_volumes, patient_key)),
             attribution_png=export.attribution_png(attributions) if attributions else None,
             variants=variants,
             pgx=pgx,

@@ -7,16 +7,17 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 
 from radplan.ehr import extracts, features, findings, notes
 from radplan.ehr.deid import deidentify_tables
-from radplan_assets.ingest import landing_inventory, read_inventory
+from radplan_assets.ingest import patient_inventory
 from radplan_assets.partitions import patient_partitions
 from radplan_resources import DeidKeyResource, LakeResource, LandingZoneResource
+from radplan_resources.io_manager import table_metadata
 
 PATIENT_RESOURCE_FILE = "Patient.json"
 EHR_FHIR_TYPES = ("Patient", "Condition", "MedicationRequest", "Observation", "DocumentReference")
 
 
-def _source_patient_id(lake: LakeResource, patient_key: str) -> str | None:
-    rows = read_inventory(lake, "ehr_patients", patient_key)
+def _source_patient_id(inventory: dict, patient_key: str) -> str | None:
+    rows = patient_inventory(inventory, "ehr_patients", patient_key)
     return rows["source_patient_id"].iloc[0] if len(rows) else None
 
 
@@ -37,13 +38,14 @@ def _raw_tables(lake: LakeResource, patient_key: str) -> dict[str, pd.DataFrame]
 @asset(
     group_name="ehr",
     partitions_def=patient_partitions,
-    deps=[landing_inventory],
     description="The patient's rows of the Synthea-style CSV extracts and FHIR R4 NDJSON (validated with fhir.resources), "
     "copied into the raw zone (PHI). Malformed rows and invalid resources are quarantined with a reason and counted.",
 )
-def ehr_extracts(context: AssetExecutionContext, lake: LakeResource, landing: LandingZoneResource) -> MaterializeResult:
+def ehr_extracts(
+    context: AssetExecutionContext, landing_inventory: dict, lake: LakeResource, landing: LandingZoneResource
+) -> MaterializeResult:
     patient_key = context.partition_key
-    source_id = _source_patient_id(lake, patient_key)
+    source_id = _source_patient_id(landing_inventory, patient_key)
     quarantine_dir = lake.zone("quarantine") / "ehr"
     tables: dict[str, pd.DataFrame] = {}
     patient_resources: list = []
@@ -79,6 +81,7 @@ def ehr_extracts(context: AssetExecutionContext, lake: LakeResource, landing: La
     group_name="ehr",
     partitions_def=patient_partitions,
     deps=[ehr_extracts],
+    metadata=table_metadata("deid_ehr"),
     description="Structured EHR de-identified per HIPAA Safe Harbor: identifiers removed or replaced by the shared keyed "
     "pseudonyms, dates shifted by the same per-patient shift as DICOM, ages over 89 grouped, ZIP cut to 3 digits.",
 )
@@ -86,9 +89,7 @@ def deid_ehr(context: AssetExecutionContext, lake: LakeResource, deid_key: DeidK
     patient_key = context.partition_key
     raw = {name: frame for name, frame in _raw_tables(lake, patient_key).items() if name != "notes"}
     deid = deidentify_tables(raw, deid_key.pseudonymizer()) if raw else {}
-    for name, frame in deid.items():
-        lake.write_table(frame, "deid", f"ehr_{name}", patient_key)
-    return MaterializeResult(metadata={"tables": MetadataValue.json({name: len(frame) for name, frame in sorted(deid.items())})})
+    return MaterializeResult(value=deid, metadata={"tables": MetadataValue.json({name: len(frame) for name, frame in sorted(deid.items())})})
 
 
 @asset(
@@ -137,15 +138,16 @@ def note_deidentifier() -> notes.NoteDeidentifier:
     group_name="ehr",
     partitions_def=patient_partitions,
     deps=[clinical_notes],
+    metadata=table_metadata("deid_notes"),
     description="Notes de-identified with Presidio (spaCy NER when installed, pattern recognizers, and the patient's own "
     "known identifiers as deny-lists); dates shifted by the patient's shift so timelines survive.",
 )
-def deid_notes(context: AssetExecutionContext, lake: LakeResource, deid_key: DeidKeyResource) -> MaterializeResult:
+def deid_notes(context: AssetExecutionContext, landing_inventory: dict, lake: LakeResource, deid_key: DeidKeyResource) -> MaterializeResult:
     patient_key = context.partition_key
     pseudonymizer = deid_key.pseudonymizer()
     raw = _raw_tables(lake, patient_key)
     notes_frame = raw.get("notes", pd.DataFrame())
-    source_id = _source_patient_id(lake, patient_key)
+    source_id = _source_patient_id(landing_inventory, patient_key)
     identifiers = _known_identifiers(lake, patient_key, raw)
     shift = pseudonymizer.date_shift_days(source_id) if source_id else None
     deidentifier = note_deidentifier()
@@ -161,8 +163,8 @@ def deid_notes(context: AssetExecutionContext, lake: LakeResource, deid_key: Dei
             }
         )
     frame = pd.DataFrame(rows, columns=["note_id", "date_shifted", "text", "entities_removed"])
-    lake.write_table(frame, "deid", "notes", patient_key)
     return MaterializeResult(
+        value=frame,
         metadata={"notes": len(frame), "entities_removed": int(frame["entities_removed"].sum()), "spacy_ner": deidentifier.spacy_available}
     )
 
@@ -170,16 +172,13 @@ def deid_notes(context: AssetExecutionContext, lake: LakeResource, deid_key: Dei
 @asset(
     group_name="ehr",
     partitions_def=patient_partitions,
-    deps=[deid_notes],
     description="Structured findings from the de-identified notes: stage/TNM, ECOG, smoking status and biomarker "
     "mentions, negation-aware.",
 )
-def note_findings(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
-    patient_key = context.partition_key
-    deid = lake.read_table("deid", "notes", patient_key)
+def note_findings(context: AssetExecutionContext, deid_notes: pd.DataFrame) -> MaterializeResult:
     rows = [
         {"note_id": note.note_id, "date_shifted": note.date_shifted, **finding}
-        for note in deid.itertuples()
+        for note in deid_notes.itertuples()
         for finding in findings.extract_note_findings(note.text)
     ]
     frame = pd.DataFrame(rows)
@@ -187,30 +186,23 @@ def note_findings(context: AssetExecutionContext, lake: LakeResource) -> Materia
         # Findings mix numeric (ECOG) and text (stage) values: stored as text, typed downstream.
         if column in frame.columns:
             frame[column] = frame[column].map(lambda v: None if v is None else str(v))
-    lake.write_table(frame, "features", "note_findings", patient_key)
-    return MaterializeResult(metadata={"findings": len(frame)})
+    return MaterializeResult(value=frame, metadata={"findings": len(frame)})
 
 
 @asset(
     group_name="ehr",
     partitions_def=patient_partitions,
-    deps=[deid_ehr, note_findings],
     description="Normalized per-patient clinical features: age, sex, cancer type from SNOMED codes, stage, ECOG, "
     "smoking, prior lines, key labs in harmonized units, current medications; notes fill gaps (with source columns).",
 )
-def clinical_features(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
+def clinical_features(context: AssetExecutionContext, deid_ehr: dict, note_findings: pd.DataFrame) -> MaterializeResult:
     patient_key = context.partition_key
-    folder = lake.zone("deid")
-    deid = {
-        path.name.removeprefix("ehr_"): lake.read_table("deid", path.name, patient_key)
-        for path in sorted(folder.glob("ehr_*"))
-        if lake.has_table("deid", path.name, patient_key)
-    }
-    found = lake.read_table("features", "note_findings", patient_key)
+    deid = dict(sorted(deid_ehr.items()))
+    found = note_findings
     frame = features.clinical_features(deid, found if len(found) else None) if deid else pd.DataFrame({"patient_key": [patient_key]})
-    lake.write_table(frame, "features", "clinical_features", patient_key)
     row = frame.iloc[0].to_dict() if len(frame) else {}
     return MaterializeResult(
+        value=frame,
         metadata={
             "cancer_type": str(row.get("cancer_type")),
             "stage": str(row.get("stage")),

@@ -10,7 +10,7 @@ from radplan.errors import RadplanInputError
 from radplan.genomics import actionable, pgx, reads
 from radplan.genomics.vcf import vcf_to_parquet
 from radplan.lake import atomic_path
-from radplan_assets.ingest import landing_inventory, read_inventory
+from radplan_assets.ingest import patient_inventory
 from radplan_assets.partitions import patient_partitions
 from radplan_resources import DeidKeyResource, LakeResource
 
@@ -29,12 +29,11 @@ def _raw_files(lake: LakeResource, patient_key: str, kind: str) -> list[Path]:
 @asset(
     group_name="genomics",
     partitions_def=patient_partitions,
-    deps=[landing_inventory],
     description="The patient's VCF/BCF and BAM/CRAM files copied from the landing zone into the raw zone (PHI: sample names).",
 )
-def raw_genomics(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
+def raw_genomics(context: AssetExecutionContext, landing_inventory: dict, lake: LakeResource) -> MaterializeResult:
     patient_key = context.partition_key
-    files = read_inventory(lake, "genomics_files", patient_key)
+    files = patient_inventory(landing_inventory, "genomics_files", patient_key)
     with lake.rebuild_patient_dir("raw", GENOMICS_KIND, patient_key) as staging:
         for index, row in enumerate(files.itertuples()):
             source = Path(row.path)
@@ -56,7 +55,7 @@ def raw_genomics(context: AssetExecutionContext, lake: LakeResource) -> Material
     deps=[raw_genomics],
     description="Variants as normalized Parquet (cyvcf2, streamed): multi-allelic records split, genotype, depth, "
     "allele fraction, FILTER, VEP CSQ / SnpEff ANN / EFF annotation; sample names pseudonymized; genome build recorded. "
-    "Truncated or malformed VCFs are quarantined whole.",
+    "Truncated or malformed VCFs are quarantined whole. The asset streams its Parquet parts into its own partition.",
 )
 def variants(context: AssetExecutionContext, lake: LakeResource, deid_key: DeidKeyResource) -> MaterializeResult:
     patient_key = context.partition_key
@@ -84,29 +83,20 @@ def variants(context: AssetExecutionContext, lake: LakeResource, deid_key: DeidK
     )
 
 
-def read_variants(lake: LakeResource, patient_key: str) -> pd.DataFrame:
-    folder = lake.partition_dir("features", "variants", patient_key)
-    if not folder.is_dir() or not any(folder.glob("*.parquet")):
-        return pd.DataFrame()
-    return lake.read_table("features", "variants", patient_key)
-
-
 @asset(
     group_name="genomics",
     partitions_def=patient_partitions,
-    deps=[variants, "clinical_features"],
     description="Variants matched against radplan's versioned local knowledge base of actionable alterations "
     "(AMP/ASCO/CAP tiers, drugs, citations), by protein change, genomic position (either build) or exon rule.",
 )
-def annotated_variants(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
-    patient_key = context.partition_key
-    found = read_variants(lake, patient_key)
-    clinical = lake.read_table("features", "clinical_features", patient_key)
+def annotated_variants(context: AssetExecutionContext, variants: pd.DataFrame, clinical_features: pd.DataFrame) -> MaterializeResult:
+    found = variants
+    clinical = clinical_features
     tumour_type = clinical["cancer_type"].iloc[0] if len(clinical) else None
     kb = actionable.load_knowledge_base()
     matches = actionable.match_actionable(found, tumour_type=tumour_type, kb=kb) if len(found) else pd.DataFrame()
-    lake.write_table(matches, "features", "annotated_variants", patient_key)
     return MaterializeResult(
+        value=matches,
         metadata={"actionable_matches": len(matches), "kb_version": kb.kb_version, "tumour_type": str(tumour_type)}
     )
 
@@ -140,21 +130,20 @@ def coverage_qc(context: AssetExecutionContext, config: CoverageConfig, lake: La
             except RadplanInputError as error:
                 lake.quarantine(path, "alignment", error)
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["chrom", "pos", "depth", "callable"])
-    lake.write_table(frame, "features", "coverage_qc", patient_key)
-    return MaterializeResult(metadata={"alignments": len(frames), "positions": len(frame), "min_depth": config.min_depth})
+    return MaterializeResult(value=frame, metadata={"alignments": len(frames), "positions": len(frame), "min_depth": config.min_depth})
 
 
 @asset(
     group_name="genomics",
     partitions_def=patient_partitions,
-    deps=[raw_genomics, coverage_qc],
+    deps=[raw_genomics],
     description="Pharmacogenomic phenotypes per CPIC: genotype -> star-allele diplotype -> phenotype (activity score "
     "where defined) for CYP2C19, CYP2C9, VKORC1, DPYD, TPMT, NUDT15, SLCO1B1, UGT1A1; missing or low-depth positions "
     "are reported as no-calls, never assumed reference.",
 )
-def pgx_phenotypes(context: AssetExecutionContext, config: CoverageConfig, lake: LakeResource) -> MaterializeResult:
+def pgx_phenotypes(context: AssetExecutionContext, config: CoverageConfig, coverage_qc: pd.DataFrame, lake: LakeResource) -> MaterializeResult:
     patient_key = context.partition_key
-    coverage = lake.read_table("features", "coverage_qc", patient_key)
+    coverage = coverage_qc
     frames = []
     for raw_path in _raw_files(lake, patient_key, "vcf"):
         with lake.open_raw(raw_path, companions=INDEX_SUFFIXES) as path:
@@ -165,9 +154,9 @@ def pgx_phenotypes(context: AssetExecutionContext, config: CoverageConfig, lake:
             except RadplanInputError:
                 continue  # the variants asset has quarantined this file with its reason
     frame = pd.concat(frames, ignore_index=True).drop_duplicates("gene") if frames else pd.DataFrame()
-    lake.write_table(frame, "features", "pgx_phenotypes", patient_key)
     called = frame[frame["phenotype"].notna()] if len(frame) else frame
     return MaterializeResult(
+        value=frame,
         metadata={
             "genes": len(frame),
             "called": len(called),

@@ -12,9 +12,10 @@ from radplan.imaging import masks as mask_ops
 from radplan.imaging import radiomics, volumes
 from radplan.imaging.deid import DeidOptions, deidentify_file
 from radplan.imaging.series import InstanceHeader, group_series, read_instance_header, validate_instance
-from radplan_assets.ingest import landing_inventory, read_inventory
+from radplan_assets.ingest import patient_inventory
 from radplan_assets.partitions import patient_partitions
 from radplan_resources import DeidKeyResource, LakeResource, PacsResource
+from radplan_resources.io_manager import optional_input
 from radplan_resources.pacs import PACS_RETRY_POLICY, StudyLocation
 
 IMAGE_MODALITIES = {"CT", "MR", "PT"}
@@ -29,15 +30,16 @@ def _deid_headers(lake: LakeResource, patient_key: str) -> list[InstanceHeader]:
 @asset(
     group_name="imaging",
     partitions_def=patient_partitions,
-    deps=[landing_inventory],
     retry_policy=PACS_RETRY_POLICY,
     description="The patient's studies fetched from the PACS into the raw zone (PHI). Each instance is validated; "
     "non-DICOM, truncated or pixel-less instances are quarantined and the rest of the study goes on.",
 )
-def pacs_studies(context: AssetExecutionContext, lake: LakeResource, pacs: PacsResource, deid_key: DeidKeyResource) -> MaterializeResult:
+def pacs_studies(
+    context: AssetExecutionContext, landing_inventory: dict, lake: LakeResource, pacs: PacsResource, deid_key: DeidKeyResource
+) -> MaterializeResult:
     patient_key = context.partition_key
     pseudonymizer = deid_key.pseudonymizer()
-    studies = read_inventory(lake, "dicom_studies", patient_key)
+    studies = patient_inventory(landing_inventory, "dicom_studies", patient_key)
     kept, quarantined = 0, []
     with lake.rebuild_patient_dir("raw", "dicom", patient_key) as staging:
         for row in studies.itertuples():
@@ -141,8 +143,8 @@ def imaging_metadata(context: AssetExecutionContext, lake: LakeResource) -> Mate
         for series_uid, instances in series.items()
     ]
     frame = pd.DataFrame(rows)
-    lake.write_table(frame, "features", "imaging_metadata", patient_key)
     return MaterializeResult(
+        value=frame,
         metadata={
             "series": len(frame),
             "studies": int(frame["study_uid"].nunique()) if len(frame) else 0,
@@ -192,8 +194,8 @@ def normalized_volumes(context: AssetExecutionContext, config: VolumeConfig, lak
                     }
                 )
     frame = pd.DataFrame(rows)
-    lake.write_table(frame, "features", "normalized_volumes", patient_key)
     return MaterializeResult(
+        value=frame,
         metadata={
             "volumes": len(frame),
             "quarantined": len(quarantined),
@@ -217,17 +219,17 @@ def _referenced_series_uid(ds: pydicom.Dataset) -> str | None:
 @asset(
     group_name="imaging",
     partitions_def=patient_partitions,
-    deps=[deid_studies, normalized_volumes],
+    deps=[deid_studies],
     description="Reference lesion masks from the study's DICOM SEG or RTSTRUCT, rasterized on the image grid, moved "
     "onto the normalized volume grid and split into connected lesions (labels 1..n).",
 )
-def lesion_masks(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
+def lesion_masks(context: AssetExecutionContext, normalized_volumes: pd.DataFrame, lake: LakeResource) -> MaterializeResult:
     patient_key = context.partition_key
     headers = _deid_headers(lake, patient_key)
     by_series: dict[str, list[InstanceHeader]] = {}
     for series in group_series(headers).values():
         by_series.update(series)
-    vols = lake.read_table("features", "normalized_volumes", patient_key)
+    vols = normalized_volumes
     volume_by_series = dict(zip(vols["series_uid"], vols["volume_path"])) if len(vols) else {}
     rows, quarantined = [], []
     with lake.rebuild_patient_dir("features", "masks", patient_key) as staging:
@@ -266,8 +268,8 @@ def lesion_masks(context: AssetExecutionContext, lake: LakeResource) -> Material
                 }
             )
     frame = pd.DataFrame(rows, columns=["image_series_uid", "mask_series_uid", "source", "lesions", "mask_path"])
-    lake.write_table(frame, "features", "lesion_masks", patient_key)
     return MaterializeResult(
+        value=frame,
         metadata={"masks": len(frame), "lesions": int(frame["lesions"].sum()) if len(frame) else 0, "quarantined": len(quarantined)}
     )
 
@@ -276,26 +278,35 @@ class RadiomicsConfig(Config):
     workers: int = 2
 
 
-def mask_table(lake: LakeResource, patient_key: str) -> pd.DataFrame:
-    """Reference masks, and model-predicted masks for series without one (the reference wins)."""
-    frames = [lake.read_table("features", "lesion_masks", patient_key)]
-    if lake.has_table("features", "predicted_lesion_masks", patient_key):
-        frames.append(lake.read_table("features", "predicted_lesion_masks", patient_key))
-    frame = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else frames[0]
-    return frame.drop_duplicates("image_series_uid", keep="first") if len(frame) else frame
+def mask_table(lesion_masks: pd.DataFrame, predicted_lesion_masks: pd.DataFrame) -> pd.DataFrame:
+    """Reference masks, and model-predicted masks for series without one (the reference wins).
+
+    Works per patient and for the whole cohort: a series UID belongs to one patient.
+    """
+    frames = [frame for frame in (lesion_masks, predicted_lesion_masks) if len(frame)]
+    if not frames:
+        return lesion_masks
+    frame = pd.concat(frames, ignore_index=True)
+    return frame.drop_duplicates("image_series_uid", keep="first")
 
 
 @asset(
     group_name="imaging",
     partitions_def=patient_partitions,
-    deps=[normalized_volumes, lesion_masks, "predicted_lesion_masks"],
+    ins={"predicted_lesion_masks": optional_input()},
     description="pyradiomics features per lesion (IBSI-aligned parameter file per modality), one row per lesion, with "
     "the extraction settings and pyradiomics version stored beside every row.",
 )
-def radiomic_features(context: AssetExecutionContext, config: RadiomicsConfig, lake: LakeResource) -> MaterializeResult:
-    patient_key = context.partition_key
-    vols = lake.read_table("features", "normalized_volumes", patient_key)
-    masks = mask_table(lake, patient_key)
+def radiomic_features(
+    context: AssetExecutionContext,
+    config: RadiomicsConfig,
+    normalized_volumes: pd.DataFrame,
+    lesion_masks: pd.DataFrame,
+    predicted_lesion_masks: pd.DataFrame,
+    lake: LakeResource,
+) -> MaterializeResult:
+    vols = normalized_volumes
+    masks = mask_table(lesion_masks, predicted_lesion_masks)
     frames = []
     for item in masks.itertuples():
         volume = vols[vols["series_uid"] == item.image_series_uid].iloc[0]
@@ -317,5 +328,4 @@ def radiomic_features(context: AssetExecutionContext, config: RadiomicsConfig, l
         features["extraction_settings"] = json.dumps(radiomics.extraction_settings(params), sort_keys=True, default=str)
         frames.append(features)
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    lake.write_table(frame, "features", "radiomic_features", patient_key)
-    return MaterializeResult(metadata={"lesions": len(frame), "series": len(frames), "features_per_lesion": int(frame.shape[1]) if len(frame) else 0})
+    return MaterializeResult(value=frame, metadata={"lesions": len(frame), "series": len(frames), "features_per_lesion": int(frame.shape[1]) if len(frame) else 0})

@@ -16,9 +16,9 @@ from radplan.ehr.extracts import accepted_patient_ids
 from radplan.inventory import GenomicsFile, landing_state, scan_genomics
 from radplan_assets.partitions import PATIENTS_PARTITION_NAME
 from radplan_resources import DeidKeyResource, LakeResource, LandingZoneResource, PacsResource
+from radplan_resources.io_manager import own_previous_output, table_metadata
 from radplan_resources.landing import file_sha256
 
-INVENTORY = "inventory"
 FINGERPRINTS = "patient_fingerprints"
 # Metadata entry of a landing_inventory materialization: {patient_key: fingerprint} of changed patients.
 CHANGED_PATIENTS = "changed_patients"
@@ -55,6 +55,7 @@ def _genomics_hashes(paths: list, previous: pd.DataFrame) -> dict[str, str]:
 
 @asset(
     group_name="ingest",
+    metadata=table_metadata("landing_inventory"),
     description=(
         "Inventory of the PACS and the landing zone: every study, genomics file and EHR patient, "
         "mapped to a pseudonymous patient key (raw zone, PHI). Registers new patient partitions; "
@@ -69,6 +70,7 @@ def landing_inventory(
     deid_key: DeidKeyResource,
 ) -> MaterializeResult:
     pseudonymizer = deid_key.pseudonymizer()
+    previous_inventory = own_previous_output(lake, "landing_inventory")
     quarantined = []
     # Taken before the scan: a file that lands during the scan changes the state, so a sensor still asks.
     landing_tokens = {
@@ -96,8 +98,7 @@ def landing_inventory(
             quarantined.append(lake.quarantine(path, "genomics-scan", error).safe_summary())
             continue
         genomics_files.append(found)
-    previous_genomics = lake.read_table_if_present("raw", f"{INVENTORY}_genomics_files")
-    hashes = _genomics_hashes([found.path for found in genomics_files], previous_genomics)
+    hashes = _genomics_hashes([found.path for found in genomics_files], previous_inventory["genomics_files"])
     genomics_rows = []
     for found in genomics_files:
         stat = found.path.stat()
@@ -137,14 +138,12 @@ def landing_inventory(
     for row in ehr_rows:
         parts.setdefault(row["patient_key"], []).append(f"ehr\x00{row['rows_fingerprint']}")
     fingerprints = combine_fingerprints(parts, pseudonymizer.token)
-    previous = lake.read_table_if_present("raw", f"{INVENTORY}_{FINGERPRINTS}")
+    previous = previous_inventory[FINGERPRINTS]
     changed = changed_fingerprints(dict(zip(previous.get("patient_key", []), previous.get("fingerprint", []))), fingerprints)
     tables[FINGERPRINTS] = pd.DataFrame(sorted(fingerprints.items()), columns=["patient_key", "fingerprint"])
 
-    # Fingerprints last: a run that fails half-way leaves the previous ones, so its changes are seen again.
-    for name, frame in tables.items():
-        lake.write_table(frame, "raw", f"{INVENTORY}_{name}")
-
+    # The IO manager writes the tables in this order, fingerprints last: a run that fails half-way leaves the
+    # previous fingerprints, so its changes are seen again.
     keys = sorted(fingerprints)
     known = set(context.instance.get_dynamic_partitions(PATIENTS_PARTITION_NAME))
     new_keys = [key for key in keys if key not in known]
@@ -155,6 +154,7 @@ def landing_inventory(
         f"{len(study_rows)} studies, {len(quarantined)} files quarantined"
     )
     return MaterializeResult(
+        value=tables,
         metadata={
             "patients": len(keys),
             "new_patients": len(new_keys),
@@ -171,7 +171,9 @@ def landing_inventory(
     )
 
 
-def read_inventory(lake: LakeResource, name: str, patient_key: str) -> pd.DataFrame:
+def patient_inventory(inventory: dict[str, pd.DataFrame], name: str, patient_key: str) -> pd.DataFrame:
     """This patient's rows of one inventory table (PHI: use inside the asset only)."""
-    frame = lake.read_table("raw", f"{INVENTORY}_{name}")
+    frame = inventory[name]
+    if frame.empty:
+        return frame
     return frame[frame["patient_key"] == patient_key].reset_index(drop=True)

@@ -15,9 +15,9 @@ from radplan.imaging import volumes
 from radplan.imaging.series import group_series, read_instance_header
 from radplan.lake import atomic_write_json
 from radplan.models import registry, response, segmentation
-from radplan_assets.imaging import lesion_masks, normalized_volumes
 from radplan_assets.partitions import patient_partitions
 from radplan_resources import DeidKeyResource, LakeResource, MlflowResource
+from radplan_resources.io_manager import one_table_of, table_metadata
 
 SEGMENTATION_MODEL_NAME = "radplan-lesion-seg"
 RESPONSE_MODEL_NAME = "radplan-response"
@@ -40,14 +40,19 @@ class SegmentationTrainingRunConfig(Config):
 
 @asset(
     group_name="models",
-    deps=[normalized_volumes, lesion_masks],
     description="MONAI 3-D UNet trained with PyTorch Lightning on CT volumes that have reference masks (SEG/RTSTRUCT); "
     "held-out Dice with sliding-window inference; logged and registered in MLflow as radplan-lesion-seg, promoted to "
     "`champion` only if it beats the current champion on the same validation data.",
 )
-def segmentation_model(context: AssetExecutionContext, config: SegmentationTrainingRunConfig, lake: LakeResource, mlflow: MlflowResource) -> MaterializeResult:
-    vols = lake.read_table("features", "normalized_volumes")
-    refs = lake.read_table("features", "lesion_masks")
+def segmentation_model(
+    context: AssetExecutionContext,
+    config: SegmentationTrainingRunConfig,
+    normalized_volumes: pd.DataFrame,
+    lesion_masks: pd.DataFrame,
+    lake: LakeResource,
+    mlflow: MlflowResource,
+) -> MaterializeResult:
+    vols, refs = normalized_volumes, lesion_masks
     pairs_frame = refs.merge(vols, left_on=["patient_key", "image_series_uid"], right_on=["patient_key", "series_uid"])
     pairs_frame = pairs_frame[pairs_frame["modality"] == "CT"].sort_values(["patient_key", "image_series_uid"])
     pairs = [(lake.root_path / v, lake.root_path / m) for v, m in zip(pairs_frame["volume_path"], pairs_frame["mask_path"])]
@@ -90,15 +95,21 @@ def champion_validation_dice(client) -> float | None:
 @asset(
     group_name="models",
     partitions_def=patient_partitions,
-    deps=[segmentation_model, normalized_volumes, lesion_masks],
+    deps=["segmentation_model"],
     description="Lesion masks from the champion segmentation model for CT series that have no reference mask, only when "
     "the champion's held-out Dice reaches the configured minimum; each is also written back as a DICOM SEG (highdicom) "
     "referencing the de-identified CT so a PACS viewer can show it.",
 )
-def predicted_lesion_masks(context: AssetExecutionContext, config: PredictedMasksConfig, lake: LakeResource, mlflow: MlflowResource) -> MaterializeResult:
+def predicted_lesion_masks(
+    context: AssetExecutionContext,
+    config: PredictedMasksConfig,
+    normalized_volumes: pd.DataFrame,
+    lesion_masks: pd.DataFrame,
+    lake: LakeResource,
+    mlflow: MlflowResource,
+) -> MaterializeResult:
     patient_key = context.partition_key
-    vols = lake.read_table("features", "normalized_volumes", patient_key)
-    refs = lake.read_table("features", "lesion_masks", patient_key)
+    vols, refs = normalized_volumes, lesion_masks
     todo = vols[(vols["modality"] == "CT") & ~vols["series_uid"].isin(refs["image_series_uid"] if len(refs) else [])] if len(vols) else vols
     client = _client(mlflow)
     champion_dice = champion_validation_dice(client) if len(todo) else None
@@ -140,8 +151,8 @@ def predicted_lesion_masks(context: AssetExecutionContext, config: PredictedMask
                     }
                 )
     frame = pd.DataFrame(rows, columns=["image_series_uid", "mask_series_uid", "source", "lesions", "mask_path"])
-    lake.write_table(frame, "features", "predicted_lesion_masks", patient_key)
     return MaterializeResult(
+        value=frame,
         metadata={
             "series_without_reference_mask": len(todo),
             "predicted": len(frame),
@@ -153,9 +164,8 @@ def predicted_lesion_masks(context: AssetExecutionContext, config: PredictedMask
 
 
 
-def outcome_labels(lake: LakeResource) -> pd.DataFrame:
-    """Observed first-line response per patient from the de-identified EHR (patient_key, responded)."""
-    observations = lake.read_table_if_present("deid", "ehr_observations")
+def outcome_labels(observations: pd.DataFrame) -> pd.DataFrame:
+    """Observed first-line response per patient from the de-identified EHR observations (patient_key, responded)."""
     if observations.empty:
         return pd.DataFrame(columns=["patient_key", "responded"])
     response_rows = observations[observations["CODE"].astype(str) == cohort.RECIST_BEST_RESPONSE_CODE]
@@ -198,22 +208,31 @@ class ResponseModelConfig(Config):
 
 @asset(
     group_name="models",
-    deps=["cohort_features", "patient_strata", "deid_ehr"],
+    deps=["patient_strata"],
+    ins={"deid_ehr": one_table_of("observations")},
+    metadata=table_metadata("response_model"),
     description="Response to first-line therapy from cohort features: rules-only baseline vs a prognostic logistic model vs "
     "gradient-boosted trees vs a Lightning MLP vs their ensemble on the same stratified folds; calibrated, with bootstrap CIs and per-patient "
     "attributions; registered as radplan-response with champion/challenger. Writes lake/exports/model_report.json.",
 )
 def response_model(
-    context: AssetExecutionContext, config: ResponseModelConfig, lake: LakeResource, mlflow: MlflowResource, deid_key: DeidKeyResource
+    context: AssetExecutionContext,
+    config: ResponseModelConfig,
+    cohort_features: pd.DataFrame,
+    deid_ehr: pd.DataFrame,
+    lake: LakeResource,
+    mlflow: MlflowResource,
+    deid_key: DeidKeyResource,
 ) -> MaterializeResult:
-    cohort_frame = lake.read_table("features", "cohort_features").set_index("patient_key", drop=False)
+    cohort_frame = cohort_features.set_index("patient_key", drop=False)
     therapy = cohort_frame["current_medications"].map(first_line_therapy)
-    labels = outcome_labels(lake).set_index("patient_key")["responded"].astype(int)
+    labels = outcome_labels(deid_ehr).set_index("patient_key")["responded"].astype(int)
     training = cohort_frame.loc[cohort_frame.index.intersection(labels.index)]
     smallest_class = int(labels.loc[training.index].value_counts().min()) if len(training) and labels.loc[training.index].nunique() == 2 else 0
     folds = min(config.n_splits, smallest_class)
     context.log.info(f"{len(training)} of {len(cohort_frame)} patients have an observed response; {folds}-fold CV")
     truth = synthetic_true_probabilities(lake, deid_key)
+    tables = {}
     if smallest_class < MIN_OUTCOMES_PER_CLASS:
         # Too few outcomes of one class to cross-validate: recommendations go on from rules alone.
         entry = {"name": RESPONSE_MODEL_NAME, "trained": False,
@@ -237,11 +256,12 @@ def response_model(
         predictions["model_name"] = RESPONSE_MODEL_NAME
         predictions["model_version"] = str(result["version"])
         # What model_monitoring compares the scored cohort with: the rows this version was fitted on.
-        lake.write_table(monitoring.training_snapshot(training, predictions, str(result["version"])), "features", "response_training_snapshot")
+        tables["training_snapshot"] = monitoring.training_snapshot(training, predictions, str(result["version"]))
         entry = {**response.model_report_entry(result), "trained": True}
-    lake.write_table(predictions, "features", "response_predictions")
+    tables["predictions"] = predictions
     update_model_report(lake, "response_model", entry)
     return MaterializeResult(
+        value=tables,
         metadata={
             "patients_with_outcome": len(training),
             "folds": folds,

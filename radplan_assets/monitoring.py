@@ -22,6 +22,7 @@ from dagster import (
 
 from radplan import monitoring
 from radplan_resources import LakeResource, LandingZoneResource
+from radplan_resources.io_manager import optional_input, own_previous_output, table_metadata
 
 MODEL_MONITORING = "model_monitoring"
 CLINICIAN_FEEDBACK = "clinician_feedback"
@@ -44,7 +45,8 @@ class ModelMonitoringConfig(Config):
 
 @asset(
     group_name="models",
-    deps=["cohort_features", "response_model"],
+    ins={"response_model": optional_input()},
+    metadata=table_metadata(MODEL_MONITORING),
     check_specs=[
         AssetCheckSpec(DRIFT_CHECK, asset=MODEL_MONITORING, description="Largest per-feature PSI of the scored cohort vs the "
                        "response model's training snapshot stays at or below the configured threshold."),
@@ -55,16 +57,18 @@ class ModelMonitoringConfig(Config):
     "over reference quantile bins, two-sample KS for numeric columns), the distribution of predicted probabilities, and "
     "missingness per modality appended to a history table (lake/features/feature_drift, data_quality_history).",
 )
-def model_monitoring(context: AssetExecutionContext, config: ModelMonitoringConfig, lake: LakeResource) -> MaterializeResult:
+def model_monitoring(
+    context: AssetExecutionContext, config: ModelMonitoringConfig, cohort_features: pd.DataFrame, response_model: dict, lake: LakeResource
+):  # no return annotation: with check specs, Dagster would type the table output as Nothing
     measured_at = dt.datetime.now(dt.timezone.utc)
-    current = lake.read_table("features", "cohort_features")
-    snapshot = lake.read_table_if_present("features", "response_training_snapshot")
-    predictions = lake.read_table_if_present("features", "response_predictions")
+    current = cohort_features
+    snapshot = response_model.get("training_snapshot", pd.DataFrame())
+    predictions = response_model.get("predictions", pd.DataFrame())
     reference_version = str(snapshot["snapshot_model_version"].iloc[0]) if len(snapshot) else "none"
 
     drift = monitoring.drift_table(snapshot, current, psi_threshold=config.psi_threshold, n_bins=config.n_bins) if len(snapshot) else (
         pd.DataFrame(columns=list(monitoring.DRIFT_COLUMNS)))
-    lake.write_table(drift.assign(measured_at=pd.Timestamp(measured_at), reference_model_version=reference_version), "features", "feature_drift")
+    drift_table = drift.assign(measured_at=pd.Timestamp(measured_at), reference_model_version=reference_version)
     max_psi = float(drift["psi"].max()) if drift["psi"].notna().any() else float("nan")
     top_feature = str(drift["feature"].iloc[0]) if drift["psi"].notna().any() else None
     enough_patients = len(snapshot) >= config.min_patients and len(current) >= config.min_patients
@@ -81,10 +85,9 @@ def model_monitoring(context: AssetExecutionContext, config: ModelMonitoringConf
                                               reference_probabilities, config.n_bins)
 
     history = monitoring.append_history(
-        lake.read_table_if_present("features", "data_quality_history"), monitoring.missingness(current),
+        own_previous_output(lake, MODEL_MONITORING)["history"], monitoring.missingness(current),
         measured_at=measured_at, run_id=context.run_id,
     )
-    lake.write_table(history, "features", "data_quality_history")
     trend = monitoring.quality_trend(history)
     rising = trend[trend["change"] > config.missingness_increase_threshold]
 
@@ -106,6 +109,7 @@ def model_monitoring(context: AssetExecutionContext, config: ModelMonitoringConf
     )
     top_rows = drift.head(10)[["feature", "kind", "psi", "ks_statistic", "ks_pvalue"]].round(4)
     return MaterializeResult(
+        value={"drift": drift_table, "history": history},
         metadata={
             "reference_model_version": reference_version,
             "reference_patients": len(snapshot),
@@ -143,7 +147,8 @@ def _feedback_files(folder) -> list:
 
 @asset(
     group_name="decision",
-    deps=["patient_recommendations"],
+    ins={"patient_recommendations": optional_input()},
+    metadata=table_metadata(CLINICIAN_FEEDBACK),
     check_specs=[
         AssetCheckSpec(OVERRIDE_CHECK, asset=CLINICIAN_FEEDBACK, description="No rule, model version or the whole set of "
                        "decisions (with enough decisions) is overridden more often than the configured threshold."),
@@ -154,8 +159,12 @@ def _feedback_files(folder) -> list:
     "quarantined with the reason.",
 )
 def clinician_feedback(
-    context: AssetExecutionContext, config: ClinicianFeedbackConfig, lake: LakeResource, landing: LandingZoneResource
-) -> MaterializeResult:
+    context: AssetExecutionContext,
+    config: ClinicianFeedbackConfig,
+    patient_recommendations: pd.DataFrame,
+    lake: LakeResource,
+    landing: LandingZoneResource,
+):  # no return annotation: with check specs, Dagster would type the table output as Nothing
     now = dt.datetime.now(dt.timezone.utc)
     files = _feedback_files(landing.feedback_dir)
     parsed, quarantined, rejected_rows = [], [], 0
@@ -176,11 +185,8 @@ def clinician_feedback(
     feedback = pd.concat(parsed, ignore_index=True) if parsed else monitoring.empty_feedback().assign(source_file_id=pd.Series(dtype=str))
     valid_rows = len(feedback)
     decisions, superseded = monitoring.latest_decisions(feedback)
-    recommendations = lake.read_table_if_present("features", "patient_recommendations")
-    joined = monitoring.join_recommendations(decisions, recommendations)
+    joined = monitoring.join_recommendations(decisions, patient_recommendations)
     rates = monitoring.override_rates(joined)
-    lake.write_table(joined, "features", "clinician_feedback")
-    lake.write_table(rates, "features", "override_rates")
 
     max_rate, max_group = monitoring.max_supported_override_rate(rates, config.min_decisions)
     exceeded = bool(max_group is not None and max_rate > config.override_rate_threshold)
@@ -203,6 +209,7 @@ def clinician_feedback(
                   "min_decisions": config.min_decisions},
     )
     return MaterializeResult(
+        value={"decisions": joined, "override_rates": rates},
         metadata={
             "feedback_files": len(files),
             "files_used": len(parsed),

@@ -235,9 +235,22 @@ class LakeResource(ConfigurableResource):
                     self._encrypt_tree(plain, staging, final, key)
         self.audit("write", zone, self.relative(final), patient_key=_bare_patient_key(patient_key), nbytes=nbytes, files=files)
 
+    def ops_path(self, name: str) -> Path:
+        """A file of the operators' folder (``<lake>/ops``, outside the data zones: run failures)."""
+        path = self.root_path / "ops" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def ops_written(self, path: Path) -> None:
+        """Called after an ops file was replaced: other storage publishes it (the local lake has nothing to do)."""
+
     def relative(self, path: Path) -> str:
         """Path relative to the lake root: what tables and metadata record (no host paths)."""
         return str(Path(path).resolve().relative_to(self.root_path.resolve()))
+
+    def dataset_path(self, zone: str, table: str) -> Path:
+        """The folder of a per-patient (hive-partitioned) table, for engines that read it whole (Spark)."""
+        return self.zone(zone) / table
 
     def partition_dir(self, zone: str, table: str, patient_key: str) -> Path:
         return self.zone(zone) / table / f"{PARTITION_COLUMN}={patient_key}"
@@ -333,6 +346,16 @@ class LakeResource(ConfigurableResource):
     def read_table_if_present(self, zone: str, table: str, patient_key: str | None = None) -> pd.DataFrame:
         """Like read_table, but an empty frame where nothing was materialized (an optional input)."""
         return self.read_table(zone, table, patient_key) if self.has_table(zone, table, patient_key) else pd.DataFrame()
+
+    def list_tables(self, zone: str, prefix: str) -> list[str]:
+        """Names of the tables in a zone that start with ``prefix`` (cohort files and partitioned folders)."""
+        names = set()
+        for path in self.zone(zone).glob(f"{prefix}*"):
+            if path.is_dir():
+                names.add(path.name)
+            elif path.suffix == ".parquet":
+                names.add(path.name.removesuffix(".parquet"))
+        return sorted(names)
 
     def has_table(self, zone: str, table: str, patient_key: str | None = None) -> bool:
         if patient_key is None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import shutil
 import time
@@ -20,6 +19,7 @@ from radplan.errors import InvalidDicomError, PacsUnavailableError
 from radplan.imaging.series import read_instance_header
 from radplan.inventory import landing_files
 from radplan.lake import atomic_path
+from radplan.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -101,9 +101,8 @@ class LandingFolderPacs(PacsResource):
 # Step-level retries of assets that read the PACS, on top of the per-request retries below: a PACS
 # restart or network outage longer than those gets three more tries, 1, 3 and 7 times the base delay
 # (default 5 s, each +- one base delay) later.
-PACS_RETRY_DELAY_ENV_VAR = "RADPLAN_PACS_RETRY_DELAY_S"
 PACS_RETRY_POLICY = RetryPolicy(
-    max_retries=3, delay=float(os.environ.get(PACS_RETRY_DELAY_ENV_VAR, "5")), backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
+    max_retries=3, delay=Settings.from_env().pacs_retry_delay_s, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
 )
 
 # Failures worth another try: connection refused/reset, timeouts, a body cut off mid-transfer.

@@ -36,6 +36,7 @@ from pydantic import Field, PrivateAttr, model_validator
 
 from radplan.lake import ZONES, atomic_path, file_sha256
 from radplan_resources.lake import PARTITION_COLUMN, LakeResource, rebuild_dir
+from radplan.settings import S3LakeSettings
 
 SYNC_FOLDER = ".s3sync"
 MANIFEST_PREFIX = "_manifests"
@@ -314,6 +315,9 @@ class S3LakeResource(LakeResource):
             yield staging
         self.publish(f"{zone}/{kind}/{patient_key}")
 
+    def ops_written(self, path: Path) -> None:
+        self.publish(self.relative(path))
+
     def read_table(self, zone: str, table: str, patient_key: str | None = None) -> pd.DataFrame:
         self._refresh(zone, table, patient_key)
         return super().read_table(zone, table, patient_key)
@@ -336,22 +340,16 @@ class S3LakeResource(LakeResource):
                 self.fetch(dataset, etag)
 
 
-def s3_lake_from_env(root: str, **lake_options: Any) -> S3LakeResource | None:
+def s3_lake_from_settings(root: str, settings: S3LakeSettings | None, **lake_options: Any) -> S3LakeResource | None:
     """The S3 lake when ``RADPLAN_LAKE_S3_BUCKET`` is set (credentials: the standard AWS chain), else None."""
-    bucket = os.environ.get("RADPLAN_LAKE_S3_BUCKET")
-    if not bucket:
+    if settings is None:
         return None
-    kms_key_id = os.environ.get("RADPLAN_S3_KMS_KEY_ID") or None
     return S3LakeResource(
         root=root,
-        s3=S3Resource(
-            endpoint_url=os.environ.get("RADPLAN_S3_ENDPOINT_URL") or None,
-            region_name=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None,
-            max_attempts=int(os.environ.get("RADPLAN_S3_MAX_ATTEMPTS", "5")),
-        ),
-        bucket=bucket,
-        prefix=os.environ.get("RADPLAN_LAKE_S3_PREFIX", "radplan"),
-        server_side_encryption=os.environ.get("RADPLAN_S3_SSE") or ("aws:kms" if kms_key_id else "AES256"),
-        kms_key_id=kms_key_id,
+        s3=S3Resource(endpoint_url=settings.endpoint_url, region_name=settings.region_name, max_attempts=settings.max_attempts),
+        bucket=settings.bucket,
+        prefix=settings.prefix,
+        server_side_encryption=settings.server_side_encryption,
+        kms_key_id=settings.kms_key_id,
         **lake_options,
     )

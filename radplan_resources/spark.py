@@ -6,10 +6,10 @@ driver host (the address executors call back) and bind address (RADPLAN_SPARK_DR
 
 from __future__ import annotations
 
-import os
-
 from dagster import ConfigurableResource
 from pydantic import Field
+
+from radplan.settings import spark_local_ip
 
 
 class SparkResource(ConfigurableResource):
@@ -19,19 +19,19 @@ class SparkResource(ConfigurableResource):
     shuffle_partitions: int = Field(default=4, description="Small default: cohorts are thousands of rows, not billions")
     driver_host: str | None = Field(
         default=None,
-        description="Address executors use to reach the driver (None: RADPLAN_SPARK_DRIVER_HOST, else 127.0.0.1). "
+        description="Address executors use to reach the driver (None: 127.0.0.1; definitions.py sets it from RADPLAN_SPARK_DRIVER_HOST). "
         "A master on another machine needs the driver's routable address, e.g. the pod IP.",
     )
     driver_bind_address: str | None = Field(
-        default=None, description="Interface the driver listens on (None: RADPLAN_SPARK_DRIVER_BIND_ADDRESS, else 127.0.0.1)"
+        default=None, description="Interface the driver listens on (None: 127.0.0.1; definitions.py sets it from RADPLAN_SPARK_DRIVER_BIND_ADDRESS)"
     )
 
     def session(self):
         from pyspark.sql import SparkSession
 
-        host = self.driver_host or os.environ.get("RADPLAN_SPARK_DRIVER_HOST") or "127.0.0.1"
-        bind = self.driver_bind_address or os.environ.get("RADPLAN_SPARK_DRIVER_BIND_ADDRESS") or "127.0.0.1"
-        os.environ.setdefault("SPARK_LOCAL_IP", bind)
+        host = self.driver_host or "127.0.0.1"
+        bind = self.driver_bind_address or "127.0.0.1"
+        spark_local_ip(bind)
         return (
             SparkSession.builder.master(self.master)
             .appName(self.app_name)

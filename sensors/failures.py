@@ -13,9 +13,9 @@ from pathlib import Path
 from dagster import DefaultSensorStatus, RunFailureSensorContext, run_failure_sensor
 
 from radplan.lake import atomic_write_text
-from radplan.settings import lake_dir
+from radplan_resources import LakeResource
 
-FAILURES_FILE = Path("ops") / "run_failures.jsonl"
+FAILURES_FILE = "run_failures.jsonl"
 
 
 def failure_rows(run_id: str, job_name: str, partition_key: str | None, steps: list[tuple[str | None, str | None]], at: str) -> list[dict]:
@@ -36,17 +36,13 @@ def record_failures(path: Path, rows: list[dict]) -> int:
     return len(new)
 
 
-def failures_path(lake_root: Path | None = None) -> Path:
-    return (lake_root or lake_dir()) / FAILURES_FILE
-
-
 @run_failure_sensor(
     name="run_failure_recorder",
     default_status=DefaultSensorStatus.STOPPED,
     description="Records every failed run per partition (run id, job, partition key, step, error class; no messages) "
     "in lake/ops/run_failures.jsonl for the operator.",
 )
-def run_failure_recorder(context: RunFailureSensorContext) -> None:
+def run_failure_recorder(context: RunFailureSensorContext, lake: LakeResource) -> None:
     run = context.dagster_run
     steps = []
     for event in context.get_step_failure_events():
@@ -54,5 +50,8 @@ def run_failure_recorder(context: RunFailureSensorContext) -> None:
         steps.append((event.step_key, getattr(error, "cls_name", None)))
     at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     rows = failure_rows(run.run_id, run.job_name, run.tags.get("dagster/partition"), steps, at)
-    added = record_failures(failures_path(), rows)
+    path = lake.ops_path(FAILURES_FILE)
+    added = record_failures(path, rows)
+    if added:
+        lake.ops_written(path)
     context.log.info(f"run {run.run_id} of {run.job_name}: {added} failures recorded")

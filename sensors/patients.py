@@ -10,7 +10,6 @@
   patient updates have settled: one run per batch of arrivals, never one per study.
 """
 
-import os
 import time
 
 from dagster import (
@@ -28,6 +27,7 @@ from dagster import (
 
 from jobs import cohort_refresh_job, export_job, ingest_job, patient_refresh_job
 from radplan_assets.ingest import CHANGED_PATIENTS
+from radplan.settings import Settings
 from sensors.cursors import InventoryChange, SensorCursor, cohort_batch_due, patient_refreshes
 
 INVENTORY_KEY = AssetKey("landing_inventory")
@@ -39,7 +39,7 @@ IN_FLIGHT = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunSt
 
 def cohort_batch_quiet_s() -> float:
     """Seconds without patient updates before the cohort level is rebuilt (RADPLAN_COHORT_BATCH_QUIET_S, default 10 min)."""
-    return float(os.environ.get("RADPLAN_COHORT_BATCH_QUIET_S", "600"))
+    return Settings.from_env().cohort_batch_quiet_s
 
 
 def _latest_storage_id(instance, key: AssetKey, partition: str | None = None) -> int | None:

@@ -28,7 +28,7 @@ def test_dagster_definitions_validate(tmp_path):
 
 
 def test_every_asset_has_a_domain_group_and_a_description():
-    from radplan.definitions import defs
+    from definitions import defs
 
     graph = defs.resolve_asset_graph()
     groups = set()
@@ -41,7 +41,7 @@ def test_every_asset_has_a_domain_group_and_a_description():
 
 
 def test_per_patient_assets_share_one_dynamic_partitioning():
-    from radplan.definitions import defs
+    from definitions import defs
     from radplan_assets.partitions import patient_partitions
 
     graph = defs.resolve_asset_graph()
@@ -51,7 +51,7 @@ def test_per_patient_assets_share_one_dynamic_partitioning():
 
 
 def test_instance_config_disables_telemetry(tmp_path, monkeypatch):
-    from radplan.instance import ensure_dagster_home
+    from radplan_resources.instance import ensure_dagster_home
 
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     folder = ensure_dagster_home(tmp_path)
@@ -61,4 +61,4 @@ def test_instance_config_disables_telemetry(tmp_path, monkeypatch):
 
 def test_workspace_points_at_the_single_definitions_module():
     workspace = yaml.safe_load((REPO_ROOT / "workspace.yaml").read_text())
-    assert workspace["load_from"] == [{"python_module": {"module_name": "radplan.definitions", "location_name": "radplan"}}]
+    assert workspace["load_from"] == [{"python_module": {"module_name": "definitions", "location_name": "radplan"}}]

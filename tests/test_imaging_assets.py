@@ -11,6 +11,7 @@ from dagster import AssetSelection, DagsterInstance, materialize
 from radplan_assets import imaging, ingest
 from radplan_assets.partitions import PATIENTS_PARTITION_NAME
 from radplan_resources import DeidKeyResource, LakeResource, LandingZoneResource, OrthancPacs
+from support import with_lake_io, with_upstream_sources
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.slow]
 
@@ -26,11 +27,11 @@ def test_orthanc_study_is_ingested_deidentified_and_masked(orthanc, shared_data,
     }
     instance = DagsterInstance.ephemeral()
     assets = [ingest.landing_inventory, imaging.pacs_studies, imaging.deid_studies, imaging.imaging_metadata, imaging.normalized_volumes, imaging.lesion_masks]
-    assert materialize([ingest.landing_inventory], resources=resources, instance=instance).success
+    assert materialize(with_upstream_sources([ingest.landing_inventory]), resources=with_lake_io(resources), instance=instance).success
     (key,) = instance.get_dynamic_partitions(PATIENTS_PARTITION_NAME)
     assert re.fullmatch(r"p[0-9a-f]{16}", key)
 
-    result = materialize(assets, resources=resources, instance=instance, partition_key=key, selection=AssetSelection.groups("imaging"))
+    result = materialize(with_upstream_sources(assets), resources=with_lake_io(resources), instance=instance, partition_key=key, selection=AssetSelection.groups("imaging"))
     assert result.success
 
     deid_files = sorted((tmp_path / "lake" / "deid" / "dicom" / key).rglob("*.dcm"))

@@ -7,8 +7,8 @@ import json
 from dagster import DagsterInstance
 
 from radplan_resources import LandingFolderPacs
-from sensors.failures import failure_rows, failures_path, record_failures
-from sensors.inprocess import InProcessDaemon, definitions_with
+from sensors.failures import FAILURES_FILE, failure_rows, record_failures
+from support.inprocess import InProcessDaemon, definitions_with
 
 
 def test_landing_sensors_request_once_per_change_without_file_names(tmp_path, monkeypatch):
@@ -70,15 +70,15 @@ def test_run_failure_recorder_writes_the_failed_partition(tmp_path, monkeypatch)
     )
     assert not result.success
     daemon.evaluate("run_failure_recorder")
-    lines = [json.loads(line) for line in failures_path(tmp_path / "lake").read_text().splitlines()]
+    lines = [json.loads(line) for line in (tmp_path / "lake" / "ops" / FAILURES_FILE).read_text().splitlines()]
     assert lines and {line["run_id"] for line in lines} == {result.run_id}
     assert all(line["partition_key"] == partition and line["job"] == "patient_features_job" for line in lines)
     assert any(line["step"] and line["error_class"] for line in lines)
 
 
 def test_a_patient_arriving_in_every_modality_costs_one_intake(tmp_path, monkeypatch):
-    from radplan.demo import add_new_patient
-    from radplan.instance import ensure_dagster_home
+    from support.arrivals import add_new_patient
+    from radplan_resources.instance import ensure_dagster_home
     from radplan.synth import generate_cohort
 
     monkeypatch.setenv("RADPLAN_HOME", str(tmp_path))

@@ -44,7 +44,7 @@ def webserver(tmp_path):
         "RADPLAN_DEMO": "1",
         "DAGSTER_HOME": str(tmp_path / "home" / "dagster_home"),
     }
-    subprocess.run([sys.executable, "-c", "from radplan.instance import ensure_dagster_home; ensure_dagster_home()"], env=env, check=True)
+    subprocess.run([sys.executable, "-c", "from radplan_resources.instance import ensure_dagster_home; ensure_dagster_home()"], env=env, check=True)
     log = (tmp_path / "webserver.log").open("wb")
     process = subprocess.Popen(
         [str(Path(sys.executable).with_name("dagster-webserver")), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],

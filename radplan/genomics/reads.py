@@ -19,7 +19,6 @@ pairs skipped, overlapping mates de-duplicated).
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -28,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from radplan.errors import InvalidAlignmentError
+from radplan.settings import never_fetch_cram_references
 
 # samtools depth's default flag filter: UNMAP | SECONDARY | QCFAIL | DUP
 DEPTH_FLAG_FILTER = 0x4 | 0x100 | 0x200 | 0x400
@@ -50,7 +50,7 @@ def _open(path: Path, reference_fasta: Path | None):
     mode = "rc" if is_cram else ("rb" if magic[:2] == b"\x1f\x8b" else "r")
     try:
         # REF_PATH/REF_CACHE pointing nowhere: never fetch CRAM references over the network
-        os.environ.setdefault("REF_PATH", ":")
+        never_fetch_cram_references()
         return pysam.AlignmentFile(str(path), mode, reference_filename=str(reference_fasta) if reference_fasta else None,
                                    check_sq=False)
     except (ValueError, OSError) as exc:

@@ -18,7 +18,7 @@ from radplan.genomics.cli import register
 
 
 def _radplan(*args: str) -> SimpleNamespace:
-    """Run a genomics subcommand in-process through the same argparse wiring radplan.cli uses."""
+    """Run a genomics subcommand in-process through the same argparse wiring radplan_cli uses."""
     parser = argparse.ArgumentParser(prog="radplan")
     register(parser.add_subparsers(dest="command", required=True))
     parsed = parser.parse_args(list(args))
@@ -57,7 +57,7 @@ def test_pgx_cli(shared_data, tmp_path):
 @pytest.mark.slow
 def test_radplan_console_command(shared_data, tmp_path):
     out = tmp_path / "o.parquet"
-    done = subprocess.run([sys.executable, "-m", "radplan.cli", "vcf-to-parquet",
+    done = subprocess.run([sys.executable, "-m", "radplan_cli", "vcf-to-parquet",
                            str(shared_data / "genomics/vcf/vcf2maf_test.vcf"), str(out), "--build", "GRCh37"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -23,6 +23,7 @@ from radplan.decision.rules import load_rule_base  # noqa: E402
 from radplan_assets.monitoring import clinician_feedback, model_monitoring  # noqa: E402
 from radplan_resources import LakeResource, LandingZoneResource  # noqa: E402
 from sensors.retraining import retraining_sensor  # noqa: E402
+from support import with_lake_io, with_upstream_sources
 
 HEADER = ",".join(monitoring.FEEDBACK_COLUMNS)
 
@@ -49,7 +50,7 @@ def lake_and_landing(tmp_path):
 
 
 def _materialize(assets, lake, landing, instance):
-    result = materialize(assets, resources={"lake": lake, "landing": landing}, instance=instance)
+    result = materialize(with_upstream_sources(assets), resources=with_lake_io({"lake": lake, "landing": landing}), instance=instance)
     assert result.success
     metadata = {name: {k: v.value for k, v in result.asset_materializations_for_node(name)[0].metadata.items()}
                 for name in (a.key.to_user_string() for a in assets)}

@@ -7,13 +7,14 @@ import pytest
 from dagster import DagsterInstance, build_sensor_context, materialize
 
 from production.local_services import postgres_server
-from radplan.instance import PG_PART_ENVS, PG_URL_ENV, dagster_yaml, ensure_dagster_home
+from radplan_resources.instance import PG_PART_ENVS, PG_URL_ENV, dagster_yaml, ensure_dagster_home
 from radplan.synth.generator import generate_cohort
 from radplan_assets import ehr, ingest
 from radplan_assets.partitions import PATIENTS_PARTITION_NAME
 from radplan_resources import DeidKeyResource, LakeResource, LandingFolderPacs, LandingZoneResource
 from sensors.landing import genomics_landing_sensor
 from sensors.patients import patient_refresh_sensor
+from support import with_lake_io, with_upstream_sources
 
 
 def test_dagster_yaml_names_variables_never_values():
@@ -61,7 +62,7 @@ def test_partitions_runs_and_sensor_on_postgres(tmp_path, monkeypatch):
             tick = genomics_landing_sensor(arrival)
             (request,) = tick.run_requests
             assert request.run_key.startswith("landing-genomics-") and tick.cursor
-            intake = materialize([ingest.landing_inventory], resources=resources, instance=instance, tags={"dagster/run_key": request.run_key})
+            intake = materialize(with_upstream_sources([ingest.landing_inventory]), resources=with_lake_io(resources), instance=instance, tags={"dagster/run_key": request.run_key})
             assert intake.success
             keys = sorted(instance.get_dynamic_partitions(PATIENTS_PARTITION_NAME))
             assert len(keys) == 2
@@ -72,7 +73,7 @@ def test_partitions_runs_and_sensor_on_postgres(tmp_path, monkeypatch):
             assert sorted(r.partition_key for r in refresh.run_requests) == keys and refresh.cursor
             first = next(r for r in refresh.run_requests if r.partition_key == keys[0])
             chain = [ehr.ehr_extracts, ehr.deid_ehr]
-            partition_run = materialize(chain, resources=resources, instance=instance, partition_key=keys[0], tags={"dagster/run_key": first.run_key})
+            partition_run = materialize(with_upstream_sources(chain), resources=with_lake_io(resources), instance=instance, partition_key=keys[0], tags={"dagster/run_key": first.run_key})
             assert partition_run.success
             again = patient_refresh_sensor(build_sensor_context(instance=instance, cursor=refresh.cursor))
             assert not again.run_requests  # no new intake since the cursor

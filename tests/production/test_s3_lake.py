@@ -22,6 +22,7 @@ from radplan_assets import genomics, ingest
 from radplan_assets.partitions import PATIENTS_PARTITION_NAME
 from radplan_resources import DeidKeyResource, LandingFolderPacs, LandingZoneResource
 from radplan_resources.s3_lake import S3LakeError, S3LakeResource
+from support import with_lake_io, with_upstream_sources
 
 BUCKET = "radplan-lake-test"
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
@@ -66,10 +67,10 @@ def test_assets_write_through_and_a_cold_folder_reads_back_identical(s3_endpoint
         "deid_key": DeidKeyResource(demo=True),
     }
     instance = DagsterInstance.ephemeral()
-    assert materialize([ingest.landing_inventory], resources=resources, instance=instance).success
+    assert materialize(with_upstream_sources([ingest.landing_inventory]), resources=with_lake_io(resources), instance=instance).success
     key = sorted(instance.get_dynamic_partitions(PATIENTS_PARTITION_NAME))[0]
     chain = [genomics.raw_genomics, genomics.variants, genomics.coverage_qc, genomics.pgx_phenotypes]
-    assert materialize(chain, resources=resources, instance=instance, partition_key=key).success
+    assert materialize(with_upstream_sources(chain), resources=with_lake_io(resources), instance=instance, partition_key=key).success
 
     written = local_files(lake_root)
     variants = resources["lake"].read_table("features", "variants", key)
@@ -96,7 +97,7 @@ def test_assets_write_through_and_a_cold_folder_reads_back_identical(s3_endpoint
 
     # A step on another (cold) machine: its inputs come from the bucket, its output goes back to it.
     elsewhere = {**resources, "lake": s3_lake(tmp_path / "other-node", s3_endpoint, **kms)}
-    assert materialize([genomics.pgx_phenotypes], resources=elsewhere, instance=instance, partition_key=key).success
+    assert materialize(with_upstream_sources([genomics.pgx_phenotypes]), resources=with_lake_io(elsewhere), instance=instance, partition_key=key).success
     pd.testing.assert_frame_equal(elsewhere["lake"].read_table("features", "pgx_phenotypes", key), pgx)
 
 
@@ -172,7 +173,7 @@ def test_missing_bucket_and_unreachable_endpoint_give_clear_errors(s3_endpoint, 
 
 
 def test_environment_switches_the_lake_to_s3(monkeypatch, tmp_path):
-    from radplan.definitions import build_resources
+    from definitions import build_resources
 
     monkeypatch.setenv("RADPLAN_HOME", str(tmp_path))
     monkeypatch.setenv("RADPLAN_LAKE_S3_BUCKET", BUCKET)

@@ -13,6 +13,7 @@ from production.local_services import spark_standalone
 from radplan_assets.cohort import cohort_features
 from radplan_resources import LakeResource, SparkResource
 from test_cohort_spark import write_three_patient_lake
+from support import with_lake_io, with_upstream_sources
 
 
 def stop_active_spark() -> None:
@@ -28,7 +29,7 @@ def run_cohort_features(lake_root, master: str, app_name: str) -> pd.DataFrame:
     lake = LakeResource(root=str(lake_root))
     stop_active_spark()
     try:
-        result = materialize([cohort_features], resources={"lake": lake, "spark": SparkResource(master=master, app_name=app_name)}, instance=DagsterInstance.ephemeral())
+        result = materialize(with_upstream_sources([cohort_features]), resources=with_lake_io({"lake": lake, "spark": SparkResource(master=master, app_name=app_name)}), instance=DagsterInstance.ephemeral())
         assert result.success
         assert result.asset_materializations_for_node("cohort_features")[0].metadata["spark_master"].value == master
     finally:

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from support import with_lake_io, with_upstream_sources
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HELPERS = Path(__file__).resolve()
@@ -140,7 +141,7 @@ def _materialize_from_orthanc(url: str) -> int:
     """
     from dagster import DagsterEventType, DagsterInstance, materialize
 
-    from radplan.instance import ensure_dagster_home
+    from radplan_resources.instance import ensure_dagster_home
     from radplan.settings import lake_dir, landing_dir
     from radplan_assets import imaging, ingest
     from radplan_assets.partitions import PATIENTS_PARTITION_NAME
@@ -155,9 +156,9 @@ def _materialize_from_orthanc(url: str) -> int:
         "deid_key": DeidKeyResource(demo=True),
     }
     if not instance.get_dynamic_partitions(PATIENTS_PARTITION_NAME):
-        materialize([ingest.landing_inventory], resources=resources, instance=instance)
+        materialize(with_upstream_sources([ingest.landing_inventory]), resources=with_lake_io(resources), instance=instance)
     (key,) = instance.get_dynamic_partitions(PATIENTS_PARTITION_NAME)
-    result = materialize([imaging.pacs_studies], resources=resources, instance=instance, partition_key=key, raise_on_error=False)
+    result = materialize(with_upstream_sources([imaging.pacs_studies]), resources=with_lake_io(resources), instance=instance, partition_key=key, raise_on_error=False)
     failures = [e.step_failure_data.error for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
     error = failures[0] if failures else None
     print(json.dumps({
@@ -183,8 +184,8 @@ def _main(argv: list[str]) -> int:
 
     from dagster import DagsterInstance
 
-    from radplan.definitions import defs
-    from radplan.instance import ensure_dagster_home
+    from definitions import defs
+    from radplan_resources.instance import ensure_dagster_home
     from radplan_assets.partitions import PATIENTS_PARTITION_NAME
 
     ensure_dagster_home()

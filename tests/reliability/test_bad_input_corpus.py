@@ -21,6 +21,7 @@ from dagster import DagsterInstance, Definitions, load_asset_checks_from_modules
 from radplan.lake import file_sha256
 from radplan.privacy import CanaryMatcher, load_canaries
 from radplan.pseudonym import DEMO_KEY, Pseudonymizer
+from support import with_lake_io
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +54,7 @@ def corpus_run(tmp_path_factory):
         assets=load_assets_from_modules(ASSET_MODULES),
         asset_checks=load_asset_checks_from_modules(ASSET_MODULES),
         jobs=[ingest_job, patient_preparation_job],
-        resources={
+        resources=with_lake_io({
             "lake": LakeResource(root=str(home / "lake")),
             "landing": LandingZoneResource(folder=str(home / "landing")),
             "pacs": LandingFolderPacs(folder=str(home / "landing" / "dicom")),
@@ -61,7 +62,7 @@ def corpus_run(tmp_path_factory):
             # Required by the cohort/model assets in the same code location; preparation never uses them.
             "mlflow": MlflowResource(tracking_uri=f"sqlite:///{home / 'mlflow.db'}", artifact_root=str(home / "mlflow")),
             "spark": SparkResource(master="local[1]"),
-        },
+        }),
     )
     instance = DagsterInstance.ephemeral()
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}

@@ -61,7 +61,7 @@ def test_make_ui_serves_the_dagster_ui_on_loopback_only(tmp_path):
     command = [str(Path(sys.executable).with_name("dagster")), *command[1:command.index("-p")], "-p", str(port)]
     home = tmp_path / "home"
     env = {**os.environ, "RADPLAN_HOME": str(home), "RADPLAN_DEMO": "1", "DAGSTER_HOME": str(home / "dagster_home")}
-    subprocess.run([sys.executable, "-c", "from radplan.instance import ensure_dagster_home; ensure_dagster_home()"], env=env, check=True)
+    subprocess.run([sys.executable, "-c", "from radplan_resources.instance import ensure_dagster_home; ensure_dagster_home()"], env=env, check=True)
     log = tmp_path / "dagster-dev.log"
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
     try:

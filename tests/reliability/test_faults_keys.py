@@ -28,7 +28,7 @@ def _without_key_or_demo(home: Path, **extra: str) -> dict[str, str]:
 
 
 def _import_definitions(env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "import radplan.definitions"], cwd=REPO_ROOT, env=env,
+    return subprocess.run([sys.executable, "-c", "import definitions"], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -48,7 +48,7 @@ def test_a_short_key_is_refused_without_being_echoed(tmp_path):
 
 
 def test_radplan_materialize_refuses_a_missing_key_with_one_clear_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "radplan.cli", "materialize"], cwd=REPO_ROOT, env=_without_key_or_demo(tmp_path),
+    result = subprocess.run([sys.executable, "-m", "radplan_cli", "materialize"], cwd=REPO_ROOT, env=_without_key_or_demo(tmp_path),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [

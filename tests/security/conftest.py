@@ -32,8 +32,8 @@ def prepare_home(home: Path, cohort: Path, raw_key: str | None) -> PreparedHome:
     from dagster import DagsterInstance, Definitions, load_asset_checks_from_modules, load_assets_from_modules
 
     from jobs import ALL_JOBS
-    from radplan.definitions import build_resources
-    from radplan.instance import ensure_dagster_home
+    from definitions import build_resources
+    from radplan_resources.instance import ensure_dagster_home
     from radplan_assets import ASSET_MODULES
     from radplan_assets.partitions import PATIENTS_PARTITION_NAME
 

@@ -15,7 +15,7 @@ import pytest
 
 from radplan import cli
 from radplan.audit import AuditLog, AuditRecord, Materialization, compare_run, iter_records, verify_chain
-from radplan.audit_cli import audit_complete_for_run
+from radplan_cli.audit import audit_complete_for_run
 from radplan.privacy import PHI_ZONES, load_canaries, scan_tree
 from radplan_resources import LakeResource
 

@@ -7,9 +7,9 @@ import shutil
 import pytest
 from dagster import DagsterInstance
 
-from radplan.demo import add_follow_up_study
+from support.arrivals import add_follow_up_study
 from radplan.synth.generator import _draw_unique
-from sensors.inprocess import InProcessDaemon, definitions_with, partition_materialization_counts, patient_file_digests
+from support.inprocess import InProcessDaemon, definitions_with, partition_materialization_counts, patient_file_digests
 from support.demo import DEMO_PATIENTS, DEMO_SEED
 
 # The first test to use demo_home pays for building it (~3 min quiet, far more on a loaded machine).

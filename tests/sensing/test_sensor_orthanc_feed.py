@@ -17,10 +17,10 @@ import requests
 from dagster import DagsterInstance
 
 import sensors.landing
-from radplan.demo import add_follow_up_study, add_new_patient
+from support.arrivals import add_follow_up_study, add_new_patient
 from radplan.synth.generator import _draw_unique
 from radplan_resources import OrthancPacs
-from sensors.inprocess import InProcessDaemon, definitions_with
+from support.inprocess import InProcessDaemon, definitions_with
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.slow]
 

@@ -8,12 +8,11 @@ be shared, the secret stays in the process environment (a secret store injects i
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Mapping
 
 from radplan.lake import atomic_write_text
-from radplan.settings import dagster_home
+from radplan.settings import configured_dagster_home, dagster_home, process_environment, use_dagster_home
 
 MARKER = "# Written by radplan"
 PG_URL_ENV = "RADPLAN_DAGSTER_PG_URL"
@@ -64,12 +63,13 @@ def ensure_dagster_home(home: Path | None = None) -> Path:
     A dagster.yaml radplan wrote earlier is rewritten when the environment changed (sqlite → Postgres); one
     without radplan's marker was written by an operator and is left alone.
     """
-    folder = Path(os.environ["DAGSTER_HOME"]) if "DAGSTER_HOME" in os.environ and home is None else dagster_home(home)
+    configured = configured_dagster_home()
+    folder = configured if configured is not None and home is None else dagster_home(home)
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "dagster.yaml"
-    wanted = dagster_yaml(os.environ)
+    wanted = dagster_yaml(process_environment())
     current = config.read_text() if config.exists() else None
     if current is None or (current.startswith(MARKER) and current != wanted):
         atomic_write_text(config, wanted)
-    os.environ["DAGSTER_HOME"] = str(folder)
+    use_dagster_home(folder)
     return folder

@@ -17,9 +17,13 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 def definitions_with(**resources) -> Definitions:
     """The project's Definitions with some resources replaced (e.g. an OrthancPacs at a test server's URL)."""
-    from radplan import definitions
+    import definitions
 
     base = definitions.defs
+    if "lake" in resources and "io_manager" not in resources:
+        from radplan_resources.io_manager import LakeIOManager
+
+        resources["io_manager"] = LakeIOManager(lake=resources["lake"])
     return Definitions(
         assets=base.assets,
         asset_checks=base.asset_checks,

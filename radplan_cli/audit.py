@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from radplan.audit import AUDIT_FOLDER, CompletenessReport, Materialization, compare_run, iter_records, verify_chain
-from radplan.settings import HOME_ENV_VAR, lake_dir
+from radplan.settings import HOME_ENV_VAR, lake_dir, use_home
 
 def run_materializations(instance, run_id: str) -> list[Materialization]:
     """The partitioned asset materializations recorded for ``run_id``."""
@@ -37,10 +37,10 @@ def audit_complete_for_run(instance, run_id: str, audit_dir: str | os.PathLike) 
 def _audit_check(args: argparse.Namespace) -> int:
     from dagster import DagsterInstance
 
-    from radplan.instance import ensure_dagster_home
+    from radplan_resources.instance import ensure_dagster_home
 
     if args.home:
-        os.environ[HOME_ENV_VAR] = str(Path(args.home).resolve())
+        use_home(args.home)
     ensure_dagster_home()
     audit_dir = Path(args.audit_dir) if args.audit_dir else lake_dir() / AUDIT_FOLDER
     instance = DagsterInstance.get()

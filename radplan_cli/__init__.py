@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from radplan.errors import MissingKeyError
-from radplan.runtime import disable_telemetry
+from radplan.settings import disable_telemetry
 
 # Each domain module exposes ``register(subparsers)`` adding its subcommands;
 # a subcommand sets ``func`` (args -> exit code) as its parser default.
@@ -17,9 +17,10 @@ SUBCOMMAND_MODULES = (
     "radplan.genomics.cli",
     "radplan.ehr.cli",
     "radplan.decision.cli",
-    "radplan.demo",
+    "radplan_cli.demo",
     "radplan.privacy",
-    "radplan.audit_cli",
+    "radplan_cli.audit",
+    "radplan_cli.architecture",
 )
 
 
