@@ -174,6 +174,7 @@ class LakeIOManager(ConfigurableIOManager):
             raise TypeError("the lake IO manager loads asset inputs only")
         location = TableLocation(context.asset_key.path[-1])
         # The same patient's partition for a per-patient asset; every partition for a cohort asset.
-        patient_key = context.asset_partition_key if context.has_asset_partitions and context.has_partition_key else None
+        # (The run's partition key: an asset check's input is given every partition of its asset, not the run's one.)
+        patient_key = context.partition_key if context.has_asset_partitions and context.has_partition_key else None
         metadata = context.definition_metadata or {}
         return location.read(self.lake, patient_key, optional=bool(metadata.get(OPTIONAL, False)), only=metadata.get(ONLY))
