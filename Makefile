@@ -43,7 +43,7 @@ system-deps:
 TRIALS ?= $(wildcard $(CURDIR)/../shared/data/trials)
 
 demo: install system-deps
-	RADPLAN_DEMO=1 $(PY) -m radplan_cli demo --patients 50 --seed 7 $(if $(TRIALS),--trials $(TRIALS))
+	RADPLAN_DEMO=1 $(PY) -m radplan_cli.main demo --patients 50 --seed 7 $(if $(TRIALS),--trials $(TRIALS))
 
 test: install system-deps
 	$(PY) -m pytest

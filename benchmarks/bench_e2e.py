@@ -88,7 +88,7 @@ def run_size(patients: int, home: Path, epochs: int) -> dict:
                     "generate_cohort(Path(sys.argv[1]), int(sys.argv[2]), 7)", str(home), str(patients)],
                    check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
     generate_seconds = time.perf_counter() - started
-    cmd = [sys.executable, "-m", "radplan_cli", "demo", "--patients", str(patients), "--home", str(home),
+    cmd = [sys.executable, "-m", "radplan_cli.main", "demo", "--patients", str(patients), "--home", str(home),
            "--segmentation-epochs", str(epochs), "--workers", "2"]
     if TRIALS.is_dir():
         cmd += ["--trials", str(TRIALS)]

@@ -1,8 +1,9 @@
-"""`radplan demo` and `radplan materialize`: run the whole asset graph in-process, stage by stage.
+"""`radplan demo` and `radplan materialize`: run the whole asset graph, stage by stage.
 
-Runs are recorded in the Dagster instance under RADPLAN_HOME/dagster_home, so
-`make ui` shows them afterwards. Per-patient stages run once per patient
-partition; a failing patient is reported and the others go on.
+Every run is created in the Dagster instance under RADPLAN_HOME/dagster_home with its code location, the way
+the webserver and daemon create theirs (``radplan_cli.launcher``), so `make ui` lists the demo's runs on each
+job's page, with their asset-check evaluations. Per-patient stages run once per patient partition on worker
+processes; a failing patient is reported and the others go on.
 """
 
 from __future__ import annotations
@@ -18,19 +19,30 @@ from pathlib import Path
 from radplan.settings import HOME_ENV_VAR, enable_demo_mode, lake_dir, radplan_home, use_home
 
 
-# Progress is printed per stage; Dagster's own console log shows only warnings and errors.
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# Progress is printed per stage; Dagster's own console log shows only warnings and errors. Steps run in the
+# run's process (the run config says so, visible in the UI): per-patient runs are already spread over worker
+# processes, and a subprocess per step would import the code location again for every step.
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}, "execution": {"config": {"in_process": {}}}}
+
+
+_RUNNER = None
+
+
+def _runner():
+    """One code-location runner per process: the code location is imported once, whatever the number of runs."""
+    global _RUNNER
+    if _RUNNER is None:
+        from dagster import DagsterInstance
+
+        from radplan_cli.launcher import CodeLocationRunner
+
+        _RUNNER = CodeLocationRunner(DagsterInstance.get())
+    return _RUNNER
 
 
 def _run_partition(job_name: str, partition_key: str) -> tuple[str, bool]:
     """One per-patient run, in a worker process (the Dagster instance's sqlite storage takes concurrent runs)."""
-    from dagster import DagsterInstance
-
-    from definitions import defs
-
-    job = defs.resolve_job_def(job_name)
-    result = job.execute_in_process(instance=DagsterInstance.get(), partition_key=partition_key, run_config=QUIET, raise_on_error=False)
-    return partition_key, result.success
+    return partition_key, _runner().run(job_name, QUIET, partition_key=partition_key)
 
 
 def _run_partitions(job_name: str, keys: list[str], workers: int) -> list[str]:
@@ -55,7 +67,7 @@ def run_stages(*, segmentation_epochs: int | None = None, workers: int = 2) -> l
     """Materialize every stage; returns the failed (stage, partition) descriptions (no PHI: keys only)."""
     from dagster import DagsterInstance
 
-    from definitions import defs  # first: it refuses a bad key before the heavy imports
+    import definitions  # noqa: F401  first: it refuses a bad key before the heavy imports
     from jobs import DEMO_STAGES
     from radplan_resources.instance import ensure_dagster_home
     from radplan_assets.partitions import PATIENTS_PARTITION_NAME
@@ -64,16 +76,15 @@ def run_stages(*, segmentation_epochs: int | None = None, workers: int = 2) -> l
     instance = DagsterInstance.get()
     failures: list[str] = []
     for stage in DEMO_STAGES:
-        job = defs.resolve_job_def(stage.name)
         started = time.perf_counter()
         if stage.partitions_def is None:
             run_config = dict(QUIET)
             if segmentation_epochs is not None and stage.name == "segmentation_training_job":
                 run_config["ops"] = {"segmentation_model": {"config": {"max_epochs": segmentation_epochs}}}
-            result = job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
-            if not result.success:
+            success = _runner().run(stage.name, run_config)
+            if not success:
                 failures.append(stage.name)
-            status = "ok" if result.success else "FAILED"
+            status = "ok" if success else "FAILED"
         else:
             keys = instance.get_dynamic_partitions(PATIENTS_PARTITION_NAME)
             failed = _run_partitions(stage.name, list(keys), workers)

@@ -53,7 +53,7 @@ def demo_home(tmp_path_factory, shared_data) -> Path:
     home = tmp_path_factory.mktemp("radplan-home")
     env = {**os.environ, "RADPLAN_DEMO": "1", "DAGSTER_HOME": str(home / "dagster_home")}
     env.pop("RADPLAN_HOME", None)
-    command = [sys.executable, "-m", "radplan_cli", "demo", "--patients", str(DEMO_PATIENTS), "--seed", str(DEMO_SEED), "--home", str(home),
+    command = [sys.executable, "-m", "radplan_cli.main", "demo", "--patients", str(DEMO_PATIENTS), "--seed", str(DEMO_SEED), "--home", str(home),
                "--segmentation-epochs", "1", "--trials", str(shared_data / "trials")]  # fmt: skip
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1700)
     (home / "demo.log").write_text(result.stdout + result.stderr)

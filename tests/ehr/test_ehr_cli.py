@@ -87,6 +87,6 @@ def test_radplan_console_entry_point_lists_ehr_commands(tmp_path):
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "radplan_cli", "deid-text", "--help"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-m", "radplan_cli.main", "deid-text", "--help"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "--patients" in result.stdout

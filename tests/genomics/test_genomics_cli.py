@@ -57,7 +57,7 @@ def test_pgx_cli(shared_data, tmp_path):
 @pytest.mark.slow
 def test_radplan_console_command(shared_data, tmp_path):
     out = tmp_path / "o.parquet"
-    done = subprocess.run([sys.executable, "-m", "radplan_cli", "vcf-to-parquet",
+    done = subprocess.run([sys.executable, "-m", "radplan_cli.main", "vcf-to-parquet",
                            str(shared_data / "genomics/vcf/vcf2maf_test.vcf"), str(out), "--build", "GRCh37"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

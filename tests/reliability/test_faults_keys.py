@@ -48,7 +48,7 @@ def test_a_short_key_is_refused_without_being_echoed(tmp_path):
 
 
 def test_radplan_materialize_refuses_a_missing_key_with_one_clear_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "radplan_cli", "materialize"], cwd=REPO_ROOT, env=_without_key_or_demo(tmp_path),
+    result = subprocess.run([sys.executable, "-m", "radplan_cli.main", "materialize"], cwd=REPO_ROOT, env=_without_key_or_demo(tmp_path),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
