@@ -314,3 +314,30 @@ def test_cpic_recommendations(pgx_dir, example_vcf, tmp_path):
     assert "moderately increased" in cpic_recommendations(heterozygous).query("gene == 'VKORC1'").iloc[0]["recommendation"]
     indeterminate = call_pgx(_edited_vcf(example_vcf, tmp_path, {"rs9923231": "./."}, name="nc.vcf"))
     assert "VKORC1" not in set(cpic_recommendations(indeterminate)["gene"])
+
+
+# --------------------------------------------------------------------------- the calls as the cohort and rules read them
+
+def _patient_row(pgx: pd.DataFrame) -> dict:
+    from radplan import cohort
+
+    frame = cohort.build_patient_features("p0000000000000001", clinical=pd.DataFrame([{"current_medications": ["warfarin", "capecitabine"]}]),
+                                          radiomics=pd.DataFrame(), actionable=pd.DataFrame(), pgx=pgx,
+                                          findings=pd.DataFrame(), has_genomics=True, source_versions={"variants": "run-1"})
+    return frame.iloc[0].to_dict()
+
+
+def test_calls_reach_the_cpic_rules_with_the_knowledge_base_version(example_vcf, tmp_path):
+    from radplan.decision.rules import evaluate_rules, load_rule_base
+
+    vcf = _edited_vcf(example_vcf, tmp_path, {"rs9923231": "1/1", "rs78060119": "0/1"})  # VKORC1 -1639 AA, DPYD *12
+    row = _patient_row(call_pgx(vcf))
+    assert row["pgx_VKORC1_phenotype"] == "rs9923231 T/T"  # the cohort contract's VKORC1 genotype spelling
+    assert row["pgx_DPYD_activity_score"] == 1.0 and row["pgx_DPYD_phenotype"] == "Intermediate Metabolizer"
+    assert json.loads(row["source_versions"]) == {"variants": "run-1", "pgx_knowledge_base": knowledge_base_version()}
+    facts = {k: v for k, v in row.items() if k.startswith("pgx_") or k == "current_medications"}
+    fired = {m.rule_id for m in evaluate_rules(facts, load_rule_base()) if m.matched}
+    assert {"pgx_cyp2c9_vkorc1_warfarin", "pgx_dpyd_intermediate_fluoropyrimidine"} <= fired
+    # an indeterminate DPYD (its *12 position a no-call) fires no DPYD rule and is not a Normal call
+    nocall = _patient_row(call_pgx(_edited_vcf(example_vcf, tmp_path, {"rs78060119": "./."}, name="nc.vcf")))
+    assert nocall["pgx_DPYD_phenotype"] is None and nocall["pgx_DPYD_activity_score"] is None
