@@ -492,6 +492,17 @@ def read_outside_calls(path: Path) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- entry points
 
+def _depth_lookup(depths: pd.DataFrame) -> dict[tuple[str, int], int]:
+    """(chrom, pos) -> depth from a chrom/pos/depth table or :func:`radplan.genomics.reads.coverage_qc` output."""
+    if "pos" not in depths and {"kind", "start"} <= set(depths.columns):
+        depths = depths[depths["kind"] == "pgx_position"].rename(columns={"start": "pos"})
+    missing = {"chrom", "pos", "depth"} - set(depths.columns)
+    if missing:
+        raise ValueError(f"depth_by_position lacks column(s) {sorted(missing)}")
+    return {(_norm_chrom(str(c)), int(p)): int(d) for c, p, d in depths[["chrom", "pos", "depth"]].itertuples(index=False)
+            if not pd.isna(d)}
+
+
 def call_pgx(vcf_path: Path, *, sample: str | None = None, outside_calls: Path | None = None,
              depth_by_position: pd.DataFrame | None = None, min_depth: int = 0) -> pd.DataFrame:
     """One row per gene and sample; columns :data:`OUTPUT_COLUMNS`.
@@ -499,7 +510,8 @@ def call_pgx(vcf_path: Path, *, sample: str | None = None, outside_calls: Path |
     Every sample of a multi-sample VCF is called (``sample_index``: its 0-based column in the VCF,
     so no sample name reaches the output); ``sample=`` restricts the call to one named sample.
     ``depth_by_position``: DataFrame with chrom, pos, depth (e.g. from
-    :func:`radplan.genomics.reads.depth_at_positions`); without it FORMAT DP is used.
+    :func:`radplan.genomics.reads.depth_at_positions`) or the output of
+    :func:`radplan.genomics.reads.coverage_qc`; without it FORMAT DP is used.
     Outside calls (PharmCAT TSV) apply to every sample.
     """
     genes = vcf_genes()
@@ -510,10 +522,7 @@ def call_pgx(vcf_path: Path, *, sample: str | None = None, outside_calls: Path |
         selected = [samples.index(sample)]
     else:
         selected = list(range(len(samples)))
-    depth_lookup: dict[tuple[str, int], int] = {}
-    if depth_by_position is not None:
-        depth_lookup = {(_norm_chrom(str(c)), int(p)): int(d) for c, p, d in
-                        depth_by_position[["chrom", "pos", "depth"]].itertuples(index=False)}
+    depth_lookup = _depth_lookup(depth_by_position) if depth_by_position is not None else {}
     outside = read_outside_calls(Path(outside_calls)) if outside_calls else {}
     kb_build = knowledge_base_manifest()["genome_build"]
     rows = []

@@ -204,6 +204,18 @@ def test_low_depth_positions_are_indeterminate(example_vcf):
     assert row.missing_positions == ["chr16:31096368 (rs9923231): depth 5 < 20"]
 
 
+def test_depth_from_coverage_qc_output(example_vcf, shared_data):
+    from radplan.genomics.reads import coverage_qc
+
+    reads = shared_data / "genomics" / "reads"  # real reads on 17:1-4200 (GRCh37): only the table's shape matters here
+    qc = coverage_qc(reads / "mpileup.1.bam", [], [("17", 1050)], min_depth=20)
+    qc["chrom"], qc["start"], qc["end"] = "chr16", 31096368, 31096368  # as if that column sat at VKORC1 rs9923231
+    depth = int(qc["depth"].iloc[0])
+    row = _by_gene(call_pgx(example_vcf, depth_by_position=qc, min_depth=depth + 1))["VKORC1"]
+    assert row.missing_positions == [f"chr16:31096368 (rs9923231): depth {depth} < {depth + 1}"]
+    assert _by_gene(call_pgx(example_vcf, depth_by_position=qc, min_depth=depth))["VKORC1"].call_status == "called"
+
+
 def test_unexplained_genotype_is_a_no_call(example_vcf, tmp_path):
     # rs4244285 alone (without the *2 companions) matches no defined CYP2C19 allele
     vcf = _edited_vcf(example_vcf, tmp_path, {"rs4244285": "0/1"})
