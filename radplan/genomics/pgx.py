@@ -206,34 +206,54 @@ class SiteCall:
     depth: int | None
 
 
+def _last_line(path: Path, size: int) -> bytes:
+    """The bytes after the file's last newline, read backwards in chunks (never the whole file)."""
+    chunk, tail = 1 << 16, b""
+    with open(path, "rb") as fh:
+        end = size
+        while end > 0:
+            start = max(0, end - chunk)
+            fh.seek(start)
+            tail = fh.read(end - start) + tail
+            if b"\n" in tail:
+                return tail[tail.rfind(b"\n") + 1:]
+            end = start
+    return tail
+
+
 def _open(vcf_path: Path):
     """cyvcf2 reader; a plain-text VCF whose last record lacks only its final newline is accepted.
 
     The generic reader (:func:`radplan.genomics.vcf.open_vcf`) rejects a missing final newline as a
-    sign of truncation. Here the last line is accepted when it has every column the #CHROM line
-    names, which a record cut short would not.
+    sign of truncation. Here the last line is accepted when it has every column the header names
+    (8 fixed, FORMAT and one per sample), which a record cut short would not.
     """
     import cyvcf2
 
-    with open(vcf_path, "rb") as fh:
+    from radplan.genomics.vcf import _check_no_empty_fields
+
+    path = Path(vcf_path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return open_vcf(path)  # its error names the problem
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
         magic = fh.read(3)
-        fh.seek(0, 2)
-        size = fh.tell()
-        fh.seek(max(0, size - 1))
+        fh.seek(size - 1)
         last = fh.read(1)
-    if size and magic[:2] != b"\x1f\x8b" and magic != b"BCF" and last != b"\n":
-        text = Path(vcf_path).read_bytes()
-        header = re.search(rb"(?:^|\n)(#CHROM[^\n]*)\n", text)
-        tail = text[text.rfind(b"\n") + 1:]
-        if header is None or tail.startswith(b"#") or tail.count(b"\t") != header.group(1).count(b"\t"):
-            raise InvalidVcfError(f"{Path(vcf_path).name}: truncated VCF (last line is incomplete)")
-        if b"\t\t" in text[header.end():]:
-            raise InvalidVcfError(f"{Path(vcf_path).name}: a record has an empty field (missing values are written '.')")
-        try:
-            return cyvcf2.VCF(str(vcf_path), lazy=True, threads=None)
-        except Exception as exc:  # cyvcf2 raises bare Exception/OSError for unreadable headers
-            raise InvalidVcfError(f"{Path(vcf_path).name}: cannot parse VCF header ({exc})") from exc
-    return open_vcf(Path(vcf_path))
+    if magic[:2] == b"\x1f\x8b" or magic == b"BCF" or last == b"\n":
+        return open_vcf(path)
+    _check_no_empty_fields(path, compressed=False)  # the guard open_vcf applies before htslib sees the text
+    try:
+        reader = cyvcf2.VCF(str(path), lazy=True, threads=None)
+    except Exception as exc:  # cyvcf2 raises bare Exception/OSError for unreadable headers
+        raise InvalidVcfError(f"{path.name}: cannot parse VCF header ({exc})") from exc
+    if not reader.raw_header.startswith("##fileformat=VCF"):
+        raise InvalidVcfError(f"{path.name}: missing ##fileformat=VCF header line")
+    columns = 8 + (1 + len(reader.samples) if reader.samples else 0)
+    tail = _last_line(path, size)
+    if tail.startswith(b"#") or tail.count(b"\t") + 1 != columns:
+        raise InvalidVcfError(f"{path.name}: truncated VCF (last line is incomplete)")
+    return reader
 
 
 def _candidate_records(reader, path: Path, wanted: set[tuple[str, int]]):
