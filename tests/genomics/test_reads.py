@@ -58,6 +58,7 @@ def test_unsupported_or_malformed_options_are_errors():
         PileupFilters.from_samtools_options("-q high")
     with pytest.raises(ValueError, match="-Q needs a value"):
         PileupFilters.from_samtools_options("-Q")
+    assert PileupFilters.from_samtools_options("", tool="depth") == SAMTOOLS_DEPTH
     with pytest.raises(ValueError, match="depth option '-B'"):  # samtools depth has no BAQ
         PileupFilters.from_samtools_options("-B", tool="depth")
 
