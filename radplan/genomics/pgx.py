@@ -17,8 +17,9 @@ Matching (PharmCAT's Named Allele Matcher rules)
 A named allele's blank position means the reference allele; its *score* is the number of
 positions it spells out (the reference allele spells out all). A pair of alleles is
 consistent with the sample when, at every position, the two alleles can account for the
-two observed alleles (unphased: in either order per position; phased: each allele on one
-whole haplotype). The highest-scoring consistent pairs are the call; several of them
+two observed alleles (unphased: in either order per position; phased, when every
+heterozygous call is phased within one phase set (FORMAT PS): each allele on one whole
+haplotype). The highest-scoring consistent pairs are the call; several of them
 (unphased heterozygotes) are all reported in ``possible_diplotypes`` with ``ambiguous``
 set, and the phenotype is given only when they agree.
 
@@ -204,6 +205,7 @@ class SiteCall:
     alleles: tuple[str, ...] | None  # in GT order; None when any allele is missing
     phased: bool
     depth: int | None
+    phase_set: int | None = None  # FORMAT PS: phased calls pair up only within one phase set
 
 
 def _last_line(path: Path, size: int) -> bytes:
@@ -277,6 +279,7 @@ def _read_sites(vcf_path: Path, genes: tuple[str, ...]) -> tuple[list[str], list
     if not samples:
         raise InvalidVcfError(f"{Path(vcf_path).name}: VCF has no sample columns")
     has_dp = "##FORMAT=<ID=DP," in reader.raw_header
+    has_ps = "##FORMAT=<ID=PS," in reader.raw_header
     sites: list[dict[tuple[str, int], list[SiteCall]]] = [{} for _ in samples]
     try:
         for variant in _candidate_records(reader, Path(vcf_path), wanted):
@@ -285,13 +288,17 @@ def _read_sites(vcf_path: Path, genes: tuple[str, ...]) -> tuple[list[str], list
                 continue
             alleles = [variant.REF, *variant.ALT]
             depths = variant.format("DP") if has_dp else None
+            phase_sets = variant.format("PS") if has_ps else None
             for index, call in enumerate(variant.genotypes):
                 indexes, phased = call[:-1], bool(call[-1])
                 observed = None if any(i < 0 for i in indexes) else tuple(alleles[i] for i in indexes)
                 depth = None
                 if depths is not None and depths[index][0] >= 0:
                     depth = int(depths[index][0])
-                sites[index].setdefault(key, []).append(SiteCall(variant.REF, observed, phased, depth))
+                phase_set = None
+                if phase_sets is not None and phase_sets[index][0] >= 0:
+                    phase_set = int(phase_sets[index][0])
+                sites[index].setdefault(key, []).append(SiteCall(variant.REF, observed, phased, depth, phase_set))
     except InvalidVcfError:
         raise
     except Exception as exc:  # htslib parse errors
@@ -413,7 +420,7 @@ def call_gene(gene: str, sites: dict[tuple[str, int], list[SiteCall]], *, depth_
     depth_lookup = depth_lookup or {}
     row = _empty_row(gene)
     observed: dict[int, tuple[str, str]] = {}
-    phased = True
+    het_phase: set[tuple[bool, int | None]] = set()
     for position in definition.positions:
         key = (_norm_chrom(position.chrom), position.pos)
         call, why = _site_genotype(position, sites.get(key), depth_lookup.get(key), min_depth)
@@ -421,8 +428,8 @@ def call_gene(gene: str, sites: dict[tuple[str, int], list[SiteCall]], *, depth_
             row["missing_positions"].append(f"{position.label()}: {why}")
             continue
         observed[position.index] = call.alleles
-        if call.alleles[0] != call.alleles[1] and not call.phased:
-            phased = False
+        if call.alleles[0] != call.alleles[1]:
+            het_phase.add((call.phased, call.phase_set))
     if row["missing_positions"]:
         row["call_status"] = INDETERMINATE
         row["no_call_reason"] = (f"{len(row['missing_positions'])} of {len(definition.positions)} defining positions "
@@ -431,6 +438,8 @@ def call_gene(gene: str, sites: dict[tuple[str, int], list[SiteCall]], *, depth_
     if gene == "DPYD":
         _call_dpyd(definition, row, observed)
         return row
+    # phase is used only when every heterozygous call is phased within one phase set
+    phased = len(het_phase) == 1 and next(iter(het_phase))[0]
     pairs = _consistent_pairs(definition, observed, phased)
     if not pairs:
         row["no_call_reason"] = "genotype not explained by any pair of defined alleles"

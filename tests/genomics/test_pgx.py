@@ -247,6 +247,29 @@ def test_phased_genotypes_resolve_the_ambiguity(example_vcf, tmp_path):
     assert (row.call_status, row.phenotype) == ("called", "Possible Decreased Function")  # CPIC table, *4/*15
 
 
+def test_phase_across_two_phase_sets_is_not_used(example_vcf, tmp_path):
+    # the same phased GTs, but rs11045819 in another phase set (FORMAT PS) than the other two: the
+    # relative phase is unknown, so both diplotypes stay possible
+    phase_sets = {"rs11045819": ("1|0", "100"), "rs2306283": ("0|1", "200"), "rs4149056": ("0|1", "200")}
+    lines = []
+    for line in example_vcf.read_text().splitlines(keepends=True):
+        if line.startswith("##FORMAT=<ID=GT"):
+            line += '##FORMAT=<ID=PS,Number=1,Type=Integer,Description="Phase set">\n'
+        elif not line.startswith("#"):
+            cols = line.rstrip("\n").split("\t")
+            gt, ps = phase_sets.get(cols[2], (cols[9], "."))
+            cols[8], cols[9] = "GT:PS", f"{gt}:{ps}"
+            line = "\t".join(cols) + "\n"
+        lines.append(line)
+    path = tmp_path / "two_phase_sets.vcf"
+    path.write_text("".join(lines))
+    row = _by_gene(call_pgx(path))["SLCO1B1"]
+    assert row.ambiguous and row.possible_diplotypes == ["*4/*15", "*5/*14"]
+    same_set = path.read_text().replace("1|0:100", "1|0:200")
+    path.write_text(same_set)
+    assert _by_gene(call_pgx(path))["SLCO1B1"].possible_diplotypes == ["*4/*15"]
+
+
 # --------------------------------------------------------------------------- file quirks
 
 def _calls_without_lineage(frame: pd.DataFrame) -> pd.DataFrame:
