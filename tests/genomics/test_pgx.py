@@ -376,3 +376,25 @@ def test_calls_reach_the_cpic_rules_with_the_knowledge_base_version(example_vcf,
     # an indeterminate DPYD (its *12 position a no-call) fires no DPYD rule and is not a Normal call
     nocall = _patient_row(call_pgx(_edited_vcf(example_vcf, tmp_path, {"rs78060119": "./."}, name="nc.vcf")))
     assert nocall["pgx_DPYD_phenotype"] is None and nocall["pgx_DPYD_activity_score"] is None
+
+
+def test_demo_cohort_vcfs_get_their_planted_phenotypes(tmp_path):
+    """The synthetic cohort's VCFs (what `make demo` runs on) are called as planted: no gene of the rule
+    base is indeterminate there, so the demo's PGx recommendations keep firing."""
+    from radplan.synth.cohort import draw_patient
+    from radplan.synth.vcf import vcf_text
+
+    path = tmp_path / "patient.vcf"
+    for index in range(40):
+        plan = draw_patient(7, index)
+        path.write_text("".join(vcf_text(plan, 7)))
+        calls = _by_gene(call_pgx(path))
+        for gene, truth in plan.pgx.items():
+            row = calls[gene]
+            assert row.call_status == "called", (index, gene, row.no_call_reason)
+            if gene == "VKORC1":
+                assert row.genotype == f"rs9923231 {truth['rs9923231_genotype']}", index
+            else:
+                assert row.phenotype == truth["phenotype"], (index, gene)
+            if "activity_score" in truth:
+                assert _score(row.activity_score) == truth["activity_score"], (index, gene)
