@@ -398,3 +398,20 @@ def test_demo_cohort_vcfs_get_their_planted_phenotypes(tmp_path):
                 assert row.phenotype == truth["phenotype"], (index, gene)
             if "activity_score" in truth:
                 assert _score(row.activity_score) == truth["activity_score"], (index, gene)
+
+
+def test_report_shows_genotype_only_and_indeterminate_calls(example_vcf, tmp_path):
+    from radplan.decision.export import render_report_html
+    from radplan.decision.recommend import recommend_for_patient
+    from radplan.decision.rules import load_rule_base
+
+    calls = call_pgx(_edited_vcf(example_vcf, tmp_path, {"rs9923231": "0/1", "rs78060119": "./."}))
+    key = "p0000000000000001"
+    bare = {"patient_key": key, "cancer_type": "other"}
+    rows = recommend_for_patient(bare, load_rule_base(), model_predictions=None, trials=[], versions={})
+    html = render_report_html(key, bare, rows, key_slice_png=None, attribution_png=None, variants=None, pgx=calls,
+                              radiomics_highlights=None)
+    table = html[html.index('id="pgx-table"'):html.index("</table>", html.index('id="pgx-table"'))]
+    assert "rs9923231 C/T" in table and "-1639 AG" in table  # VKORC1: genotype and interpretation
+    assert "indeterminate" in table and "chr1:97573943 (rs78060119): no-call genotype" in table  # DPYD
+    assert knowledge_base_version() in table
