@@ -119,8 +119,12 @@ def build_patient_features(
     by_gene = {r["gene"]: r for r in pgx.to_dict("records")} if len(pgx) else {}
     for gene in PGX_GENES:
         call = by_gene.get(gene, {})
-        row[f"pgx_{gene}_phenotype"] = call.get("phenotype")
+        # genotype-only genes (VKORC1) carry no phenotype; the contract puts their genotype ("rs9923231 C/T") here
+        row[f"pgx_{gene}_phenotype"] = call.get("phenotype") or call.get("genotype")
         row[f"pgx_{gene}_diplotype"] = call.get("diplotype")
+    if len(pgx) and "allele_definition_version" in pgx:
+        # the PGx knowledge-base version travels with every recommendation through source_versions
+        source_versions = {**source_versions, "pgx_knowledge_base": str(pgx["allele_definition_version"].iloc[0])}
     dpyd_score = by_gene.get("DPYD", {}).get("activity_score")
     row["pgx_DPYD_activity_score"] = None if dpyd_score is None or pd.isna(dpyd_score) else float(dpyd_score)
 

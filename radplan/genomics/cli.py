@@ -21,11 +21,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     vcf.set_defaults(func=run_vcf_to_parquet)
 
     pgx = subparsers.add_parser("pgx", help="pharmacogenomic diplotypes/phenotypes (CPIC) from a germline VCF")
-    pgx.add_argument("vcf", type=Path, help="GRCh38 germline VCF")
+    pgx.add_argument("vcf", type=Path, help="GRCh38 germline VCF (every sample is called unless --sample)")
     pgx.add_argument("--outside-call", type=Path, help="PharmCAT outside-call TSV (e.g. CYP2D6)")
     pgx.add_argument("--sample", help="sample name in a multi-sample VCF")
-    pgx.add_argument("--min-depth", type=int, default=0, help="FORMAT DP below this makes a position a no-call")
-    pgx.add_argument("--out", type=Path, required=True, help="report TSV: gene, diplotype, phenotype, activity_score")
+    pgx.add_argument("--min-depth", type=int, default=0, help="FORMAT DP below this at a defining position makes the gene indeterminate")
+    pgx.add_argument("--out", type=Path, required=True, help="report TSV, one row per sample and gene: call_status (called | indeterminate | no_call), "
+                     "diplotype, phenotype, activity_score, genotype/interpretation (VKORC1, CYP4F2, IFNL3), missing positions")
     pgx.set_defaults(func=run_pgx)
 
 
@@ -47,6 +48,11 @@ def run_vcf_to_parquet(args: argparse.Namespace) -> int:
     return 0
 
 
+PGX_REPORT_COLUMNS = ["sample_index", "gene", "call_status", "diplotype", "phenotype", "activity_score", "genotype",
+                      "interpretation", "possible_diplotypes", "missing_positions", "no_call_reason", "source",
+                      "allele_definition_version"]
+
+
 def run_pgx(args: argparse.Namespace) -> int:
     from radplan.genomics.pgx import call_pgx
     from radplan.lake import atomic_write_text
@@ -56,7 +62,17 @@ def run_pgx(args: argparse.Namespace) -> int:
     except (RadplanInputError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    report = calls[["gene", "diplotype", "phenotype", "activity_score"]]
+    report = calls[PGX_REPORT_COLUMNS].copy()
+    for column in ("possible_diplotypes", "missing_positions"):
+        report[column] = report[column].map("; ".join)
     atomic_write_text(args.out, report.to_csv(sep="\t", index=False, na_rep=""))
-    print(json.dumps({"genes": len(report), "called": int(report["diplotype"].notna().sum())}))
+    # an indeterminate gene must never read as a normal result: say so, with the positions, on stderr
+    for row in calls[calls["call_status"] != "called"].itertuples():
+        detail = "; ".join(row.missing_positions) if row.missing_positions else row.no_call_reason
+        print(f"{row.call_status}: sample {row.sample_index} {row.gene}: {row.no_call_reason}"
+              + (f" ({detail})" if detail and detail != row.no_call_reason else ""), file=sys.stderr)
+    counts = calls["call_status"].value_counts()
+    print(json.dumps({"samples": int(calls["sample_index"].nunique()), "genes": int(calls["gene"].nunique()),
+                      **{status: int(counts.get(status, 0)) for status in ("called", "indeterminate", "no_call")},
+                      "knowledge_base": calls["allele_definition_version"].iloc[0]}))
     return 0

@@ -50,8 +50,28 @@ def test_pgx_cli(shared_data, tmp_path):
     done = _radplan("pgx", str(pgx / "pharmcat.example.vcf"), "--outside-call", str(pgx / "pharmcat.example.outsideCall.tsv"), "--out", str(out))
     assert done.returncode == 0, done.stderr
     rows = {r["gene"]: r for r in csv.DictReader(out.open(), delimiter="\t")}
-    assert list(next(iter(rows.values()))) == ["gene", "diplotype", "phenotype", "activity_score"]
     assert (rows["CYP2D6"]["diplotype"], rows["CYP2D6"]["phenotype"], rows["CYP2D6"]["activity_score"]) == ("*1/*3", "Intermediate Metabolizer", "1.0")
+    assert (rows["VKORC1"]["phenotype"], rows["VKORC1"]["genotype"], rows["VKORC1"]["interpretation"]) == ("", "rs9923231 C/C", "-1639 GG")
+    summary = json.loads(done.stdout)
+    assert (summary["called"], summary["indeterminate"], summary["samples"]) == (len(rows), 0, 1)
+    assert done.stderr == ""
+
+
+def test_pgx_cli_prints_indeterminate_calls(shared_data, tmp_path):
+    source = shared_data / "genomics/pgx/pharmcat.example.vcf"
+    vcf = tmp_path / "nocall.vcf"
+    # DPYD *12's position (rs78060119) is a no-call and NUDT15's rs116855232 is absent
+    vcf.write_text("".join(line.replace("\tGT\t0/0", "\tGT\t./.") if "\trs78060119\t" in line else line
+                           for line in source.read_text().splitlines(keepends=True) if "\trs116855232\t" not in line))
+    out = tmp_path / "report.tsv"
+    done = _radplan("pgx", str(vcf), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    rows = {r["gene"]: r for r in csv.DictReader(out.open(), delimiter="\t")}
+    assert (rows["DPYD"]["call_status"], rows["DPYD"]["phenotype"], rows["DPYD"]["activity_score"]) == ("indeterminate", "", "")
+    assert rows["DPYD"]["missing_positions"] == "chr1:97573943 (rs78060119): no-call genotype"
+    assert "indeterminate: sample 0 DPYD" in done.stderr and "rs78060119" in done.stderr
+    assert "indeterminate: sample 0 NUDT15" in done.stderr and "rs116855232): not in the VCF" in done.stderr
+    assert json.loads(done.stdout)["indeterminate"] == 2
 
 
 @pytest.mark.slow
