@@ -3,7 +3,8 @@
 IMAGE: any SimpleITK-readable file (NRRD, NIfTI, ...) or a folder holding one DICOM
 image series. MASK: a label map file (each nonzero label is one lesion), a DICOM series
 folder, or a DICOM SEG / RTSTRUCT file drawn on the IMAGE series (then each segment/ROI
-becomes one label, in file order). ``--split-lesions`` turns the mask into connected
+becomes one label, in file order; a FRACTIONAL SEG is cut at ``--seg-fractional-threshold``).
+``--split-lesions`` turns the mask into connected
 lesions first. The extraction settings are written beside the table as
 ``FEATURES.settings.json``. ``--mode ibsi`` runs the IBSI preprocessing first (radplan.imaging.ibsi).
 
@@ -54,7 +55,8 @@ def read_image(path: Path) -> tuple[sitk.Image, list[Path] | None]:
         raise RadplanInputError(f"{path.name}: SimpleITK cannot read it ({exc})") from exc
 
 
-def read_label_map(path: Path, image: sitk.Image, image_dicom_paths: list[Path] | None) -> sitk.Image:
+def read_label_map(path: Path, image: sitk.Image, image_dicom_paths: list[Path] | None, *,
+                   fractional_threshold: float = 0.5) -> sitk.Image:
     """Label map on the image grid from a label file, a DICOM folder, or a SEG/RTSTRUCT."""
     if path.is_file() and image_dicom_paths is not None:
         try:
@@ -62,8 +64,10 @@ def read_label_map(path: Path, image: sitk.Image, image_dicom_paths: list[Path] 
         except RadplanInputError:
             modality = ""
         if modality in ("SEG", "RTSTRUCT"):
-            convert = mask_from_seg if modality == "SEG" else mask_from_rtstruct
-            named = convert(path, image_dicom_paths)
+            if modality == "SEG":
+                named = mask_from_seg(path, image_dicom_paths, fractional_threshold=fractional_threshold)
+            else:
+                named = mask_from_rtstruct(path, image_dicom_paths)
             labels = np.zeros(sitk.GetArrayViewFromImage(image).shape, dtype=np.uint16)
             for label, mask in enumerate(named.values(), start=1):
                 labels[sitk.GetArrayViewFromImage(mask) > 0] = label
@@ -79,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         params = load_params(args.params)
         image, dicom_paths = read_image(Path(args.image))
-        label_map = read_label_map(Path(args.mask), image, dicom_paths)
+        label_map = read_label_map(Path(args.mask), image, dicom_paths, fractional_threshold=args.seg_fractional_threshold)
         if args.split_lesions:
             label_map = label_lesions(label_map, min_voxels=args.min_voxels)
 
@@ -99,6 +103,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not in (0, 1]")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("radiomics", help="per-lesion pyradiomics features of an image and a label map")
     parser.add_argument("image", help="image file (NRRD, NIfTI, ...) or a DICOM series folder")
@@ -108,6 +119,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, default=1, help="processes for parallel extraction across lesions")
     parser.add_argument("--split-lesions", action="store_true", help="split the mask into connected lesions first")
     parser.add_argument("--min-voxels", type=int, default=10, help="smallest lesion kept by --split-lesions")
+    parser.add_argument("--seg-fractional-threshold", type=_fraction, default=0.5,
+                        help="a FRACTIONAL SEG's voxel is in the segment from this fraction on (default 0.5)")
     parser.add_argument("--mode", choices=MODES, default="pyradiomics",
                         help="pyradiomics: pyradiomics' own preprocessing (default); ibsi: IBSI reference-manual preprocessing")
     parser.set_defaults(func=run)

@@ -7,12 +7,14 @@ every variant is known without radplan's code.
 
 from __future__ import annotations
 
+import argparse
 import random
 import shutil
 import subprocess
 
 import highdicom as hd
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
 import SimpleITK as sitk
@@ -20,6 +22,7 @@ from pydicom.sr.codedict import codes
 from scipy import ndimage
 
 from radplan.errors import InvalidDicomError
+from radplan.imaging import radiomics_cli
 from radplan.imaging.masks import mask_from_seg, masks_to_seg
 from radplan.imaging.volumes import series_geometry
 
@@ -209,3 +212,45 @@ def test_written_seg_adds_no_dciodvfy_error_to_its_source(tmp_path, ct, gtv):
     masks_to_seg({"GTV": mask}, geometry.paths).save_as(path)
     assert set(_dciodvfy_errors(path)) <= set(_dciodvfy_errors(geometry.paths[0]))
     assert np.array_equal(_read(path, ct)["GTV"], gtv)
+
+
+def test_seg_on_a_coarser_pixel_grid_is_resampled_onto_the_series(tmp_path, ct, gtv):
+    """Frames at twice the pixel spacing (block centres as positions): nearest neighbour gives back the blocks."""
+    geometry, datasets = ct
+    coarse = gtv[:, ::2, ::2]
+    direction = np.asarray(geometry.direction).reshape(3, 3)
+    column_step, row_step = geometry.spacing[0], geometry.spacing[1]
+    positions = [
+        hd.PlanePositionSequence(
+            hd.CoordinateSystemNames.PATIENT,
+            np.asarray([float(v) for v in ds.ImagePositionPatient]) + 0.5 * column_step * direction[:, 0] + 0.5 * row_step * direction[:, 1],
+        )
+        for ds in datasets
+    ]
+    path = _write(
+        tmp_path, datasets, coarse[..., None].astype(np.uint8),
+        pixel_measures=hd.PixelMeasuresSequence(pixel_spacing=[2 * row_step, 2 * column_step],
+                                                slice_thickness=float(datasets[0].SliceThickness)),
+        plane_orientation=hd.PlaneOrientationSequence(hd.CoordinateSystemNames.PATIENT, [float(v) for v in datasets[0].ImageOrientationPatient]),
+        plane_positions=positions,
+    )
+    expected = np.repeat(np.repeat(coarse, 2, axis=1), 2, axis=2)[:, : gtv.shape[1], : gtv.shape[2]]
+    assert np.array_equal(_read(path, ct)["GTV"], expected)
+
+
+def test_radiomics_cli_reads_a_fractional_seg_with_its_threshold(tmp_path, ct, gtv, sts_dir):
+    _, datasets = ct
+    rim = ndimage.binary_dilation(gtv, iterations=2) & ~gtv
+    path = _write(tmp_path, datasets, np.where(gtv, 0.7, np.where(rim, 0.3, 0.0)).astype(np.float32)[..., None], kind="FRACTIONAL")
+    params = tmp_path / "params.yaml"
+    params.write_text("setting: {binWidth: 25, label: 1}\nimageType: {Original: {}}\nfeatureClass: {firstorder: }\n")
+    counts = {}
+    for threshold in ("0.5", "0.2"):
+        parser = argparse.ArgumentParser(prog="radplan")
+        radiomics_cli.register(parser.add_subparsers(dest="command", required=True))
+        out = tmp_path / f"features_{threshold}.csv"
+        args = parser.parse_args(["radiomics", str(sts_dir / "dicom" / "CT" / "image"), str(path), "--params", str(params),
+                                  "--out", str(out), "--seg-fractional-threshold", threshold])
+        assert args.func(args) == 0
+        counts[threshold] = int(pd.read_csv(out)["voxel_count"].iloc[0])
+    assert counts == {"0.5": int(gtv.sum()), "0.2": int((gtv | rim).sum())}
