@@ -28,6 +28,9 @@ pyradiomics keys keep their meaning; the ``ibsi`` section holds what pyradiomics
 5. Discretisation: fixed bin count (``binCount``) as pyradiomics does it (same as IBSI); fixed
    bin width (``binWidth``) with bin 1 starting at the re-segmentation range's lower bound, or
    at the ROI minimum when no range is set.
+
+IBSI mode covers IBSI 1 (features of the unfiltered image): filtered image types and pyradiomics'
+``normalize`` are refused rather than computed on the lesion crops pyradiomics receives.
 """
 
 from __future__ import annotations
@@ -88,6 +91,12 @@ def ibsi_settings(params: dict) -> IbsiSettings:
     unknown = set(extra) - set(IBSI_DEFAULTS)
     if unknown:
         raise RadplanInputError(f"unknown ibsi settings {sorted(unknown)} (known: {sorted(IBSI_DEFAULTS)})")
+    if setting.get("normalize"):
+        raise RadplanInputError("IBSI mode does not normalise intensities (pyradiomics 'normalize'): normalise the image first")
+    image_types = set(params.get("imageType") or {"Original": {}})
+    if image_types != {"Original"}:
+        # IBSI 1 standardises features of the unfiltered image; filters would also read past each lesion's crop.
+        raise RadplanInputError(f"IBSI mode computes features of the original image only, not {sorted(image_types - {'Original'})}")
     interpolator = str(setting.get("interpolator", "sitkBSpline"))
     mask_interpolator = str(extra["maskInterpolator"])
     for name in (interpolator, mask_interpolator):

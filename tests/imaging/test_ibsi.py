@@ -132,6 +132,14 @@ def test_bad_ibsi_settings_are_refused(tmp_path):
     path.write_text("setting: {binWidth: 25, resampledPixelSpacing: [1, 1, 1], interpolator: sitkLanczosWindowedSinc}\nibsi: {}\n")
     with pytest.raises(RadplanInputError, match="not supported in IBSI mode"):
         load_params(path)
+    path.write_text("setting: {binWidth: 25, normalize: true}\nibsi: {}\n")
+    with pytest.raises(RadplanInputError, match="does not normalise"):
+        load_params(path)
+    path.write_text("setting: {binWidth: 25}\nimageType: {Original: {}, LoG: {sigma: [1.0]}}\nibsi: {}\n")
+    with pytest.raises(RadplanInputError, match="original image only"):
+        load_params(path)
+    with pytest.raises(RadplanInputError, match="original image only"):  # also when the mode is chosen at the call
+        extraction_settings({"setting": {"binWidth": 25}, "imageType": {"Wavelet": {}}}, "ibsi")
 
 
 def test_ibsi_mode_parallel_equals_serial(shared_data):
