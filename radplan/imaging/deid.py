@@ -27,6 +27,9 @@ The attribute actions are data (``data/annex_e_table_e1_1.csv``, Table E.1-1);
   operator name components, institution name) as a whole word, IDs of 4+
   characters anywhere, and no date-like string (YYYYMMDD, YYYY-MM-DD,
   DD/MM/YYYY, MM-DD-YYYY...); otherwise it is emptied;
+* PatientID becomes the patient key and PatientName ``<patient key>^`` (a PN with a component
+  delimiter; dummy PN values likewise); a non-empty StudyID becomes a keyed token of the study
+  (the same for all its instances), so the output adds no dciodvfy error or warning to the input's;
 * dates (DA, the date part of DT) move by ``Pseudonymizer.date_shift_days``
   of the original PatientID, the same shift as the EHR chain; times stay.
 
@@ -493,10 +496,15 @@ def deidentify_dataset(ds: Dataset, pseudonymizer: Pseudonymizer,
     methods = [m for m in _root_texts(ds, "DeidentificationMethod") if walker.clean_text([m])]
     methods.append(deidentification_method(options))
     temporal = "MODIFIED" if options.retain_modified_dates else "REMOVED"
-    for tag, vr, value in ((0x00100020, "LO", patient_key), (0x00100010, "PN", patient_key),
+    # PN with a component delimiter: a single-component name is the retired PN form (dciodvfy warns).
+    for tag, vr, value in ((0x00100020, "LO", patient_key), (0x00100010, "PN", f"{patient_key}^"),
                            (0x00120062, "CS", "YES"), (0x00120063, "LO", methods if len(methods) > 1 else methods[0]),
                            (0x00280303, "CS", temporal)):
         out.add_new(tag, vr, value)
+    if _root_texts(ds, "StudyID"):
+        # Table E.1-1 empties StudyID (Type 2); an empty one makes the study unfit for a DICOMDIR (dciodvfy
+        # warns), so it becomes a keyed token of the study: the same for every instance, nothing of the original.
+        out.add_new(0x00200010, "SH", pseudonymizer.token("study-id", _required(ds, "StudyInstanceUID"), 16))
     # Earlier pixel cleaning still holds (pixels are untouched); other earlier option claims may not.
     earlier = {value for item in ds.get("DeidentificationMethodCodeSequence", [])
                for value in _root_texts(item, "CodeValue")}

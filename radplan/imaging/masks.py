@@ -1,11 +1,14 @@
 """Lesion masks from DICOM SEG and RTSTRUCT, on the grid of the referenced image series.
 
-SEG (via highdicom): frames are placed by their per-frame ReferencedSOPInstanceUID when
-every frame carries one and the SEG has the series' pixel grid (each frame's plane
-position, when present, must then match the referenced slice), otherwise by their plane positions (highdicom's volume of the
-SEG, resampled nearest-neighbour onto the series grid; exact when the grids coincide).
-A SEG that references instances outside the given series, or another frame of
-reference, is refused. FRACTIONAL segments are binarised at 0.5.
+SEG (decoded by highdicom): every frame is placed on the series grid by its plane position in
+the shared frame of reference, never by frame or file order, so sparse frames, gaps, reordered
+or subset source slices and multi-series SEGs all land where they belong. BINARY frames are
+masks, FRACTIONAL frames are kept where the fraction >= a configurable threshold (0.5 by
+default), LABELMAP frames hold segment numbers; overlapping segments give overlapping masks.
+A frame without a plane position is placed on the slice it was derived from. Frames on another
+pixel grid (other spacing or orientation) are resampled nearest-neighbour onto the series. A SEG
+in another frame of reference, without frames, referencing instances of the series that were not
+given, or with frames off the series grid is refused naming the file and the reason.
 
 RTSTRUCT: every CLOSED_PLANAR contour is mapped to continuous pixel indices of its slice
 and filled with the even-odd rule; all contours of one ROI on one slice are combined by
@@ -28,7 +31,7 @@ import pydicom
 import SimpleITK as sitk
 
 from radplan.errors import InvalidDicomError
-from radplan.imaging.series import read_instance_header
+from radplan.imaging.series import instance_header_from_dataset, read_dataset, read_instance_header
 from radplan.imaging.volumes import SeriesGeometry, resample_mask_to, series_geometry
 
 _CONTOUR_OFF_PLANE_TOLERANCE = 0.25  # fraction of the slice step
@@ -44,43 +47,107 @@ def _unique_key(label: str, number: int, taken: dict) -> str:
     return label if label not in taken else f"{label}#{number}"
 
 
-def _frames_reference_instances(seg: pydicom.Dataset) -> bool:
-    for frame in seg.PerFrameFunctionalGroupsSequence:
-        derivation = frame.get("DerivationImageSequence")
-        if not derivation or not derivation[0].get("SourceImageSequence"):
+def _functional_group(seg: pydicom.Dataset, frame_index: int, sequence: str) -> pydicom.Dataset | None:
+    """First item of a functional group macro for one frame: per-frame when there, else shared."""
+    per_frame = seg.get("PerFrameFunctionalGroupsSequence")
+    if per_frame and len(per_frame) > frame_index:
+        item = per_frame[frame_index].get(sequence)
+        if item:
+            return item[0]
+    shared = seg.get("SharedFunctionalGroupsSequence")
+    if shared:
+        item = shared[0].get(sequence)
+        if item:
+            return item[0]
+    return None
+
+
+def _frame_segment_number(seg: pydicom.Dataset, frame_index: int) -> int | None:
+    identification = _functional_group(seg, frame_index, "SegmentIdentificationSequence")
+    return int(identification.ReferencedSegmentNumber) if identification is not None else None
+
+
+def _frame_source_uid(seg: pydicom.Dataset, frame_index: int) -> str | None:
+    derivation = _functional_group(seg, frame_index, "DerivationImageSequence")
+    if derivation is None or not derivation.get("SourceImageSequence"):
+        return None
+    return str(derivation.SourceImageSequence[0].ReferencedSOPInstanceUID)
+
+
+def _on_series_pixel_grid(seg: pydicom.Dataset, geometry: SeriesGeometry) -> bool:
+    """Every frame has the series' orientation and pixel spacing (then frames are pasted, else resampled)."""
+    direction = np.asarray(geometry.direction).reshape(3, 3)
+    series_orientation = np.concatenate([direction[:, 0], direction[:, 1]])
+    for index in range(int(seg.get("NumberOfFrames", 1) or 1)):
+        orientation = _functional_group(seg, index, "PlaneOrientationSequence")
+        measures = _functional_group(seg, index, "PixelMeasuresSequence")
+        if orientation is None or measures is None or "PixelSpacing" not in measures:
+            return False
+        if not np.allclose([float(v) for v in orientation.ImageOrientationPatient], series_orientation, atol=1e-4):
+            return False
+        row_spacing, column_spacing = (float(v) for v in measures.PixelSpacing)
+        if not np.allclose([column_spacing, row_spacing], geometry.spacing[:2], rtol=1e-4):
             return False
     return True
 
 
-def _same_pixel_grid(seg: pydicom.Dataset, geometry: SeriesGeometry) -> bool:
-    """Frames have the series' rows, columns and pixel spacing (else they are placed geometrically)."""
-    columns, rows, _ = geometry.size
-    if (int(seg.Rows), int(seg.Columns)) != (rows, columns):
-        return False
-    shared = seg.get("SharedFunctionalGroupsSequence")
-    measures = shared[0].get("PixelMeasuresSequence") if shared else None
-    if not measures or "PixelSpacing" not in measures[0]:
-        return True  # per-frame spacing: checked by the plane position test only
-    row_spacing, column_spacing = (float(v) for v in measures[0].PixelSpacing)
-    return bool(np.allclose([column_spacing, row_spacing], geometry.spacing[:2], rtol=1e-4))
+def _frame_values(seg: hd.seg.Segmentation, frame_index: int, threshold: float) -> np.ndarray:
+    """One frame as booleans (BINARY), thresholded fractions (FRACTIONAL) or segment numbers (LABELMAP)."""
+    stored = np.asarray(seg.get_stored_frame(frame_index + 1))
+    if seg.segmentation_type == hd.seg.SegmentationTypeValues.FRACTIONAL:
+        return stored.astype(np.float64) / float(seg.MaximumFractionalValue) >= threshold
+    if seg.segmentation_type == hd.seg.SegmentationTypeValues.LABELMAP:
+        return stored
+    return stored > 0
 
 
-def _check_frame_positions(seg: pydicom.Dataset, geometry: SeriesGeometry, name: str) -> None:
-    """Each frame's plane position (when given) must be the origin of the slice it references."""
-    direction = np.asarray(geometry.direction).reshape(3, 3)
-    slice_index = {sop_uid: k for k, sop_uid in enumerate(geometry.sop_uids)}
-    tolerance_mm = 0.1 * min(geometry.spacing)
-    for frame in seg.PerFrameFunctionalGroupsSequence:
-        plane = frame.get("PlanePositionSequence")
-        if not plane:
-            continue
-        sop_uid = str(frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
-        k = slice_index.get(sop_uid)
-        if k is None:
-            raise InvalidDicomError(f"{name}: a SEG frame references an instance not in the reference series")
-        expected = np.asarray(geometry.origin) + k * geometry.spacing[2] * direction[:, 2]
-        if np.linalg.norm(np.asarray([float(v) for v in plane[0].ImagePositionPatient]) - expected) > tolerance_mm:
-            raise InvalidDicomError(f"{name}: a SEG frame's plane position does not match the slice it references")
+def _place_frames(
+    seg: hd.seg.Segmentation, geometry: SeriesGeometry, segment_numbers: list[int], other_series_sources: set[str],
+    threshold: float, name: str,
+) -> dict[int, np.ndarray]:
+    """Segment number -> boolean (slices, rows, columns) array, each frame placed by its plane position.
+
+    A frame without a plane position is placed on the slice it was derived from. A frame must lie on
+    a slice plane of the series with its pixels on the series' pixels; frames derived from another
+    series of a multi-series SEG that fall outside this series' grid belong to that series and are
+    left out.
+    """
+    columns, rows, n_slices = geometry.size
+    volumes = {number: np.zeros((n_slices, rows, columns), dtype=bool) for number in segment_numbers}
+    slice_of_source = {sop_uid: k for k, sop_uid in enumerate(geometry.sop_uids)}
+    labelmap = seg.segmentation_type == hd.seg.SegmentationTypeValues.LABELMAP
+    frame_rows, frame_columns = int(seg.Rows), int(seg.Columns)
+    for index in range(int(seg.get("NumberOfFrames", 1) or 1)):
+        source_uid = _frame_source_uid(seg, index)
+        position = _functional_group(seg, index, "PlanePositionSequence")
+        if position is not None:
+            x, y, z = geometry.physical_to_index(np.asarray([[float(v) for v in position.ImagePositionPatient]]))[0]
+            k, r0, c0 = int(round(z)), int(round(y)), int(round(x))
+            if abs(z - k) > 0.1 or abs(y - r0) > 0.1 or abs(x - c0) > 0.1:
+                if source_uid in other_series_sources:
+                    continue
+                raise InvalidDicomError(f"{name}: frame {index + 1} does not lie on the pixel grid of the series "
+                                        f"(continuous index {x:.2f}, {y:.2f}, {z:.2f})")
+        elif source_uid in slice_of_source:
+            k, r0, c0 = slice_of_source[source_uid], 0, 0
+        else:
+            raise InvalidDicomError(f"{name}: frame {index + 1} has neither a plane position nor a source slice of the series")
+        inside = 0 <= k < n_slices and r0 >= 0 and c0 >= 0 and r0 + frame_rows <= rows and c0 + frame_columns <= columns
+        if not inside:
+            if source_uid in other_series_sources:
+                continue
+            raise InvalidDicomError(f"{name}: frame {index + 1} lies outside the reference series' volume")
+        values = _frame_values(seg, index, threshold)
+        window = (k, slice(r0, r0 + frame_rows), slice(c0, c0 + frame_columns))
+        if labelmap:
+            for number in segment_numbers:
+                volumes[number][window] |= values == number
+        else:
+            number = _frame_segment_number(seg, index)
+            if number not in volumes:
+                raise InvalidDicomError(f"{name}: frame {index + 1} names segment {number}, which the SEG does not describe")
+            volumes[number][window] |= values
+    return volumes
 
 
 def _volume_to_sitk(array_zyx: np.ndarray, affine: np.ndarray) -> sitk.Image:
@@ -96,52 +163,75 @@ def _volume_to_sitk(array_zyx: np.ndarray, affine: np.ndarray) -> sitk.Image:
     return image
 
 
-def mask_from_seg(seg_path: Path, reference_series_paths: Sequence[Path]) -> dict[str, sitk.Image]:
-    """Segment label -> binary (uint8 0/1) mask on the reference series grid."""
+def _sources_by_series(seg: pydicom.Dataset) -> dict[str, set[str]]:
+    """Series Instance UID -> SOP Instance UIDs the SEG says it was derived from (ReferencedSeriesSequence,
+    and StudiesContainingOtherReferencedInstancesSequence for the further series of a multi-series SEG)."""
+    sources: dict[str, set[str]] = {}
+    items = list(seg.get("ReferencedSeriesSequence", []))
+    for study in seg.get("StudiesContainingOtherReferencedInstancesSequence", []):
+        items += list(study.get("ReferencedSeriesSequence", []))
+    for series in items:
+        uids = {str(instance.ReferencedSOPInstanceUID) for instance in series.get("ReferencedInstanceSequence", [])}
+        sources.setdefault(str(series.SeriesInstanceUID), set()).update(uids)
+    return sources
+
+
+def mask_from_seg(seg_path: Path, reference_series_paths: Sequence[Path], *, fractional_threshold: float = 0.5) -> dict[str, sitk.Image]:
+    """Segment label -> binary (uint8 0/1) mask on the reference series grid.
+
+    Any SEG highdicom decodes: BINARY, FRACTIONAL (kept where the fraction >= ``fractional_threshold``),
+    LABELMAP; overlapping segments (each mask on its own); frames only where a segment is present;
+    source slices in any order, with gaps, or a subset of the series; multi-series SEGs (frames
+    of the other series are left out). Frames are placed by frame of reference and plane position,
+    never by order; a SEG whose frames are on another pixel grid (spacing, orientation) is
+    resampled nearest-neighbour onto the series. InvalidDicomError names the file and the reason
+    for anything else (other frame of reference, references into the series that were not given,
+    no frames, frames off the series grid).
+    """
     seg_path = Path(seg_path)
-    read_instance_header(seg_path)
+    if not 0 < fractional_threshold <= 1:
+        raise ValueError(f"fractional_threshold must be in (0, 1], got {fractional_threshold}")
+    dataset = read_dataset(seg_path, with_pixels=False)
+    header = instance_header_from_dataset(seg_path, dataset)
+    if header.modality != "SEG":
+        raise InvalidDicomError(f"{seg_path.name}: modality {header.modality}, expected SEG")
+    if int(dataset.get("NumberOfFrames", 0) or 0) < 1 or "PixelData" not in dataset:
+        raise InvalidDicomError(f"{seg_path.name}: SEG has no segment frames")
     try:
         seg = hd.seg.segread(seg_path)
-    except (ValueError, AttributeError, KeyError, TypeError) as exc:
+    except (ValueError, AttributeError, KeyError, TypeError, IndexError) as exc:
         raise InvalidDicomError(f"{seg_path.name}: not a readable DICOM SEG ({exc})") from exc
     geometry = series_geometry(reference_series_paths)
     if geometry.frame_of_reference_uid and str(seg.get("FrameOfReferenceUID", "")) != geometry.frame_of_reference_uid:
         raise InvalidDicomError(f"{seg_path.name}: SEG frame of reference differs from the reference series")
+    series_uid = str(read_instance_header(geometry.paths[0]).series_uid)
     series_sop_uids = set(geometry.sop_uids)
-    referenced = {str(sop_uid) for _, _, sop_uid in seg.get_source_image_uids()}
-    missing = referenced - series_sop_uids
+    sources = _sources_by_series(seg)
+    referenced = {str(sop_uid) for _, _, sop_uid in seg.get_source_image_uids()} | sources.get(series_uid, set())
+    other_series_sources = set().union(*(uids for uid, uids in sources.items() if uid != series_uid)) - series_sop_uids
+    missing = referenced - series_sop_uids - other_series_sources
     if missing:
         raise InvalidDicomError(f"{seg_path.name}: SEG references {len(missing)} instance(s) not in the reference series")
 
     segment_numbers = [int(item.SegmentNumber) for item in seg.SegmentSequence]
-    masks: dict[str, sitk.Image] = {}
-    if _frames_reference_instances(seg) and _same_pixel_grid(seg, geometry):
-        _check_frame_positions(seg, geometry, seg_path.name)
-        try:
-            # Positions were just checked against the referenced slices, so highdicom's
-            # SpatialLocationsPreserved requirement (often absent, e.g. dcmqi) is waived.
-            pixels = seg.get_pixels_by_source_instance(
-                list(geometry.sop_uids),
-                segment_numbers=segment_numbers,
-                assert_missing_frames_are_empty=True,
-                ignore_spatial_locations=True,
-            )  # (slices, rows, columns, segments)
-        except (ValueError, KeyError, RuntimeError) as exc:
-            raise InvalidDicomError(f"{seg_path.name}: SEG frames cannot be placed on the series ({exc})") from exc
-        for index, number in enumerate(segment_numbers):
-            label = str(seg.get_segment_description(number).segment_label)
-            masks[_unique_key(label, number, masks)] = _mask_image(pixels[..., index] >= 0.5, geometry)
-        return masks
+    labels: dict[int, str] = {}
+    for number in segment_numbers:
+        labels[number] = _unique_key(str(seg.get_segment_description(number).segment_label), number, dict.fromkeys(labels.values()))
+    if _on_series_pixel_grid(seg, geometry) or not any(
+        _functional_group(seg, index, "PlanePositionSequence") for index in range(int(seg.NumberOfFrames))
+    ):
+        placed = _place_frames(seg, geometry, segment_numbers, other_series_sources, fractional_threshold, seg_path.name)
+        return {labels[number]: _mask_image(placed[number], geometry) for number in segment_numbers}
 
     reference = geometry.empty_image()
+    masks: dict[str, sitk.Image] = {}
     for number in segment_numbers:
         try:
             volume = seg.get_volume(segment_numbers=[number], combine_segments=True, dtype=np.float32)
         except (ValueError, RuntimeError) as exc:
-            raise InvalidDicomError(f"{seg_path.name}: SEG frames do not form a regular volume ({exc})") from exc
-        segment_image = _volume_to_sitk(np.asarray(volume.array) >= 0.5, volume.affine)
-        label = str(seg.get_segment_description(number).segment_label)
-        masks[_unique_key(label, number, masks)] = resample_mask_to(segment_image, reference)
+            raise InvalidDicomError(f"{seg_path.name}: SEG frames are on another grid and do not form a regular volume ({exc})") from exc
+        segment_image = _volume_to_sitk(np.asarray(volume.array) >= fractional_threshold, volume.affine)
+        masks[labels[number]] = resample_mask_to(segment_image, reference)
     return masks
 
 

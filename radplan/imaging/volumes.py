@@ -110,21 +110,28 @@ def _series_geometry_from_datasets(paths: Sequence[Path], datasets: Sequence[pyd
     sorted_distances = distances[order]
 
     if len(datasets) > 1:
+        names = [Path(paths[i]).name for i in order]
         steps = np.diff(sorted_distances)
         if np.any(steps < 1e-3):
-            raise InvalidDicomError("two slices share the same position (duplicate or multi-acquisition series)")
+            k = int(np.argmax(steps < 1e-3))
+            raise InvalidDicomError(f"{names[k]} and {names[k + 1]}: two slices share the same position "
+                                    "(duplicate or multi-acquisition series)")
         slice_step = float(np.median(steps))
-        if np.any(np.abs(steps - slice_step) > _SPACING_RTOL * slice_step + 1e-3):
-            largest = float(steps.max())
-            reason = "missing slice" if largest > 1.5 * slice_step else "inconsistent slice spacing"
+        irregular = np.abs(steps - slice_step) > _SPACING_RTOL * slice_step + 1e-3
+        if np.any(irregular):
+            k = int(np.argmax(np.abs(steps - slice_step)))
+            reason = "missing slice" if steps[k] > 1.5 * slice_step else "inconsistent slice spacing"
             raise InvalidDicomError(
-                f"{reason}: slice steps range {steps.min():.3f}..{largest:.3f} mm (median {slice_step:.3f} mm)"
+                f"{reason} between {names[k]} and {names[k + 1]} ({steps[k]:.3f} mm apart, median step "
+                f"{slice_step:.3f} mm; {int(irregular.sum())} irregular step(s) in {len(names)} slices)"
             )
         # Every origin must sit on the line through the first origin along the normal
         # (a sheared stack, e.g. gantry tilt, is not a regular grid).
         in_plane_offsets = (sorted_positions - sorted_positions[0]) - np.outer(sorted_distances - sorted_distances[0], normal)
-        if np.any(np.linalg.norm(in_plane_offsets, axis=1) > _SPACING_RTOL * pixel_spacing.min() * 10):
-            raise InvalidDicomError("slice origins are not aligned along the slice normal (gantry tilt or sheared stack)")
+        sheared = np.linalg.norm(in_plane_offsets, axis=1) > _SPACING_RTOL * pixel_spacing.min() * 10
+        if np.any(sheared):
+            raise InvalidDicomError(f"{names[int(np.argmax(sheared))]}: slice origins are not aligned along the slice normal "
+                                    "(gantry tilt or sheared stack)")
     else:
         slice_step = float(first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0)
 

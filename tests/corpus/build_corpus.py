@@ -157,7 +157,64 @@ def build_dicom(shared: Path) -> list[dict]:
     _save(seg, out / "seg_missing_reference.dcm")
     case("dicom-seg-missing-series", [out / "seg_missing_reference.dcm"], "lesion-mask", "InvalidDicomError",
          "a DICOM SEG whose referenced CT series was never delivered")
+
+    uneven = series_from_sts("series_uneven_spacing", [40, 41, 42, 43])
+    moved = uneven[2][1]
+    moved.ImagePositionPatient = [*moved.ImagePositionPatient[:2], float(moved.ImagePositionPatient[2]) + 1.0]
+    for path, ds in uneven:
+        _save(ds, path)
+    case("dicom-series-uneven-spacing", [p for p, _ in uneven], "volume", "InvalidDicomError",
+         "four consecutive CT slices, the third moved 1 mm along the normal: steps of 3.27, 4.27 and 2.27 mm", level="series")
+
+    good_sources = [ds for _, ds in good]
+    other_frame = _seg_on(good_sources, "seg-other-frame-of-reference")
+    other_frame.FrameOfReferenceUID = _uid("another-frame-of-reference")
+    _save(other_frame, out / "seg_other_frame_of_reference.dcm")
+    case("dicom-seg-other-frame-of-reference", [out / "seg_other_frame_of_reference.dcm"], "lesion-mask", "InvalidDicomError",
+         "a highdicom SEG of the good series whose FrameOfReferenceUID was changed: its positions mean nothing on that series")
+
+    no_frames = _seg_on(good_sources, "seg-no-frames")
+    del no_frames.PixelData
+    no_frames.NumberOfFrames = 0
+    no_frames.PerFrameFunctionalGroupsSequence = []
+    _save(no_frames, out / "seg_no_frames.dcm")
+    case("dicom-seg-no-frames", [out / "seg_no_frames.dcm"], SEG_NO_FRAMES_STAGE, "InvalidDicomError",
+         "a highdicom SEG of the good series with its frames (pixel data and per-frame groups) removed")
     return cases
+
+
+SEG_NO_FRAMES_STAGE = "pacs-ingest"  # a Segmentation instance without pixel data fails the full instance check
+
+
+def _seg_on(sources: list[pydicom.Dataset], name: str) -> pydicom.Dataset:
+    """A BINARY SEG written by highdicom on ``sources`` (a box in the middle slice), UIDs and dates fixed."""
+    import highdicom as hd
+    import numpy as np
+    from pydicom.sr.codedict import codes
+
+    pixels = np.zeros((len(sources), int(sources[0].Rows), int(sources[0].Columns), 1), dtype=np.uint8)
+    pixels[len(sources) // 2, 60:80, 60:80, 0] = 1
+    description = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="lesion", segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Lesion, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+    )
+    seg = hd.seg.Segmentation(
+        source_images=sources, pixel_array=pixels, segmentation_type="BINARY", segment_descriptions=[description],
+        series_instance_uid=_uid(name), series_number=90, sop_instance_uid=_uid(name, "1"), instance_number=1,
+        manufacturer="radplan-corpus", manufacturer_model_name="corpus", software_versions="1", device_serial_number="1",
+    )
+    for keyword in ("ContentDate", "SeriesDate", "InstanceCreationDate"):
+        if keyword in seg:
+            setattr(seg, keyword, "20000101")
+    for keyword in ("ContentTime", "SeriesTime", "InstanceCreationTime"):
+        if keyword in seg:
+            setattr(seg, keyword, "000000")
+    for element in seg.iterall():  # highdicom stamps these with the time and a random UID
+        if element.keyword == "ContributionDateTime":
+            element.value = "20000101000000"
+        elif element.keyword == "DimensionOrganizationUID":
+            element.value = _uid(name, "dimension-organization")
+    return seg
 
 
 def _sample_renamed_vcf(shared: Path) -> str:

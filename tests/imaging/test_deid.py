@@ -180,7 +180,8 @@ def test_identity_dates_and_method_attributes(sts_dir, pseudonymizer):
     assert nested.AcquisitionDateTime == shifted("20060128") + "101530.5"
     assert nested.ObservationDateTime == shifted("20060128")
 
-    assert out.PatientID == out.PatientName == result.patient_key == pseudonymizer.patient_key("STS_002")
+    assert out.PatientID == out.PatientName.family_name == result.patient_key == pseudonymizer.patient_key("STS_002")
+    assert str(out.PatientName) == f"{result.patient_key}^"  # a delimiter: not the retired single-component PN form
     assert out.PatientIdentityRemoved == "YES"
     assert out.LongitudinalTemporalInformationModified == "MODIFIED"
     assert out.PatientBirthDate == ""
@@ -299,11 +300,12 @@ def test_different_keys_give_different_pseudonyms(pseudonymizer):
     assert again.StudyInstanceUID == first.StudyInstanceUID
 
 
-def _dciodvfy_errors(path: Path) -> set[str]:
+def _dciodvfy_messages(path: Path) -> set[str]:
+    """dciodvfy's errors and warnings, without element values (UIDs, names and dates legitimately change)."""
     run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
     lines = (run.stdout + run.stderr).splitlines()
-    # UID values legitimately change; compare the messages without them.
-    return {re.sub(r"<[0-9.]+>", "<uid>", line) for line in lines if line.startswith("Error")}
+    return {re.sub(r"\[\d+\]", "[n]", re.sub(r"<[^>]*>", "<value>", line))
+            for line in lines if line.startswith(("Error", "Warning"))}
 
 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools dciodvfy not installed")
@@ -311,13 +313,32 @@ def _dciodvfy_errors(path: Path) -> set[str]:
                                       "ibsi_sts_002/dicom/PET/image/000010.dcm",
                                       "ibsi_sts_002/dicom/MR_T1/image/000010.dcm",
                                       "ibsi_sts_002/dicom/CT/mask/RS.dcm",
+                                      "ibsi_sts_002/dicom/PET/mask/RS.dcm",
                                       "dcmqi_ct_liver_seg/liver_seg.dcm",
-                                      "pydicom:rtplan.dcm"])
-def test_dciodvfy_reports_no_new_errors(relative, shared_data, tmp_path, pseudonymizer):
+                                      "dcmqi_ct_liver_seg/ct/01.dcm",
+                                      "pydicom:CT_small.dcm",
+                                      "pydicom:MR_small.dcm",
+                                      "pydicom:rtplan.dcm",
+                                      "pydicom:rtdose.dcm"])
+def test_dciodvfy_reports_no_new_errors_or_warnings(relative, shared_data, tmp_path, pseudonymizer):
     src = Path(get_testdata_file(relative.split(":")[1])) if relative.startswith("pydicom:") \
         else shared_data / "imaging" / relative
     result = deidentify_file(src, tmp_path, pseudonymizer)
-    assert _dciodvfy_errors(result.output_path) <= _dciodvfy_errors(src)
+    new = _dciodvfy_messages(result.output_path) - _dciodvfy_messages(src)
+    assert not new, sorted(new)
+
+
+def test_study_id_becomes_a_token_of_the_study(series_files, pseudonymizer):
+    first, second = (pydicom.dcmread(path) for path in series_files("CT")[:2])
+    assert first.StudyID and first.StudyID == second.StudyID
+    out_first, _ = deidentify_dataset(first, pseudonymizer)
+    out_second, _ = deidentify_dataset(second, pseudonymizer)
+    assert out_first.StudyID == out_second.StudyID  # one study, one ID (DICOMDIR)
+    assert out_first.StudyID != first.StudyID and first.StudyID not in out_first.StudyID
+    assert len(out_first.StudyID) <= 16  # SH
+    no_id = pydicom.dcmread(series_files("CT")[0])
+    del no_id.StudyID
+    assert "StudyID" not in deidentify_dataset(no_id, pseudonymizer)[0]
 
 
 def _as_ultrasound(ds: Dataset) -> Dataset:

@@ -98,11 +98,13 @@ def _ibsi_reference(shared_data):
         return {row["tag"]: row for row in csv.DictReader(handle)}
 
 
-def test_ibsi_digital_phantom(shared_data):
+@pytest.mark.parametrize("mode", ["pyradiomics", "ibsi"])
+def test_ibsi_digital_phantom(shared_data, mode):
     folder = shared_data / "radiomics" / "ibsi1_digital_phantom"
     image = sitk.ReadImage(str(folder / "phantom.nii.gz"))
     mask = sitk.ReadImage(str(folder / "mask.nii.gz"))
-    row = extract_lesion_features(image, mask, load_params(PARAMS_DIR / "ibsi_phantom.yaml")).iloc[0]
+    row = extract_lesion_features(image, mask, load_params(PARAMS_DIR / "ibsi_phantom.yaml"), mode=mode).iloc[0]
+    assert row["radiomics_mode"] == mode
     n_voxels = int(row["voxel_count"])
     reference = _ibsi_reference(shared_data)
     with open(PARAMS_DIR / "ibsi_phantom_feature_map.csv", newline="") as handle:

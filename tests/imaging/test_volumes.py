@@ -54,9 +54,22 @@ def _copies(tmp_path, files):
 def test_missing_slice_is_refused(tmp_path, series_files):
     files = series_files("PET")
     ordered = sorted(files, key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))
+    before, after = ordered[19].name, ordered[21].name
     del ordered[20]
-    with pytest.raises(InvalidDicomError, match="missing slice"):
+    with pytest.raises(InvalidDicomError, match=f"missing slice between {before} and {after}"):
         load_series_volume(ordered)
+
+
+def test_varying_slice_spacing_is_refused_naming_the_slice(tmp_path, series_files):
+    files = _copies(tmp_path, series_files("PET"))
+    ordered = sorted(files, key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))
+    moved = pydicom.dcmread(ordered[10])
+    step = float(pydicom.dcmread(ordered[11]).ImagePositionPatient[2]) - float(moved.ImagePositionPatient[2])
+    moved.ImagePositionPatient = [*moved.ImagePositionPatient[:2], float(moved.ImagePositionPatient[2]) + 0.3 * step]
+    moved.save_as(ordered[10])
+    with pytest.raises(InvalidDicomError, match=rf"inconsistent slice spacing between .*{ordered[10].name}|"
+                                                rf"inconsistent slice spacing between {ordered[10].name}"):
+        load_series_volume(files)
 
 
 def test_mixed_orientation_is_refused(tmp_path, series_files):
@@ -73,7 +86,7 @@ def test_duplicate_position_is_refused(tmp_path, series_files):
     first, second = pydicom.dcmread(files[0]), pydicom.dcmread(files[1])
     second.ImagePositionPatient = first.ImagePositionPatient
     second.save_as(files[1])
-    with pytest.raises(InvalidDicomError, match="same position"):
+    with pytest.raises(InvalidDicomError, match=r"(000\.dcm and 001\.dcm|001\.dcm and 000\.dcm): two slices share the same position"):
         load_series_volume(files)
 
 
