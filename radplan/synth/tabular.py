@@ -67,7 +67,8 @@ def tabular_cohort(seed: int, n: int, start: int = 0) -> tuple[pd.DataFrame, pd.
     """(patient_features, truth) for patients ``start .. start + n - 1`` of cohort ``seed``.
 
     truth: patient_key, therapy (the regimen given), responded, true_probability (under the given
-    regimen) and probability_by_therapy (regimen name -> true probability under each first-line option).
+    regimen), probability_by_therapy (regimen name -> true probability under each first-line option)
+    and outcome_features (the outcome model's inputs, see :mod:`radplan.synth.cohort`).
     """
     rows, truth = [], []
     for index in range(start, start + n):
@@ -75,5 +76,6 @@ def tabular_cohort(seed: int, n: int, start: int = 0) -> tuple[pd.DataFrame, pd.
         rows.append(patient_features_row(plan, seed))
         truth.append({"patient_key": patient_key(seed, index), "therapy": " + ".join(sorted(d.lower() for d in plan.therapy)),
                       "responded": int(plan.responder), "true_probability": plan.outcome_probability,
-                      "probability_by_therapy": dict(plan.probability_by_therapy)})
+                      "probability_by_therapy": dict(plan.probability_by_therapy),
+                      "outcome_features": dict(plan.outcome_features)})
     return pd.concat(rows, ignore_index=True), pd.DataFrame(truth)
