@@ -8,7 +8,7 @@ export RADPLAN_HOME
 INSTALL_STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := orthanc dcmtk dicom3tools bcftools tabix samtools chromium openjdk-17-jre-headless postgresql
 
-.PHONY: install system-deps demo test test-fast fuzz ui bench clean-data
+.PHONY: install system-deps demo test test-fast fuzz ui bench bench-models clean-data
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,10 @@ ui: install
 
 bench: install system-deps
 	$(PY) benchmarks/run_all.py
+
+# Response-model quality on 1,000 + 1,000 synthetic patients (tabular path, no rendering): benchmarks/results/models.json.
+bench-models: install
+	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_models.py
 
 clean-data:
 	rm -rf $(RADPLAN_HOME)

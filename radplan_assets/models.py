@@ -9,12 +9,12 @@ import SimpleITK as sitk
 import torch
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 
-from radplan import cohort, monitoring
+from radplan import monitoring
 from radplan.imaging import masks as mask_ops
 from radplan.imaging import volumes
 from radplan.imaging.series import group_series, read_instance_header
 from radplan.lake import atomic_write_json
-from radplan.models import registry, response, segmentation
+from radplan.models import outcomes, registry, response, segmentation
 from radplan_assets.partitions import patient_partitions
 from radplan_resources import DeidKeyResource, LakeResource, MlflowResource
 from radplan_resources.io_manager import one_table_of, table_metadata
@@ -164,16 +164,6 @@ def predicted_lesion_masks(
 
 
 
-def outcome_labels(observations: pd.DataFrame) -> pd.DataFrame:
-    """Observed first-line response per patient from the de-identified EHR observations (patient_key, responded)."""
-    if observations.empty:
-        return pd.DataFrame(columns=["patient_key", "responded"])
-    response_rows = observations[observations["CODE"].astype(str) == cohort.RECIST_BEST_RESPONSE_CODE]
-    latest = response_rows.sort_values("DATE").groupby("patient_key").tail(1)
-    labels = pd.DataFrame({"patient_key": latest["patient_key"].values, "responded": latest["VALUE"].map(cohort.is_responder).values})
-    return labels[labels["responded"].notna()]
-
-
 def synthetic_true_probabilities(lake: LakeResource, deid_key) -> pd.Series | None:
     """Demo only: the generator's true response probabilities (RADPLAN_HOME/truth), for the Bayes-optimal AUC.
 
@@ -183,17 +173,7 @@ def synthetic_true_probabilities(lake: LakeResource, deid_key) -> pd.Series | No
     truth_file = lake.root_path.parent / "truth" / "truth.json"
     if not (deid_key.demo and truth_file.exists()):
         return None
-    pseudonymizer = deid_key.pseudonymizer()
-    patients = json.loads(truth_file.read_text())["patients"]
-    return pd.Series({pseudonymizer.patient_key(mrn): p["outcome"]["probability"] for mrn, p in patients.items()})
-
-
-def first_line_therapy(current_medications) -> str | None:
-    """The anticancer drug among the patient's current medications (alphabetically first if several)."""
-    from radplan.ehr.features import antineoplastic_ingredients
-
-    drugs = sorted(set(current_medications if current_medications is not None else []) & antineoplastic_ingredients())
-    return drugs[0] if drugs else None
+    return outcomes.synthetic_true_probabilities(json.loads(truth_file.read_text())["patients"], deid_key.pseudonymizer().patient_key)
 
 
 # The calibrated candidates split each training fold 3 ways, so every training fold needs 3 patients of each
@@ -225,9 +205,10 @@ def response_model(
     deid_key: DeidKeyResource,
 ) -> MaterializeResult:
     cohort_frame = cohort_features.set_index("patient_key", drop=False)
-    therapy = cohort_frame["current_medications"].map(first_line_therapy)
-    labels = outcome_labels(deid_ehr).set_index("patient_key")["responded"].astype(int)
-    training = cohort_frame.loc[cohort_frame.index.intersection(labels.index)]
+    therapy = cohort_frame["current_medications"].map(outcomes.first_line_therapy)
+    labels = outcomes.outcome_labels(deid_ehr).set_index("patient_key")["responded"].astype(int)
+    # The model is conditional on the regimen: a patient whose first-line regimen is unknown cannot be a training row.
+    training = cohort_frame.loc[cohort_frame.index.intersection(labels.index).intersection(therapy.index[therapy.notna()])]
     smallest_class = int(labels.loc[training.index].value_counts().min()) if len(training) and labels.loc[training.index].nunique() == 2 else 0
     folds = min(config.n_splits, smallest_class)
     context.log.info(f"{len(training)} of {len(cohort_frame)} patients have an observed response; {folds}-fold CV")
@@ -237,7 +218,7 @@ def response_model(
         # Too few outcomes of one class to cross-validate: recommendations go on from rules alone.
         entry = {"name": RESPONSE_MODEL_NAME, "trained": False,
                  "reason": f"needs ≥ {MIN_OUTCOMES_PER_CLASS} patients per outcome class, has {smallest_class}"}
-        predictions = pd.DataFrame(columns=["patient_key", "probability", "ci_low", "ci_high", "top_attributions", "model_name", "model_version"])
+        fitted, version = None, None
     else:
         result = response.train_response_models(
             training,
@@ -251,13 +232,15 @@ def response_model(
             true_probabilities=truth.loc[training.index] if truth is not None else None,
             progress=context.log.info,
         )
-        predictions = response.predict_response(result["model"], cohort_frame.reset_index(drop=True), therapy=therapy.reset_index(drop=True))
-        predictions["top_attributions"] = predictions["top_attributions"].map(lambda a: json.dumps(a, default=float))
-        predictions["model_name"] = RESPONSE_MODEL_NAME
-        predictions["model_version"] = str(result["version"])
-        # What model_monitoring compares the scored cohort with: the rows this version was fitted on.
-        tables["training_snapshot"] = monitoring.training_snapshot(training, predictions, str(result["version"]))
+        fitted, version = result["model"], str(result["version"])
+        # What model_monitoring compares the scored cohort with: the rows this version was fitted on, each with
+        # its probability under the regimen the patient received.
+        tables["training_snapshot"] = monitoring.training_snapshot(training, result["predictions"], version)
         entry = {**response.model_report_entry(result), "trained": True}
+    # One row per (patient, therapy the rule base can propose); out of scope rows say why (response.therapy_response_predictions).
+    candidates = response.candidate_therapy_table(cohort_frame.reset_index(drop=True))
+    predictions = response.therapy_response_predictions(fitted, cohort_frame.reset_index(drop=True), candidates,
+                                                        model_name=RESPONSE_MODEL_NAME, model_version=version)
     tables["predictions"] = predictions
     update_model_report(lake, "response_model", entry)
     return MaterializeResult(

@@ -14,8 +14,11 @@ patient responds to first-line therapy (RECIST partial/complete response at foll
                - 1.2 * (texture_heterogeneity - 0.5)   (lesion HU noise level, 0..1)
                - 0.5 * stage_iv
 
-and the label is a Bernoulli draw with that probability. The true probability is recorded, so
-the Bayes-optimal AUC of any model can be computed from truth.json.
+and the label is a Bernoulli draw with that probability. A patient with a targetable driver gets the
+matched drug (dabrafenib with trametinib) except in STANDARD_DESPITE_DRIVER of cases, who get the
+cancer's standard regimen like everyone else. The true probability is recorded, so the Bayes-optimal
+AUC of any model can be computed from truth.json, and so is the probability under each first-line
+option the patient had (standard regimen; matched targeted regimen if any), by regimen name.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ KNOWLEDGE_PATH = Path(__file__).with_name("data") / "knowledge.json"
 
 # Cohort "today": every date is relative to this fixed day (no wall clock anywhere).
 REFERENCE_DATE = dt.date(2024, 6, 1)
+
+# Share of patients with a targetable driver who start standard therapy instead of the matched drug.
+STANDARD_DESPITE_DRIVER = 0.35
 
 OUTCOME_COEFFICIENTS = {
     "intercept": 0.4,
@@ -138,6 +144,7 @@ class PatientPlan:
     heterogeneity: float
     outcome_features: dict[str, float]
     outcome_probability: float
+    probability_by_therapy: dict[str, float]  # regimen name (see regimen_name) -> true probability under it
     responder: bool
     csq_annotated: bool
 
@@ -251,6 +258,11 @@ def _scaled_lesion(lesion: Lesion, factor: float) -> Lesion:
     return Lesion(lesion.center_mm, tuple(r * factor for r in lesion.radii_mm), lesion.lobes, lesion.mean_hu, lesion.heterogeneity, lesion.site)
 
 
+def regimen_name(drugs: list[str]) -> str:
+    """A regimen as the truth names it: lower-case drug names, sorted, joined by " + "."""
+    return " + ".join(sorted({d.lower() for d in drugs}))
+
+
 def outcome_probability(features: dict[str, float]) -> float:
     """The documented logistic outcome model (see the module docstring)."""
     logit = OUTCOME_COEFFICIENTS["intercept"] + sum(OUTCOME_COEFFICIENTS[name] * value for name, value in features.items())
@@ -304,10 +316,13 @@ def draw_patient(seed: int, index: int) -> PatientPlan:
     tested = {marker: marker in mutated_genes for marker in cancer["tested_markers"]}
 
     targeted_drug = next((cancer["targeted"][g] for g in cancer["targeted"] if g in mutated_genes and (g != "KRAS" or driver == "KRAS_G12C")), None)
-    therapy = [targeted_drug] if targeted_drug else list(cancer["standard"])
-    if targeted_drug == "dabrafenib":
-        therapy.append("trametinib")  # BRAF + MEK inhibitor combination
-    targeted_match = targeted_drug is not None
+    standard = list(cancer["standard"])
+    matched = [targeted_drug] + (["trametinib"] if targeted_drug == "dabrafenib" else []) if targeted_drug else None  # BRAF + MEK
+    # Real practice varies: a patient with a targetable driver starts standard therapy in a share of cases (an own
+    # stream, so the rest of the patient is the same draw as before), which makes the therapy effect learnable.
+    given_standard = matched is None or patient_rng(seed, index, "therapy").random() < STANDARD_DESPITE_DRIVER
+    therapy = standard if given_standard else matched
+    targeted_match = not given_standard
 
     pgx, alt_alleles = _draw_pgx(patient_rng(seed, index, "pgx"))
     comorbidities = [c for c in kb["comorbidities"] if rng.random() < c["probability"]]
@@ -340,6 +355,10 @@ def draw_patient(seed: int, index: int) -> PatientPlan:
         "stage_iv": float(stage_group.startswith("IV")),
     }
     probability = outcome_probability(outcome_features)
+    # The truth under every first-line option the patient had: only the targeted_match term depends on the therapy.
+    options = {regimen_name(standard): outcome_probability({**outcome_features, "targeted_match": 0.0})}
+    if matched:
+        options[regimen_name(matched)] = outcome_probability({**outcome_features, "targeted_match": 1.0})
     responder = bool(rng.random() < probability)
 
     institution = _choice(rng, kb["institutions"])
@@ -415,6 +434,7 @@ def draw_patient(seed: int, index: int) -> PatientPlan:
         heterogeneity=heterogeneity,
         outcome_features=outcome_features,
         outcome_probability=probability,
+        probability_by_therapy=options,
         responder=responder,
         csq_annotated=bool(rng.random() < 0.5),
     )

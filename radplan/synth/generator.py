@@ -39,10 +39,11 @@ OUTCOME_MODEL_DOC = {
     "features": {
         "log_tumour_volume_ml_centered_at_2": "ln(sum of the baseline lesions' main-ellipsoid volumes in ml) - 2.0",
         "ecog": "ECOG performance status 0-3",
-        "targeted_match": "1 if the first-line drug targets a planted somatic driver, else 0",
+        "targeted_match": "1 if the first-line drug targets a planted somatic driver, else 0 (a driver patient gets standard therapy with probability 0.35)",
         "texture_heterogeneity_centered_at_0.5": "lesion HU texture amplitude parameter (0..1) - 0.5; HU SD inside lesions ~ 10 + 50*h",
         "stage_iv": "1 if the stage group is IV/IVA/IVB",
     },
+    "probability_by_therapy": "the same model under each first-line option (standard regimen, matched targeted regimen), keyed by lower-case drug names sorted and joined by ' + '",
     "label": "responder = RECIST partial response at follow-up CT; responders' lesions shrink to 55-80 % radius at follow-up, others grow 105-130 %",
 }
 
@@ -271,7 +272,8 @@ def _patient_truth(plan: PatientPlan) -> dict:
         "weight_kg": plan.weight_kg,
         "height_cm": plan.height_cm,
         "texture_heterogeneity": round(plan.heterogeneity, 6),
-        "outcome": {"responder": plan.responder, "probability": plan.outcome_probability, "features": plan.outcome_features},
+        "outcome": {"responder": plan.responder, "probability": plan.outcome_probability, "features": plan.outcome_features,
+                    "probability_by_therapy": plan.probability_by_therapy},
         "studies": [],
         "notes": [],
     }

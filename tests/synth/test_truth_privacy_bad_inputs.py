@@ -106,3 +106,35 @@ def test_no_bad_inputs_when_switched_off(tmp_path):
     assert not list((tmp_path / "landing" / "genomics").glob("BROKEN_*"))
     for path in (tmp_path / "landing" / "dicom").rglob("*.dcm"):
         pydicom.dcmread(path).pixel_array
+
+
+def test_truth_gives_the_response_probability_under_every_first_line_option(truth):
+    model = truth["outcome_model"]["coefficients"]
+    for patient in truth["patients"].values():
+        outcome = patient["outcome"]
+        given = " + ".join(sorted(d.lower() for d in patient["first_line_therapy"]))
+        options = outcome["probability_by_therapy"]
+        assert outcome["probability"] == pytest.approx(options[given], rel=1e-12)
+        has_driver_option = len(options) == 2
+        assert len(options) in (1, 2) and (patient["targeted_match"] <= has_driver_option)
+        for regimen, probability in options.items():
+            targeted = float(has_driver_option and regimen != _standard_regimen(patient["cancer_type"]))
+            logit = model["intercept"] + sum(model[n] * (targeted if n == "targeted_match" else v) for n, v in outcome["features"].items())
+            assert probability == pytest.approx(1 / (1 + math.exp(-logit)), rel=1e-9)
+
+
+def _standard_regimen(cancer_type: str) -> str:
+    from radplan.synth.cohort import knowledge
+
+    return " + ".join(sorted(knowledge()["cancers"][cancer_type]["standard"]))
+
+
+def test_patients_with_a_driver_do_not_all_get_the_matched_drug():
+    """Therapy varies, so its effect is learnable: over 400 plans, driver patients on standard therapy exist (about 35 %)."""
+    from radplan.synth.cohort import draw_patient
+
+    plans = [draw_patient(3, i) for i in range(400)]
+    with_option = [p for p in plans if len(p.probability_by_therapy) == 2]
+    share_standard = sum(not p.targeted_match for p in with_option) / len(with_option)
+    assert len(with_option) > 60 and 0.25 < share_standard < 0.45
+    assert all(max(p.probability_by_therapy.values()) > min(p.probability_by_therapy.values()) for p in with_option)
