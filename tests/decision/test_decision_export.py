@@ -92,9 +92,9 @@ def test_fhir_content_matches_recommendations(recommendations):
     assert {d["severity"] for d in by_type["DetectedIssue"]} <= {"high", "moderate", "low"}
     assert by_type["RiskAssessment"][0]["prediction"][0]["probabilityDecimal"] == pytest.approx(0.66)
     cited = " ".join(e["what"]["display"] for e in by_type["Provenance"][0]["entity"])
-    for rule_ids in recommendations["rule_ids"]:
-        for rule_id in json.loads(rule_ids):
-            assert f"rule {rule_id} v1" in cited
+    for rule_versions in recommendations["rule_versions"]:
+        for rule_id, version in json.loads(rule_versions).items():
+            assert f"{rule_id} v{version}" in cited
 
 
 def test_fhir_rejects_non_pseudonymous_keys(recommendations):

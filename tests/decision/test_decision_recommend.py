@@ -72,7 +72,7 @@ def test_rationale_sentences_are_traceable_to_facts(table):
                     else:
                         assert value == facts[name]
                 else:
-                    assert name in ("model_probability", "model_ci_low", "model_ci_high", "trial_screen")
+                    assert name in ("model_probability", "model_ci_low", "model_ci_high", "trial_screen", "candidate_drugs")
 
 
 def test_model_columns_only_on_treatment_rows(table):
@@ -101,11 +101,15 @@ def test_prediction_column_aliases(rule_base, trial_catalog):
 
 def test_trials_and_interactions_are_attached(rule_base, trial_catalog):
     facts = nsclc_facts(cancer_type="colorectal", alt_egfr_sensitizing=False, alt_kras_g12c=True,
-                        prior_lines_of_therapy=1, pgx_DPYD_activity_score=0.5)
+                        prior_lines_of_therapy=1, pgx_DPYD_activity_score=0.5,
+                        current_medications=["clopidogrel", "omeprazole", "capecitabine"])
     table = recommend_for_patient(facts, rule_base, model_predictions=None, trials=trial_catalog, versions=VERSIONS)
     kras = table[table["rule_ids"].str.contains("crc_kras_g12c_inhibitor_anti_egfr")].iloc[0]
     interactions = json.loads(kras["interactions"])
+    # sotorasib (proposed) with omeprazole (taken): found by the interaction knowledge base
     assert [i["rule_id"] for i in interactions] == ["ddi_sotorasib_acid_reducing_agent"]
+    interaction_row = table[table["rule_ids"].str.contains("ddi_sotorasib_acid_reducing_agent")].iloc[0]
+    assert interaction_row["therapy"] == "sotorasib with omeprazole" and interaction_row["is_alert"]
     fluoropyrimidine = table[table["rule_ids"].str.contains("pgx_dpyd_poor")].iloc[0]
     assert fluoropyrimidine["action"] == "avoid" and fluoropyrimidine["rank"] <= 3
     assert json.loads(fluoropyrimidine["pgx_adjustments"])[0]["rule_id"] == "pgx_dpyd_poor_fluoropyrimidine"
