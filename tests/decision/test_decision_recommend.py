@@ -154,3 +154,28 @@ def test_patient_without_matches_gets_an_empty_typed_table(rule_base):
 def test_missing_patient_key_is_an_input_error(rule_base):
     with pytest.raises(MissingPatientKeyError):
         recommend_for_patient({"cancer_type": "nsclc"}, rule_base, model_predictions=None, trials=[], versions={})
+
+
+def test_therapy_rows_outside_the_model_scope_say_so(rule_base, trial_catalog):
+    # New contract: one row per (patient, therapy) with in_scope / scope_note; a therapy without a row is out of scope.
+    facts = nsclc_facts(alt_ros1_fusion=True, current_medications=[])
+    preds = pd.DataFrame([
+        predictions(therapy="osimertinib", probability=0.81, in_scope=True, scope_note=None).iloc[0].to_dict(),
+        predictions(therapy="crizotinib", probability=None, ci_low=None, ci_high=None, in_scope=False,
+                    scope_note="no ROS1-positive patients in the training data").iloc[0].to_dict(),
+    ])
+    table = recommend_for_patient(facts, rule_base, model_predictions=preds, trials=[], versions=VERSIONS)
+    osimertinib = table[table["therapy"] == "osimertinib"].iloc[0]
+    assert osimertinib["model_probability"] == pytest.approx(0.81) and osimertinib["model_scope"] == "therapy"
+    ros1 = table[table["therapy"] == "crizotinib or entrectinib"].iloc[0]
+    assert pd.isna(ros1["model_probability"]) and ros1["model_scope"] == "outside"
+    assert "outside the model's scope (no ROS1-positive patients in the training data)" in ros1["rationale"]
+    # a patient with no prediction rows at all: every treatment row says it in words
+    none = recommend_for_patient(facts, rule_base, model_predictions=preds.assign(patient_key="pffffffffffffffff"),
+                                 trials=[], versions=VERSIONS)
+    treatment = none[none["action"].isin(["recommend", "consider"])]
+    assert (treatment["model_scope"] == "outside").all()
+    assert treatment["rationale"].str.contains("outside the model's scope").all()
+    # old patient-level rows are still accepted
+    old = recommend_for_patient(facts, rule_base, model_predictions=predictions(), trials=[], versions=VERSIONS)
+    assert set(old.loc[old["action"] == "recommend", "model_scope"]) == {"patient"}
