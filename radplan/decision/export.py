@@ -493,12 +493,17 @@ def _no_recommendation_reason(facts: Mapping[str, Any], rule_base: RuleBase, not
             f"{cancer.lower()} was found, and no open trial matched the pre-screen.")
 
 
+@lru_cache(maxsize=1)
+def _packaged_rule_base() -> RuleBase:
+    return load_rule_base()  # one parse per process: the export renders every patient with it
+
+
 def report_content(patient_key: str, facts: Mapping[str, Any], recommendations: pd.DataFrame, *,
                    rule_base: RuleBase | None = None, interaction_kb: InteractionKnowledgeBase | None = None,
                    provenance: Mapping[str, Any] | None = None) -> dict:
     """Everything the report says, in plain words; the HTML report and the FHIR Composition render this."""
     _check_patient_key(patient_key)
-    rule_base = rule_base or load_rule_base()
+    rule_base = rule_base or _packaged_rule_base()
     kb = interaction_kb or load_interaction_kb()
     rows = recommendations[recommendations["patient_key"] == patient_key].sort_values("rank")
 
