@@ -105,7 +105,9 @@ def pgx_profile(facts: Mapping[str, Any], rule_base: RuleBase, drugs_in_play: It
             interpretation = phenotype
         actionable = []
         for match in matches:
-            if match.rule_id in {rule.id for rule in gene_rules}:
+            # only where this gene's result made the rule match (CYP2C9 normal + VKORC1 variant: VKORC1's note)
+            this_gene = any((m := GENE_FACT.match(fact)) and m.group(1) == gene for fact in match.matched_facts)
+            if match.rule_id in {rule.id for rule in gene_rules} and this_gene:
                 actionable.append({"drugs": list(match.drugs), "title": match.title, "action": match.action,
                                    "in_play": bool(set(match.drugs) & in_play)})
         results.append(GeneResult(gene=gene, diplotype=diplotype, phenotype=phenotype, genotype=genotype,

@@ -245,6 +245,9 @@ def test_report_pgx_profile_and_vkorc1_genotype(report_html):
     # VKORC1: its genotype and the CPIC interpretation, never a "phenotype"
     assert "rs9923231 C/T (-1639 G/A)" in table and "increased warfarin sensitivity" in table
     assert "-1639 GA" not in table
+    # the warfarin note belongs to VKORC1 (its variant matched), not to a normal CYP2C9
+    cyp2c9 = table[table.index("<td>CYP2C9</td>"):table.index("<td>VKORC1</td>")]
+    assert "warfarin:" not in cyp2c9 and "Normal Metabolizer" in cyp2c9
     # DPYD poor metabolizer with no fluoropyrimidine in play: profile, not an alert
     assert "*2A/*13" in table and "Would change prescribing of fluorouracil, capecitabine" in table
     alerts = report_html[report_html.index('id="alerts"'):report_html.index('id="therapies"')]
