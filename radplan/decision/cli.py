@@ -1,6 +1,7 @@
 """``radplan decision-rules`` and ``radplan decision-recommend``: the decision library from the command line.
 
-``decision-rules`` validates a rule file (exit 2 with the rule id and problem).
+``decision-rules`` validates a rule file (exit 2 with the rule id and problem) and
+the packaged drug-drug interaction knowledge base it takes its drug classes from.
 ``decision-recommend`` runs the same functions as the recommendation assets on a
 facts file (a ``patient_features`` Parquet table, or JSON: one object or a list)
 and writes the exports (tables, FHIR bundles, HTML reports) to a folder.
@@ -16,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from radplan.decision import export, recommend, rules, trials
+from radplan.decision import export, interactions, recommend, rules, trials
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    check = subparsers.add_parser("decision-rules", help="validate a decision rule base and summarise it")
+    check = subparsers.add_parser("decision-rules", help="validate a decision rule base and the interaction knowledge base, and summarise them")
     check.add_argument("--rules", type=Path, default=None, help="rule file (default: the packaged rules.yaml)")
     check.set_defaults(func=run_check_rules)
 
@@ -43,8 +44,11 @@ def run_check_rules(args: argparse.Namespace) -> int:
     per_category: dict[str, int] = {}
     for rule in rule_base.rules:
         per_category[rule.category] = per_category.get(rule.category, 0) + 1
+    kb = interactions.load_interaction_kb()
     print(json.dumps({"rule_base_version": rule_base.version, "released": rule_base.released,
-                      "rules": len(rule_base.rules), "per_category": per_category, "sha256": rule_base.sha256}, indent=2))
+                      "rules": len(rule_base.rules), "per_category": per_category, "sha256": rule_base.sha256,
+                      "interaction_kb_version": kb.version, "interactions": len(kb.interactions),
+                      "interaction_kb_sha256": kb.sha256}, indent=2))
     return 0
 
 

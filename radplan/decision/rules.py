@@ -27,6 +27,7 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 import yaml
 
+from radplan.decision.interactions import load_interaction_kb
 from radplan.errors import RadplanInputError
 
 DATA_DIR = Path(__file__).with_name("data")
@@ -37,7 +38,7 @@ ACTIONS = ("avoid", "adjust_dose", "recommend", "consider", "monitor")
 CATEGORIES = ("targeted_therapy", "pgx", "interaction", "follow_up")
 RULE_FIELDS = ("id", "version", "title", "category", "condition", "action", "therapy", "drugs",
                "evidence_level", "guideline", "rationale_template")
-TOP_LEVEL_FIELDS = ("rule_base_version", "released", "evidence_levels", "drug_classes", "rules")
+TOP_LEVEL_FIELDS = ("rule_base_version", "released", "evidence_levels", "rules")
 FACT_TYPES = ("bool", "str", "int", "float", "list")
 
 # operator -> fact types it applies to
@@ -160,14 +161,8 @@ def load_rule_base(path: Path | None = None) -> RuleBase:
         for v in evidence_levels.values()
     ):
         raise RuleBaseError("rule base: each evidence level needs an integer 'rank' and a 'meaning'")
-    drug_classes = payload["drug_classes"]
-    if not isinstance(drug_classes, dict) or not all(
-        isinstance(v, dict) and isinstance(v.get("source"), str) and _is_str_list(v.get("members"))
-        for v in drug_classes.values()
-    ):
-        raise RuleBaseError("rule base: each drug class needs a 'source' and a list of 'members'")
-    drug_classes = {name: {"source": v["source"], "members": [m.casefold() for m in v["members"]]}
-                    for name, v in drug_classes.items()}
+    # One list of drug-class members: the interaction knowledge base's (contains_any may name a class).
+    drug_classes = {name: dict(spec) for name, spec in load_interaction_kb().drug_classes.items()}
 
     fact_types = load_fact_schema()
     rules_raw = payload["rules"]

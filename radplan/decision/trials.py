@@ -345,7 +345,7 @@ def screen_trial(facts: Mapping[str, Any], trial: Trial) -> tuple[bool, list[str
     hits = [c for c in (*trial.conditions, trial.title) if any(p.search(c) for p in patterns)]
     if not hits:
         return False, reasons, [f"conditions {list(trial.conditions)} do not match cancer type {cancer_type}"], unchecked
-    reasons.append(f"condition '{hits[0]}' matches cancer type {cancer_type}")
+    reasons.append(f"condition '{hits[0]}' matches the patient's {CANCER_WORDS.get(str(cancer_type).casefold(), str(cancer_type))}")
     unchecked.extend(criterion for pattern, criterion in cfg["_qualifiers"] if pattern.search(condition_text))
 
     age = facts.get("age_years")
@@ -381,7 +381,7 @@ def screen_trial(facts: Mapping[str, Any], trial: Trial) -> tuple[bool, list[str
     if trial.requires_prior_therapy:
         lines = facts.get("prior_lines_of_therapy")
         if not _present(lines):
-            unchecked.append("progression after prior systemic therapy (prior_lines_of_therapy missing)")
+            unchecked.append("progression after prior systemic therapy (number of prior lines missing)")
         elif int(lines) >= 1:
             reasons.append(f"requires prior systemic therapy: patient had {int(lines)} prior line(s)")
         else:
@@ -392,13 +392,18 @@ def screen_trial(facts: Mapping[str, Any], trial: Trial) -> tuple[bool, list[str
         label = f"{wording} {mention.biomarker}"
         value = facts.get(mention.fact) if mention.fact else None
         if mention.fact is None or not _present(value):
-            unchecked.append(f"{label} ({'not in facts' if mention.fact is None else mention.fact + ' missing'})")
+            unchecked.append(f"{label} ({'not in the patient data radplan holds' if mention.fact is None else 'result missing'})")
             continue
         has = bool(value)
         fits = has if mention.requirement == "required" else not has
         status = "present" if has else "absent"
-        (reasons if fits else excluded).append(f"{label}: patient {status} ({mention.fact})")
+        (reasons if fits else excluded).append(f"{label}: patient {status}")
     return not excluded, reasons, excluded, unchecked
+
+
+# Clinician words for the cancer-type codes in reasons (reasons end up in reports).
+CANCER_WORDS = {"nsclc": "non-small cell lung cancer", "breast": "breast cancer", "colorectal": "colorectal cancer",
+                "melanoma": "melanoma", "other": "cancer"}
 
 
 def match_trials(facts: Mapping[str, Any], trials: Iterable[Trial]) -> list[TrialMatch]:

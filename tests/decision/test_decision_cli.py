@@ -22,7 +22,8 @@ def run(argv):
 def test_decision_rules_validates(tmp_path, capsys):
     assert run(["decision-rules"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["rules"] == sum(summary["per_category"].values()) > 30
+    assert summary["rules"] == sum(summary["per_category"].values()) >= 30
+    assert summary["interactions"] >= 40 and summary["interaction_kb_version"]
     payload = yaml.safe_load(DEFAULT_RULES_PATH.read_text())
     payload["rules"][0]["condition"] = {"fact": "tumour_egfr", "is": True}
     broken = tmp_path / "rules.yaml"

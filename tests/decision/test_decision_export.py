@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -28,15 +30,21 @@ from radplan.decision.recommend import recommend_for_patient
 KEY = "p00112233aabbccdd"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = Path("/usr/bin/chromium")
-ATTRIBUTIONS = [{"feature": "rad_original_firstorder_Entropy", "attribution": 0.21},
-                {"feature": "alt_egfr_sensitizing", "attribution": 0.34}, {"feature": "ecog", "attribution": -0.11}]
+ATTRIBUTIONS = [{"feature": "rad_original_firstorder_Entropy", "value": 4.2, "contribution": 0.21},
+                {"feature": "alt_egfr_sensitizing", "value": True, "contribution": 0.34},
+                {"feature": "ecog", "value": 1, "contribution": -0.11},
+                {"feature": "pgx_CYP2D6_ordinal", "value": 1.0, "contribution": -0.02}]
 
 
 def facts():
     return {"patient_key": KEY, "cancer_type": "nsclc", "stage": "IV", "ecog": 1, "age_years": 58.0, "sex": "M",
             "prior_lines_of_therapy": 0, "alt_egfr_sensitizing": True, "alt_egfr_t790m": False,
-            "actionable_alterations": ["EGFR L858R"], "current_medications": ["clopidogrel", "omeprazole"],
-            "pgx_CYP2C19_phenotype": "Poor Metabolizer", "pgx_DPYD_activity_score": 0.5, "lesion_count": 1,
+            "actionable_alterations": ["EGFR L858R"], "current_medications": ["clopidogrel", "omeprazole", "Warfarin Sodium"],
+            "pgx_CYP2C19_phenotype": "Poor Metabolizer", "pgx_CYP2C19_diplotype": "*2/*2", "pgx_DPYD_activity_score": 0.5,
+            "pgx_DPYD_phenotype": "Poor Metabolizer", "pgx_DPYD_diplotype": "*2A/*13",
+            "pgx_VKORC1_phenotype": "-1639 GA", "pgx_VKORC1_diplotype": "rs9923231 reference (C)/rs9923231 variant (T)",
+            "pgx_CYP2C9_phenotype": "Normal Metabolizer", "pgx_CYP2C9_diplotype": "*1/*1",
+            "has_imaging": True, "has_genomics": True, "has_ehr": True, "lesion_count": 1,
             "total_lesion_volume_ml": 17.1, "stratum": 1}
 
 
@@ -92,9 +100,9 @@ def test_fhir_content_matches_recommendations(recommendations):
     assert {d["severity"] for d in by_type["DetectedIssue"]} <= {"high", "moderate", "low"}
     assert by_type["RiskAssessment"][0]["prediction"][0]["probabilityDecimal"] == pytest.approx(0.66)
     cited = " ".join(e["what"]["display"] for e in by_type["Provenance"][0]["entity"])
-    for rule_ids in recommendations["rule_ids"]:
-        for rule_id in json.loads(rule_ids):
-            assert f"rule {rule_id} v1" in cited
+    for rule_versions in recommendations["rule_versions"]:
+        for rule_id, version in json.loads(rule_versions).items():
+            assert f"{rule_id} v{version}" in cited
 
 
 def test_fhir_rejects_non_pseudonymous_keys(recommendations):
@@ -171,7 +179,8 @@ def test_report_is_self_contained(report_html):
     assert "script" not in parser.tags and "link" not in parser.tags and "iframe" not in parser.tags
     assert "http://" not in report_html and "https://" not in report_html
     assert "Decision support, not a diagnosis" in report_html
-    for section in ("summary", "recommendation-table", "variant-table", "pgx-table", "radiomics-table"):
+    for section in ("summary", "alerts", "therapies", "contributions", "pgx-table", "variant-table", "radiomics-table",
+                    "follow-up", "provenance"):
         assert f'id="{section}"' in report_html
 
 
@@ -182,27 +191,127 @@ def test_report_escapes_content(recommendations, ct_and_mask):
     assert "<script>" not in html and "&lt;script&gt;" in html
 
 
+class _VisibleText(HTMLParser):
+    """The text a reader sees (style/title excluded), including the collapsed provenance."""
+
+    def __init__(self):
+        super().__init__()
+        self.parts: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag, attrs):
+        self._skip += tag in ("style", "title", "script")
+
+    def handle_endtag(self, tag):
+        self._skip -= tag in ("style", "title", "script")
+
+    def handle_data(self, data):
+        if not self._skip:
+            self.parts.append(data)
+
+
+def visible_text(html: str) -> str:
+    parser = _VisibleText()
+    parser.feed(html)
+    return " ".join(" ".join(parser.parts).split())
+
+
+# Internal identifiers that must never reach clinician text: feature ids, rule/KB ids, recommendation ids, JSON.
+INTERNAL = [r"\b(?:rad|pgx|alt|lab|has)_[A-Za-z0-9_]+", r"\b[a-z]+_[a-z0-9]+_[a-z0-9_]+\b", r"_ordinal\b", r"\bddi_",
+            r"\br[0-9a-f]{16}\b", r"[{\[]\s*\"", r"\":\s", r"\bnull\b", r"\bNone\b", r"\bnan\b", r"\bn/a\b"]
+
+
+def assert_clinician_text(text: str) -> None:
+    for pattern in INTERNAL:
+        found = re.findall(pattern, text)
+        assert not found, (pattern, found[:5])
+
+
+def test_report_text_has_no_json_and_no_internal_identifiers(report_html):
+    text = visible_text(report_html)
+    assert_clinician_text(text)
+    # the patient key appears only where designed: the header
+    assert text.count(KEY) == 1
+    assert "Non-small cell lung cancer, stage IV, ECOG 1; key biomarkers: EGFR L858R." in text
+    # relevant alerts (clopidogrel is taken), interactions among current medications, provenance as text
+    assert "clopidogrel" in text and "Interaction: warfarin with clopidogrel" in text
+    assert "Interaction: clopidogrel with omeprazole" in text
+    assert "Rule base version" in text and "Interaction knowledge base version" in text
+
+
+def test_report_pgx_profile_and_vkorc1_genotype(report_html):
+    text = visible_text(report_html)
+    table = report_html[report_html.index('id="pgx-table"'):report_html.index("</table>", report_html.index('id="pgx-table"'))]
+    # VKORC1: its genotype and the CPIC interpretation, never a "phenotype"
+    assert "rs9923231 C/T (-1639 G/A)" in table and "increased warfarin sensitivity" in table
+    assert "-1639 GA" not in table
+    # the warfarin note belongs to VKORC1 (its variant matched), not to a normal CYP2C9
+    cyp2c9 = table[table.index("<td>CYP2C9</td>"):table.index("<td>VKORC1</td>")]
+    assert "warfarin:" not in cyp2c9 and "Normal Metabolizer" in cyp2c9
+    # DPYD poor metabolizer with no fluoropyrimidine in play: profile, not an alert
+    assert "*2A/*13" in table and "Would change prescribing of fluorouracil, capecitabine" in table
+    alerts = report_html[report_html.index('id="alerts"'):report_html.index('id="therapies"')]
+    assert "fluorouracil" not in alerts and "DPYD" not in alerts
+    assert "Pharmacogenomic profile" in text
+
+
+def test_proposed_therapy_shows_estimate_evidence_and_rationale(report_html):
+    therapies = visible_text(report_html[report_html.index('id="therapies"'):report_html.index('id="contributions"')])
+    assert "osimertinib" in therapies
+    assert "66% estimated chance of response (95% interval 50%–79%)" in therapies
+    assert "FDA-approved therapy for this biomarker" in therapies
+
+
+def test_contribution_labels_are_human_names_with_units():
+    from radplan.decision.export import feature_label
+
+    assert feature_label("rad_original_shape_Maximum3DDiameter") == "Lesion maximum 3-D diameter (mm)"
+    assert feature_label("pgx_CYP2C19_ordinal").startswith("CYP2C19 metabolizer status")
+    assert feature_label("pgx_VKORC1_ordinal") == "VKORC1 -1639A alleles (0-2)"
+    assert feature_label("lab_creatinine_mg_dl") == "Creatinine (mg/dl)"
+    assert feature_label("some_new_internal_feature") == "other model input"
+    # every input the response model documents has a name (response_features.json + the feature_matrix contract)
+    spec = json.loads((Path(__file__).resolve().parents[2] / "radplan" / "models" / "data" / "response_features.json").read_text())
+    from radplan.cohort import RADIOMIC_SUMMARY_FEATURES
+
+    ids = ["age_years", "ecog", "prior_lines_of_therapy", "lab_creatinine_mg_dl", "lab_bilirubin_mg_dl", "lab_alt_u_l",
+           "lab_anc_10e9_l", "lab_hemoglobin_g_dl", "lesion_count", "total_lesion_volume_ml", "largest_lesion_volume_ml",
+           "pgx_DPYD_activity_score", "stage_ordinal", "n_actionable_alterations", "pdl1_tps_percent", "her2_ihc_score",
+           "msi_high", "therapy_targets_driver", "therapy_class", "has_imaging", "has_genomics", "has_ehr", "has_notes",
+           *spec["categorical_levels"], *spec["alteration_flags"], *(f"pgx_{g}_ordinal" for g in spec["pgx_genes"]),
+           *(f"rad_{f}" for f in RADIOMIC_SUMMARY_FEATURES)]
+    assert [i for i in ids if feature_label(i) == "other model input"] == []
+
+
+def _chromium(common, *args):
+    return subprocess.run([*common, *args], check=True, capture_output=True, timeout=120)
+
+
 @pytest.mark.browser
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium not installed")
-def test_report_renders_in_headless_chromium(report_html, tmp_path):
+def test_report_renders_in_headless_chromium_and_prints_to_pdf(report_html, tmp_path):
     report = tmp_path / f"{KEY}.html"
     report.write_text(report_html, encoding="utf-8")
-    screenshot = tmp_path / "report.png"
+    artefacts = Path(os.environ.get("RADPLAN_TEST_ARTEFACTS", tmp_path))
+    artefacts.mkdir(parents=True, exist_ok=True)
+    screenshot = artefacts / "decision_report.png"
+    pdf = artefacts / "decision_report.pdf"
     common = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
               "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"]
-    subprocess.run([*common, f"--screenshot={screenshot}", "--window-size=1200,2000", report.as_uri()],
-                   check=True, capture_output=True, timeout=120)
+    _chromium(common, f"--screenshot={screenshot}", "--window-size=1200,2000", report.as_uri())
+    _chromium(common, f"--print-to-pdf={pdf}", "--no-pdf-header-footer", report.as_uri())
     from PIL import Image
 
     pixels = np.asarray(Image.open(screenshot).convert("L"), dtype=float)
     assert pixels.shape == (2000, 1200)
     assert pixels.std() > 20  # not a blank page
     assert (pixels < 200).mean() > 0.05  # a real share of the page is text, tables and images
+    assert pdf.read_bytes().startswith(b"%PDF-") and pdf.stat().st_size > 20_000
     dom = subprocess.run([*common, "--dump-dom", report.as_uri()], check=True, capture_output=True, text=True,
                          timeout=120).stdout
-    assert "Decision support, not a diagnosis" in dom
-    assert 'id="summary"' in dom and 'id="recommendation-table"' in dom
-    assert "osimertinib" in dom
+    text = visible_text(dom)
+    assert "Decision support, not a diagnosis" in text and "osimertinib" in text
+    assert_clinician_text(text)
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)
 
 
@@ -234,10 +343,17 @@ def test_patient_without_recommendations_still_exports(rule_base):
     bare = {"patient_key": key, "cancer_type": "other"}
     rows = recommend_for_patient(bare, rule_base, model_predictions=None, trials=[], versions={})
     bundle = fhir_bundle(key, rows, bare)
-    assert [e["resource"]["resourceType"] for e in bundle["entry"]] == ["Patient", "CarePlan", "Provenance"]
+    assert [e["resource"]["resourceType"] for e in bundle["entry"]] == ["Patient", "Composition", "CarePlan", "Provenance"]
     html = render_report_html(key, bare, rows, key_slice_png=None, attribution_png=None, variants=None, pgx=None,
                               radiomics_highlights=None)
-    assert "Decision support, not a diagnosis" in html and "No rule matched" in html
+    text = visible_text(html)
+    assert "Decision support, not a diagnosis" in text
+    sentence = "No therapy is proposed: no actionable alteration with a guideline-backed targeted therapy for other cancer was found"
+    assert sentence in text and "n/a" not in text
+    # empty sections are left out
+    for section in ("alerts", "pgx-profile", "trials", "imaging", "contributions"):
+        assert f'id="{section}"' not in html
+    assert_clinician_text(text)
 
 
 def test_report_shows_selected_columns_of_wide_upstream_tables(recommendations):
@@ -246,8 +362,8 @@ def test_report_shows_selected_columns_of_wide_upstream_tables(recommendations):
     html = render_report_html(KEY, facts(), recommendations, key_slice_png=None, attribution_png=None,
                               variants=wide, pgx=None, radiomics_highlights=None)
     table = html[html.index('id="variant-table"'):html.index("</table>", html.index('id="variant-table"'))]
-    assert "Hugo_Symbol" in table and "p.L858R" in table and "0.31" in table
-    assert "extra_" not in table and "CHROM" not in table
+    assert "Gene" in table and "p.L858R" in table and "0.31" in table
+    assert "Hugo_Symbol" not in table and "extra_" not in table and "CHROM" not in table
 
 
 def test_attribution_chart_uses_the_contribution_not_the_feature_value():
@@ -258,3 +374,21 @@ def test_attribution_chart_uses_the_contribution_not_the_feature_value():
         {"feature": "n_actionable_alterations", "value": [], "contribution": 0.02},
     ]
     assert _attribution_pairs(attributions) == [("smoking_status", -0.036), ("n_actionable_alterations", 0.02)]
+
+
+def test_fhir_composition_carries_the_report_content(recommendations):
+    from radplan.decision.export import report_content
+
+    bundle = fhir_bundle(KEY, recommendations, facts())
+    composition = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Composition")
+    sections = {s["title"]: visible_text(s["text"]["div"]) for s in composition["section"]}
+    content = report_content(KEY, facts(), recommendations)
+    assert sections["Summary"].startswith(content["summary_line"])
+    for therapy in content["therapies"]:
+        assert therapy["therapy"] in sections["Proposed therapies"] and therapy["estimate"] in sections["Proposed therapies"]
+    for row in content["alerts"] + content["interactions"]:
+        assert row["therapy"] in sections["Alerts and interactions"]
+    assert "rs9923231 C/T (-1639 G/A)" in sections["Pharmacogenomic profile"]
+    assert "Rule base: version" in sections["Provenance"]
+    for text in sections.values():
+        assert_clinician_text(text)

@@ -72,7 +72,7 @@ def test_rationale_sentences_are_traceable_to_facts(table):
                     else:
                         assert value == facts[name]
                 else:
-                    assert name in ("model_probability", "model_ci_low", "model_ci_high", "trial_screen")
+                    assert name in ("model_probability", "model_ci_low", "model_ci_high", "trial_screen", "candidate_drugs")
 
 
 def test_model_columns_only_on_treatment_rows(table):
@@ -101,11 +101,15 @@ def test_prediction_column_aliases(rule_base, trial_catalog):
 
 def test_trials_and_interactions_are_attached(rule_base, trial_catalog):
     facts = nsclc_facts(cancer_type="colorectal", alt_egfr_sensitizing=False, alt_kras_g12c=True,
-                        prior_lines_of_therapy=1, pgx_DPYD_activity_score=0.5)
+                        prior_lines_of_therapy=1, pgx_DPYD_activity_score=0.5,
+                        current_medications=["clopidogrel", "omeprazole", "capecitabine"])
     table = recommend_for_patient(facts, rule_base, model_predictions=None, trials=trial_catalog, versions=VERSIONS)
     kras = table[table["rule_ids"].str.contains("crc_kras_g12c_inhibitor_anti_egfr")].iloc[0]
     interactions = json.loads(kras["interactions"])
+    # sotorasib (proposed) with omeprazole (taken): found by the interaction knowledge base
     assert [i["rule_id"] for i in interactions] == ["ddi_sotorasib_acid_reducing_agent"]
+    interaction_row = table[table["rule_ids"].str.contains("ddi_sotorasib_acid_reducing_agent")].iloc[0]
+    assert interaction_row["therapy"] == "sotorasib with omeprazole" and interaction_row["is_alert"]
     fluoropyrimidine = table[table["rule_ids"].str.contains("pgx_dpyd_poor")].iloc[0]
     assert fluoropyrimidine["action"] == "avoid" and fluoropyrimidine["rank"] <= 3
     assert json.loads(fluoropyrimidine["pgx_adjustments"])[0]["rule_id"] == "pgx_dpyd_poor_fluoropyrimidine"
@@ -150,3 +154,28 @@ def test_patient_without_matches_gets_an_empty_typed_table(rule_base):
 def test_missing_patient_key_is_an_input_error(rule_base):
     with pytest.raises(MissingPatientKeyError):
         recommend_for_patient({"cancer_type": "nsclc"}, rule_base, model_predictions=None, trials=[], versions={})
+
+
+def test_therapy_rows_outside_the_model_scope_say_so(rule_base, trial_catalog):
+    # New contract: one row per (patient, therapy) with in_scope / scope_note; a therapy without a row is out of scope.
+    facts = nsclc_facts(alt_ros1_fusion=True, current_medications=[])
+    preds = pd.DataFrame([
+        predictions(therapy="osimertinib", probability=0.81, in_scope=True, scope_note=None).iloc[0].to_dict(),
+        predictions(therapy="crizotinib", probability=None, ci_low=None, ci_high=None, in_scope=False,
+                    scope_note="no ROS1-positive patients in the training data").iloc[0].to_dict(),
+    ])
+    table = recommend_for_patient(facts, rule_base, model_predictions=preds, trials=[], versions=VERSIONS)
+    osimertinib = table[table["therapy"] == "osimertinib"].iloc[0]
+    assert osimertinib["model_probability"] == pytest.approx(0.81) and osimertinib["model_scope"] == "therapy"
+    ros1 = table[table["therapy"] == "crizotinib or entrectinib"].iloc[0]
+    assert pd.isna(ros1["model_probability"]) and ros1["model_scope"] == "outside"
+    assert "outside the model's scope (no ROS1-positive patients in the training data)" in ros1["rationale"]
+    # a patient with no prediction rows at all: every treatment row says it in words
+    none = recommend_for_patient(facts, rule_base, model_predictions=preds.assign(patient_key="pffffffffffffffff"),
+                                 trials=[], versions=VERSIONS)
+    treatment = none[none["action"].isin(["recommend", "consider"])]
+    assert (treatment["model_scope"] == "outside").all()
+    assert treatment["rationale"].str.contains("outside the model's scope").all()
+    # old patient-level rows are still accepted
+    old = recommend_for_patient(facts, rule_base, model_predictions=predictions(), trials=[], versions=VERSIONS)
+    assert set(old.loc[old["action"] == "recommend", "model_scope"]) == {"patient"}

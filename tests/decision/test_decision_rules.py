@@ -76,7 +76,8 @@ def test_packaged_rule_base_is_versioned_and_cites_sources(rule_base):
     assert rule_base.version and rule_base.released
     assert len(rule_base.sha256) == 64
     categories = {r.category for r in rule_base.rules}
-    assert categories == {"targeted_therapy", "pgx", "interaction", "follow_up"}
+    # drug-drug interactions are not rules: they live in the interaction knowledge base
+    assert categories == {"targeted_therapy", "pgx", "follow_up"}
     for rule in rule_base.rules:
         assert rule.guideline.strip() and rule.rationale_template.strip()
 
@@ -196,28 +197,21 @@ def test_normal_pgx_phenotypes_trigger_nothing(rule_base):
     assert [m for m in matched(facts, rule_base).values() if m.category == "pgx"] == []
 
 
-# ----------------------------------------------------------------------------- interactions
+# ----------------------------------------------------------------------------- drug classes
 
 
-def test_clopidogrel_omeprazole_interaction(rule_base):
-    match = matched({"current_medications": ["omeprazole", "clopidogrel", "metformin"]}, rule_base)["ddi_clopidogrel_omeprazole"]
-    assert match.action == "avoid"
-    assert sorted(match.matched_facts["current_medications"]) == ["clopidogrel", "omeprazole"]
-    assert "metformin" not in match.rationale
-    assert "PLAVIX" in match.guideline
-    assert "ddi_clopidogrel_omeprazole" not in matched({"current_medications": ["clopidogrel", "pantoprazole"]}, rule_base)
+def test_drug_class_of_the_interaction_kb_works_in_a_condition(rule_base, tmp_path):
+    # contains_any may name a drug class; the members come from interactions.yaml (one list for both)
+    def add_rule(payload):
+        rule = copy.deepcopy(_rule(payload, EGFR))
+        rule.update(id="class_probe", condition={"fact": "current_medications", "contains_any": "strong_cyp3a_inhibitors"},
+                    rationale_template="The current medications include {current_medications}.")
+        payload["rules"].append(rule)
 
-
-def test_drug_class_members_trigger_interaction(rule_base):
-    facts = {"alt_ros1_fusion": True, "current_medications": ["Itraconazole"]}
-    match = matched(facts, rule_base)["ddi_crizotinib_strong_cyp3a_inhibitor"]
-    assert match.matched_facts == {"alt_ros1_fusion": True, "current_medications": ["itraconazole"]}
-    assert "itraconazole" in match.rationale
-
-
-def test_warfarin_capecitabine_monitoring(rule_base):
-    match = matched({"current_medications": ["warfarin", "capecitabine"]}, rule_base)["ddi_warfarin_fluoropyrimidine"]
-    assert match.action == "monitor"
+    probe = load_rule_base(_write_mutated(tmp_path, add_rule))
+    match = matched({"current_medications": ["Itraconazole", "metformin"]}, probe)["class_probe"]
+    assert match.matched_facts == {"current_medications": ["itraconazole"]}
+    assert "class_probe" not in matched({"current_medications": ["metformin"]}, probe)
 
 
 def test_follow_up_imaging_interval_for_stage_iv_nsclc(rule_base):
@@ -246,10 +240,11 @@ def test_false_fact_outweighs_missing_fact(rule_base):
 
 def test_nan_and_numpy_values_from_parquet(rule_base):
     facts = {"cancer_type": "nsclc", "alt_egfr_sensitizing": np.bool_(True), "pgx_DPYD_activity_score": float("nan"),
-             "current_medications": np.array(["clopidogrel", "esomeprazole"], dtype=object)}
+             "current_medications": np.array(["clopidogrel", "esomeprazole"], dtype=object),
+             "pgx_CYP2C19_phenotype": np.str_("Poor Metabolizer")}
     outcomes = {m.rule_id: m for m in evaluate_rules(facts, rule_base)}
     assert outcomes[EGFR].matched
-    assert outcomes["ddi_clopidogrel_omeprazole"].matched
+    assert outcomes["pgx_cyp2c19_clopidogrel_alternative"].matched
     assert outcomes["pgx_dpyd_poor_fluoropyrimidine"].status == "could_not_evaluate"
 
 
@@ -288,12 +283,6 @@ RULE_WITNESSES = {
     "pgx_slco1b1_decreased_simvastatin": {"current_medications": ["simvastatin"], "pgx_SLCO1B1_phenotype": "Possible Decreased Function"},
     "pgx_slco1b1_poor_simvastatin": {"current_medications": ["simvastatin"], "pgx_SLCO1B1_phenotype": "Poor Function"},
     "pgx_cyp2d6_poor_tamoxifen": {"current_medications": ["tamoxifen"], "pgx_CYP2D6_phenotype": "Poor Metabolizer"},
-    "ddi_clopidogrel_omeprazole": {"current_medications": ["clopidogrel", "esomeprazole"]},
-    "ddi_warfarin_fluoropyrimidine": {"current_medications": ["warfarin", "fluorouracil"]},
-    "ddi_crizotinib_strong_cyp3a_inhibitor": {"alt_ros1_fusion": True, "current_medications": ["clarithromycin"]},
-    "ddi_selpercatinib_strong_cyp3a_inhibitor": {"alt_ret": True, "current_medications": ["ritonavir"]},
-    "ddi_lorlatinib_strong_cyp3a_inducer": {"alt_alk_fusion": True, "current_medications": ["rifampin"]},
-    "ddi_sotorasib_acid_reducing_agent": {"alt_kras_g12c": True, "current_medications": ["famotidine"]},
     "followup_nsclc_advanced_restaging": {"cancer_type": "nsclc", "stage": "IVA"},
     "followup_breast_metastatic_restaging": {"cancer_type": "breast", "stage": "IV"},
     "followup_colorectal_metastatic_restaging": {"cancer_type": "colorectal", "stage": "IVB"},

@@ -104,7 +104,7 @@ def test_age_ecog_and_condition_exclude(trial_catalog, change):
 def test_unknown_biomarker_is_listed_as_unchecked(trial_catalog):
     matches = {m.nct_id: m for m in match_trials(dict(NSCLC), trial_catalog)}
     assert "NCT03599518" in matches
-    assert "requires EGFR sensitizing mutation (alt_egfr_sensitizing missing)" in matches["NCT03599518"].unchecked
+    assert "requires EGFR sensitizing mutation (result missing)" in matches["NCT03599518"].unchecked
 
 
 def test_age_units_and_limits():

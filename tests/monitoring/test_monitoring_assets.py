@@ -33,7 +33,9 @@ def lake_and_landing(tmp_path):
     lake = LakeResource(root=str(tmp_path / "lake"))
     landing = LandingZoneResource(folder=str(tmp_path / "landing"))
     features, _, therapy, truth = response_cohort(40, seed=3)
-    features["current_medications"] = [[drug] for drug in therapy]
+    # Capecitabine beside the first-line drug: DPYD alerts are raised only for a fluoropyrimidine in play (issue 17),
+    # and they are what gives one rule enough recommendations for the override-rate check below.
+    features["current_medications"] = [[drug, "capecitabine"] for drug in therapy]
     lake.write_table(features, "features", "cohort_features")
     predictions = pd.DataFrame({"patient_key": features["patient_key"], "probability": truth.to_numpy(), "ci_low": None, "ci_high": None,
                                 "top_attributions": None, "model_name": "radplan-response", "model_version": "1"})
