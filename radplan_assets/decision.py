@@ -122,7 +122,8 @@ def recommendation_export(
         variants = _rows_of(annotated_variants, patient_key).reset_index(drop=True)
         pgx = _rows_of(pgx_phenotypes, patient_key).reset_index(drop=True)
         attributions = json.loads(rows["top_attributions"].dropna().iloc[0]) if len(rows) and rows["top_attributions"].notna().any() else []
-        bundles[patient_key] = export.fhir_bundle(patient_key, rows, facts)
+        provenance = {"Export run id": context.run_id}
+        bundles[patient_key] = export.fhir_bundle(patient_key, rows, facts, provenance=provenance)
         reports[patient_key] = export.render_report_html(
             patient_key,
             facts,
@@ -132,6 +133,7 @@ def recommendation_export(
             variants=variants,
             pgx=pgx,
             radiomics_highlights={k: v for k, v in facts.items() if k.startswith("rad_") or k.endswith("lesion_volume_ml")},
+            provenance=provenance,
         )
     summary = export.write_exports(recommendations, bundles, reports, lake.zone("exports"))
     return MaterializeResult(metadata={"patients": len(bundles), "incremental": bool(config.patient_keys), **{k: v for k, v in summary.items() if isinstance(v, (int, float, str))}})

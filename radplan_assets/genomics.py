@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+from pydantic import Field
 
 from radplan.errors import RadplanInputError
 from radplan.genomics import actionable, pgx, reads
@@ -109,6 +110,11 @@ def pgx_positions() -> list[tuple[str, int]]:
 
 class CoverageConfig(Config):
     min_depth: int = 20
+    depth_options: str = Field(
+        default="",
+        description="Read and base filters as `samtools depth` options (e.g. \"-q 20 -Q 13 -G UNMAP,SECONDARY,QCFAIL,DUP\"); "
+        "empty: samtools depth's defaults",
+    )
 
 
 @asset(
@@ -126,7 +132,8 @@ def coverage_qc(context: AssetExecutionContext, config: CoverageConfig, lake: La
     for raw_path in alignments:
         with lake.open_raw(raw_path, companions=INDEX_SUFFIXES) as path:
             try:
-                frames.append(reads.coverage_qc(path, regions=[], pgx_positions=positions, min_depth=config.min_depth))
+                filters = reads.PileupFilters.from_samtools_options(config.depth_options, tool="depth")
+                frames.append(reads.coverage_qc(path, regions=[], pgx_positions=positions, min_depth=config.min_depth, filters=filters))
             except RadplanInputError as error:
                 lake.quarantine(path, "alignment", error)
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["chrom", "pos", "depth", "callable"])
