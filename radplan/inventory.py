@@ -7,12 +7,16 @@ The results hold PHI (source patient ids, file names) and stay in the raw zone.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from radplan.ehr.extracts import fhir_patient_id
 from radplan.errors import InvalidAlignmentError, InvalidVcfError, RadplanInputError
+from radplan.lake import file_sha256
 
 VCF_SUFFIXES = (".vcf", ".vcf.gz", ".vcf.bgz", ".bcf")
 ALIGNMENT_SUFFIXES = (".bam", ".cram")
@@ -103,3 +107,66 @@ def scan_genomics(folder: Path) -> Iterator[GenomicsFile | tuple[Path, RadplanIn
                 yield GenomicsFile(path, "alignment", alignment_samples(path))
         except RadplanInputError as error:
             yield path, error
+
+
+# --- per-patient input fingerprints (what the patient refresh sensor compares) -------------------------------
+
+# The patient column of a Synthea CSV: PATIENT in event tables, Id in patients.csv.
+CSV_PATIENT_COLUMNS = ("PATIENT", "Id")
+
+
+def combine_fingerprints(parts: dict[str, list[str]], token) -> dict[str, str]:
+    """Patient key -> one fingerprint over that patient's input parts (order-independent).
+
+    ``token(purpose, value)`` is the pseudonymizer's keyed hash: the result reveals nothing about
+    the (PHI-bearing) inputs and can go into run keys.
+    """
+    return {key: token("inputs", "\n".join(sorted(values))) for key, values in sorted(parts.items())}
+
+
+def changed_fingerprints(previous: dict[str, str], current: dict[str, str]) -> dict[str, str]:
+    """The patients that are new or whose fingerprint differs (a removed patient is not a change to run)."""
+    return {key: fp for key, fp in sorted(current.items()) if previous.get(key) != fp}
+
+
+def genomics_content_hashes(paths: list[Path], previous: list[tuple[str, int, int, str]]) -> dict[str, str]:
+    """Content hash per genomics file, reusing a previous ``(path, size, mtime_ns, sha256)`` while size and mtime hold."""
+    known = {(path, int(size), int(mtime_ns)): sha for path, size, mtime_ns, sha in previous}
+    hashes = {}
+    for path in paths:
+        stat = path.stat()
+        hashes[str(path)] = known.get((str(path), stat.st_size, stat.st_mtime_ns)) or file_sha256(path)
+    return hashes
+
+
+def ehr_row_fingerprints(csv_dir: Path, fhir_dir: Path) -> dict[str, str]:
+    """Source patient id (PHI) -> hash of that patient's rows in every CSV extract and FHIR NDJSON file.
+
+    A patient's hash changes only when one of their own rows changes, so another patient's new
+    extract lines leave it alone. Unparseable lines are skipped here (the EHR assets quarantine them).
+    """
+    digests: dict[str, "hashlib._Hash"] = {}
+
+    def add(patient_id: str, source: str, payload: str) -> None:
+        digests.setdefault(patient_id, hashlib.sha256()).update(f"{source}\x00{payload}\n".encode())
+
+    for path in sorted(csv_dir.glob("*.csv")) if csv_dir.is_dir() else []:
+        with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, [])
+            column = next((header.index(name) for name in CSV_PATIENT_COLUMNS if name in header), None)
+            if column is None:
+                continue
+            for row in reader:
+                if len(row) > column and row[column].strip():
+                    add(row[column].strip(), path.name, "\x1f".join(row))
+    for path in sorted(fhir_dir.glob("*.ndjson")) if fhir_dir.is_dir() else []:
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                try:
+                    patient_id = fhir_patient_id(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+                if patient_id:
+                    add(patient_id, path.name, line.rstrip("\n"))
+    return {patient_id: digest.hexdigest()[:24] for patient_id, digest in digests.items()}

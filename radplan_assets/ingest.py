@@ -13,44 +13,16 @@ import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from radplan.ehr.extracts import accepted_patient_ids
-from radplan.inventory import GenomicsFile, landing_state, scan_genomics
+from radplan.inventory import GenomicsFile, changed_fingerprints, combine_fingerprints, genomics_content_hashes, landing_state, scan_genomics
 from radplan_assets.partitions import PATIENTS_PARTITION_NAME
 from radplan_resources import DeidKeyResource, LakeResource, LandingZoneResource, PacsResource
 from radplan_resources.io_manager import own_previous_output, table_metadata
-from radplan_resources.landing import file_sha256
 
 FINGERPRINTS = "patient_fingerprints"
 # Metadata entry of a landing_inventory materialization: {patient_key: fingerprint} of changed patients.
 CHANGED_PATIENTS = "changed_patients"
 # Metadata entry: {watched folder name: keyed landing token} as this intake found the landing zone.
 LANDING_TOKENS = "landing_tokens"
-
-
-def combine_fingerprints(parts: dict[str, list[str]], token) -> dict[str, str]:
-    """Patient key -> one fingerprint over that patient's input parts (order-independent).
-
-    ``token(purpose, value)`` is the pseudonymizer's keyed hash: the result reveals nothing about
-    the (PHI-bearing) inputs and can go into run keys.
-    """
-    return {key: token("inputs", "\n".join(sorted(values))) for key, values in sorted(parts.items())}
-
-
-def changed_fingerprints(previous: dict[str, str], current: dict[str, str]) -> dict[str, str]:
-    """The patients that are new or whose fingerprint differs (a removed patient is not a change to run)."""
-    return {key: fp for key, fp in sorted(current.items()) if previous.get(key) != fp}
-
-
-def _genomics_hashes(paths: list, previous: pd.DataFrame) -> dict[str, str]:
-    """Content hash per genomics file, reusing the previous inventory's hash while size and mtime are unchanged."""
-    known = {}
-    if {"path", "size", "mtime_ns", "sha256"} <= set(previous.columns):
-        known = {(r.path, int(r.size), int(r.mtime_ns)): r.sha256 for r in previous.itertuples()}
-    hashes = {}
-    for path in paths:
-        stat = path.stat()
-        cached = known.get((str(path), stat.st_size, stat.st_mtime_ns))
-        hashes[str(path)] = cached or file_sha256(path)
-    return hashes
 
 
 @asset(
@@ -98,7 +70,10 @@ def landing_inventory(
             quarantined.append(lake.quarantine(path, "genomics-scan", error).safe_summary())
             continue
         genomics_files.append(found)
-    hashes = _genomics_hashes([found.path for found in genomics_files], previous_inventory["genomics_files"])
+    previous_files = previous_inventory["genomics_files"]
+    known = (list(previous_files[["path", "size", "mtime_ns", "sha256"]].itertuples(index=False, name=None))
+             if {"path", "size", "mtime_ns", "sha256"} <= set(previous_files.columns) else [])
+    hashes = genomics_content_hashes([found.path for found in genomics_files], known)
     genomics_rows = []
     for found in genomics_files:
         stat = found.path.stat()

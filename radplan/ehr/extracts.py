@@ -83,20 +83,24 @@ def _csv_patient_id(text: str, header: list[str], patient_column: str) -> str | 
     return fields[header.index(patient_column)].strip() or None
 
 
+def fhir_patient_id(resource: object) -> str | None:
+    """The patient a parsed FHIR resource belongs to: its id for a Patient, else its subject/patient reference."""
+    if not isinstance(resource, dict):
+        return None
+    if resource.get("resourceType") == "Patient":
+        return resource["id"].strip() or None if isinstance(resource.get("id"), str) else None
+    for key in ("subject", "patient"):
+        reference = resource.get(key)
+        if isinstance(reference, dict) and str(reference.get("reference", "")).startswith("Patient/"):
+            return reference["reference"].split("/", 1)[1].strip() or None
+    return None
+
+
 def _fhir_patient_id(text: str) -> str | None:
     try:
-        payload = json.loads(text)
+        return fhir_patient_id(json.loads(text))
     except json.JSONDecodeError:
         return None
-    if not isinstance(payload, dict):
-        return None
-    if payload.get("resourceType") == "Patient":
-        return payload.get("id") if isinstance(payload.get("id"), str) else None
-    for key in ("subject", "patient"):
-        reference = payload.get(key)
-        if isinstance(reference, dict) and str(reference.get("reference", "")).startswith("Patient/"):
-            return reference["reference"].split("/", 1)[1]
-    return None
 
 
 def _csv_rows(path: Path, table: str, rejected: list[dict]) -> Iterator[tuple[int, list[str], list[str]]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from radplan.inventory import landing_fingerprint
-from radplan_assets.ingest import changed_fingerprints, combine_fingerprints
+from radplan.inventory import changed_fingerprints, combine_fingerprints
 from sensors.cursors import (
     InventoryChange,
     SensorCursor,
