@@ -545,14 +545,16 @@ def report_content(patient_key: str, facts: Mapping[str, Any], recommendations: 
     profile = []
     if facts.get("has_genomics") is not False:
         for gene in pgx_profile(facts, rule_base, in_play):
-            if not gene.called:
-                continue
+            if not gene.called and facts.get("has_genomics") is not True:
+                continue  # no genotype delivered: the missing-data section says so once
             notes = []
             for actionable in gene.actionable:
                 drugs = ", ".join(actionable["drugs"])
                 notes.append(f"{actionable['title']} — alert shown above" if actionable["in_play"]
                              else f"Would change prescribing of {drugs} (not taken or proposed now): {actionable['title']}")
-            profile.append({"gene": gene.gene, "result": gene.genotype or gene.diplotype or "–",
+            # A gene the delivered genotype leaves undetermined (a defining position missing or not called) is listed
+            # as such: missing, never read as normal.
+            profile.append({"gene": gene.gene, "result": gene.genotype or gene.diplotype or "not determined",
                             "meaning": gene.interpretation, "drugs": ", ".join(gene.drugs), "guideline": gene.guideline,
                             "notes": notes})
     missing_data = []

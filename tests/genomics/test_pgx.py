@@ -401,17 +401,27 @@ def test_demo_cohort_vcfs_get_their_planted_phenotypes(tmp_path):
 
 
 def test_report_shows_genotype_only_and_indeterminate_calls(example_vcf, tmp_path):
+    """Through the pipeline's own path (calls -> patient feature row -> report): VKORC1 as its genotype with the
+    CPIC interpretation, an indeterminate DPYD never shown as a phenotype, and the knowledge-base version."""
+    from radplan import cohort
     from radplan.decision.export import render_report_html
     from radplan.decision.recommend import recommend_for_patient
     from radplan.decision.rules import load_rule_base
 
     calls = call_pgx(_edited_vcf(example_vcf, tmp_path, {"rs9923231": "0/1", "rs78060119": "./."}))
+    assert calls.set_index("gene").loc["DPYD", "call_status"] == "indeterminate"
     key = "p0000000000000001"
-    bare = {"patient_key": key, "cancer_type": "other"}
-    rows = recommend_for_patient(bare, load_rule_base(), model_predictions=None, trials=[], versions={})
-    html = render_report_html(key, bare, rows, key_slice_png=None, attribution_png=None, variants=None, pgx=calls,
+    empty = pd.DataFrame()
+    row = cohort.build_patient_features(key, clinical=empty, radiomics=empty, actionable=empty, pgx=calls, findings=empty,
+                                        has_genomics=True, source_versions={})
+    facts = row.iloc[0].to_dict()
+    assert facts["pgx_DPYD_phenotype"] is None or pd.isna(facts["pgx_DPYD_phenotype"])  # never a default phenotype
+    rows = recommend_for_patient(facts, load_rule_base(), model_predictions=None, trials=[], versions={})
+    html = render_report_html(key, facts, rows, key_slice_png=None, attribution_png=None, variants=None, pgx=calls,
                               radiomics_highlights=None)
-    table = html[html.index('id="pgx-table"'):html.index("</table>", html.index('id="pgx-table"'))]
-    assert "rs9923231 C/T" in table and "-1639 AG" in table  # VKORC1: genotype and interpretation
-    assert "indeterminate" in table and "chr1:97573943 (rs78060119): no-call genotype" in table  # DPYD
-    assert knowledge_base_version() in table
+    assert "rs9923231 C/T" in html and "-1639 G/A" in html  # VKORC1: genotype and its CPIC interpretation
+    start = html.index(">DPYD<")
+    dpyd = html[start:html.index("</tr>", start)]
+    assert "not determined" in dpyd and "missing, not normal" in dpyd
+    assert "Normal Metabolizer" not in dpyd and "Intermediate Metabolizer" not in dpyd
+    assert knowledge_base_version() in str(row.iloc[0]["source_versions"])
