@@ -256,14 +256,23 @@ def test_broken_header_is_rejected(vcf_dir, tmp_path):
     _assert_rejected(path, tmp_path, "header")
 
 
-def test_bad_genotype_is_rejected_without_half_file(vcf_dir, tmp_path):
+def test_bad_genotype_quarantines_that_record_and_keeps_the_rest(vcf_dir, tmp_path):
     lines = (vcf_dir / "vcf2maf_test_mutect.vcf").read_text().splitlines(keepends=True)
     first_data = next(i for i, line in enumerate(lines) if not line.startswith("#"))
-    bad = first_data + 300  # after several batches were already written to the temp file
-    lines[bad] = lines[bad].replace("\t0/1:", "\t0/X:").replace("\t0:", "\tZ:")
+    bad = first_data + 300  # after several batches were already written
+    assert "\t0/1:" in lines[bad]
+    lines[bad] = lines[bad].replace("\t0/1:", "\t0/X:")
     path = tmp_path / "gt.vcf"
     path.write_text("".join(lines))
-    _assert_rejected(path, tmp_path, "malformed record")
+    summary = vcf_to_parquet(path, tmp_path / "v.parquet", batch_size=10)
+    assert summary["quarantined_records"] == 1
+    # the header names no caller; TUMOR is the second sample column (#CHROM ... FORMAT NORMAL TUMOR)
+    assert summary["quarantine"] == [{"caller": "unknown", "file": "gt.vcf", "line": bad + 1,
+                                      "reason": "sample column 2: GT is not a genotype"}]
+    assert summary["records"] == 500 and summary["rows"] == 499 * 2
+    rows = pq.read_table(tmp_path / "v.parquet").to_pandas()
+    bad_pos = int(lines[bad].split("\t")[1])
+    assert bad_pos not in set(rows["pos"]) or lines.count(lines[bad]) > 1
 
 
 def test_snpeff_ann_alleles_and_pick(tmp_path):
