@@ -39,6 +39,8 @@ import subprocess
 import sys
 import tempfile
 import zlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -52,7 +54,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from radplan.errors import InvalidVcfError
-from radplan.genomics.annotation import ANNOTATION_TAGS, AnnotationParser, pick_annotation, short_protein_change
+from radplan.genomics.annotation import ANNOTATION_TAGS, PICKED_COLUMNS, AnnotationParser, short_protein_change
 from radplan.genomics.callers import (STRELKA_INDEL_COUNTS, STRELKA_SNV_COUNTS, assign_vardict_tumour, check_supported,
                                       identify_caller)
 from radplan.lake import atomic_path
@@ -444,9 +446,20 @@ def _present(values: pa.Array) -> np.ndarray:
 def _numbers(values: pa.Array, pattern: str, kind) -> tuple[pa.Array, np.ndarray]:
     """(values cast to ``kind`` with null for absent/``.``, mask of present values that are not numbers)."""
     present = _present(values)
-    ok = _np_bool(pc.match_substring_regex(values, f"^(?:{pattern})$")) & present
-    clean = pc.if_else(pa.array(ok), values, pa.scalar(None, values.type))
-    return pc.cast(clean, kind), present & ~ok
+    null = pa.scalar(None, values.type)
+    try:  # fast path: Arrow's strict parser accepts the whole column
+        numbers = pc.cast(pc.if_else(pa.array(present), values, null), kind)
+        bad = np.zeros(len(values), bool)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        ok = _np_bool(pc.match_substring_regex(values, f"^(?:{pattern})$")) & present
+        numbers = pc.cast(pc.if_else(pa.array(ok), values, null), kind)
+        bad = present & ~ok
+    if pa.types.is_integer(kind) and len(numbers):  # VCF integers are 32-bit
+        out_of_range = _np_bool(pc.or_(pc.less_equal(numbers, _INT32_MIN), pc.greater(numbers, _INT32_MAX)))
+        if out_of_range.any():
+            bad |= out_of_range
+            numbers = pc.if_else(pa.array(out_of_range), pa.scalar(None, kind), numbers)
+    return numbers, bad
 
 
 def _subfield(lists: pa.ListArray, position: np.ndarray) -> pa.Array:
@@ -637,8 +650,9 @@ class VariantReader:
         flag(_np_bool(pc.match_substring_regex(alt, r"(^|,)(,|$)|\s")), "ALT has an empty allele or a space")
         qual, bad_qual = _numbers(qual_text, _NUMERIC, pa.float32())
         flag(bad_qual, "QUAL is not a number")
-        flag(_np_bool(pc.match_substring_regex(filters, r"\s")), "FILTER contains a space")
-        flag(_np_bool(pc.match_substring_regex(info, r"\s|(^|;)=")), "INFO contains a space or an entry without a key")
+        flag(_np_bool(pc.match_substring(filters, " ")), "FILTER contains a space")
+        flag(_np_bool(pc.or_(pc.match_substring(info, " "), pc.or_(pc.starts_with(info, "="), pc.match_substring(info, ";=")))),
+             "INFO contains a space or an entry without a key")
 
         alts = pc.split_pattern(alt, ",")
         no_alt = ~_present(alt)
@@ -659,7 +673,7 @@ class VariantReader:
         return self._expand(ok, chrom, pos, vid, ref, alts, n_alts, qual, filters, info, per_sample)
 
     def _resolve_vardict_roles(self, info: pa.Array, ok: np.ndarray) -> None:
-        names = pc.extract_regex(info.filter(pa.array(ok)), r"(?:^|;)SAMPLE=(?P<s>[^;]*)").field("s").drop_null()
+        names = pc.struct_field(pc.extract_regex(info.filter(pa.array(ok)), r"(?:^|;)SAMPLE=(?P<s>[^;]*)"), "s").drop_null()
         if len(names):
             assign_vardict_tumour(self.profile, names[0].as_py())
         self._roles_resolved = True
@@ -678,7 +692,8 @@ class VariantReader:
         for s, text in enumerate(columns[1:], start=1):
             lists = pc.split_pattern(text, ":")
             flag(np.diff(lists.offsets.to_numpy()) > n_keys, f"sample column {s} has more values than FORMAT keys")
-            value = {key: _subfield(lists, key_position[key]) for key in _FORMAT_KEYS}
+            value = {key: _subfield(lists, key_position[key]) for key in _FORMAT_KEYS if (key_position[key] >= 0).any()}
+            value.setdefault("GT", pa.nulls(len(text), text.type))
             parsed: dict = {}
             gt = value["GT"]
             if (key_position["GT"] >= 0).any():
@@ -752,12 +767,13 @@ class VariantReader:
         stats.transitions += int(ti.sum())
         stats.transversions += int((_np_bool(pc.is_valid(transition)) & ~ti).sum())
 
-        filter_text = pc.if_else(pc.equal(filters, "."), pa.scalar(None, filters.type), filters).take(rec_index)
+        record_columns = {  # record level: taken once per output row
+            "chrom": chrom, "pos": pos, "ref": ref, "qual": qual,
+            "id": pc.if_else(pc.equal(vid, "."), pa.scalar(None, vid.type), vid),
+            "filter": pc.if_else(pc.equal(filters, "."), pa.scalar(None, filters.type), filters),
+        }
         allele_columns = {
-            "chrom": chrom.take(rec_index), "pos": pos.take(rec_index), "ref": ref_values, "alt": alt_values,
-            "alt_index": pa.array(k.astype(np.int16)),
-            "id": pc.if_else(pc.equal(vid, "."), pa.scalar(None, vid.type), vid).take(rec_index),
-            "qual": qual.take(rec_index), "filter": filter_text,
+            "alt": alt_values, "alt_index": pa.array(k.astype(np.int16)),
             "variant_type": pa.array(vtype, pa.string()), "is_transition": transition,
             **dict(zip(_ANNOTATION_FIELDS, annotation_columns)),
         }
@@ -779,12 +795,15 @@ class VariantReader:
                     sample_columns[name] = joined.take(order_index)
             repeat = np.repeat(np.arange(n_alleles), n_samples)
         repeat_index = pa.array(repeat)
+        record_index = pa.array(rec[repeat])
         arrays = []
         for f in VARIANT_SCHEMA:
             if f.name in sample_columns:
                 arrays.append(sample_columns[f.name])
             elif f.name == "genome_build":
-                arrays.append(pa.array(np.full(len(repeat), self.build, dtype=object), pa.string()))
+                arrays.append(pa.DictionaryArray.from_arrays(np.zeros(len(repeat), np.int8), [self.build]).cast(pa.string()))
+            elif f.name in record_columns:
+                arrays.append(record_columns[f.name].take(record_index).cast(f.type))
             else:
                 arrays.append(allele_columns[f.name].take(repeat_index).cast(f.type))
         stats.rows += len(repeat)
@@ -870,25 +889,22 @@ class VariantReader:
         if self.annotation is None or n_alleles == 0:
             return [pa.nulls(n_alleles, t) for t in types]
         tag = self.annotation.tag
-        values = pc.extract_regex(info.take(pa.array(records)), f"(?:^|;){tag}=(?P<v>[^;]*)").field("v")
-        annotated = np.flatnonzero(_np_bool(pc.is_valid(values)) & (alt_counts > 0))
-        first_allele = np.cumsum(alt_counts) - alt_counts
-        rows, picked_rows = [], []
-        texts = values.take(pa.array(annotated)).to_pylist()
-        refs = ref.take(pa.array(records[annotated])).to_pylist()
-        alt_lists = alts.take(pa.array(records[annotated])).to_pylist()
-        for i, text, ref_text, alt_list in zip(annotated, texts, refs, alt_lists):
-            for j, candidates in enumerate(self.annotation.per_allele(text, ref_text, alt_list)):
-                picked = pick_annotation(candidates)
-                if picked is not None:
-                    rows.append(first_allele[i] + j)
-                    picked_rows.append((picked.gene, picked.consequence, picked.impact, picked.transcript,
-                                        picked.hgvsc, picked.hgvsp, short_protein_change(picked.hgvsp), tag))
+        values = pc.struct_field(pc.extract_regex(info.take(pa.array(records)), f"(?:^|;){tag}=(?P<v>[^;]*)"), "v")
+        multi = np.flatnonzero(pc.is_valid(values).to_numpy(zero_copy_only=False) & (alt_counts > 1))
+        refs, alt_lists = [None] * len(records), [None] * len(records)  # spelled out only where ALTs need matching
+        for i, r, a in zip(multi, ref.take(pa.array(records[multi])).to_pylist(), alts.take(pa.array(records[multi])).to_pylist()):
+            refs[i], alt_lists[i] = r, a
+        rows, picked = self.annotation.pick(values, refs, alt_lists, alt_counts)
         index = np.full(n_alleles, -1, np.int64)
-        index[np.array(rows, dtype=np.int64)] = np.arange(len(rows))
+        index[rows] = np.arange(len(rows))
         take = pa.array(np.where(index >= 0, index, 0), mask=index < 0)
-        columns = list(zip(*picked_rows)) if picked_rows else [() for _ in types]
-        return [pa.array(list(c), t).take(take) if picked_rows else pa.nulls(n_alleles, t) for c, t in zip(columns, types)]
+        hgvsp = picked["hgvsp"]
+        encoded = pc.dictionary_encode(hgvsp)
+        short = pa.array([short_protein_change(v) for v in encoded.dictionary.to_pylist()], pa.string()).take(encoded.indices)
+        columns = [*(picked[c] for c in PICKED_COLUMNS), short, pa.array(np.full(len(rows), tag, dtype=object), pa.string())]
+        if len(rows) == 0:
+            return [pa.nulls(n_alleles, t) for t in types]
+        return [c.take(take).cast(t) for c, t in zip(columns, types)]
 
 
 _ANNOTATION_FIELDS = ["gene", "consequence", "impact", "transcript", "hgvsc", "hgvsp", "hgvsp_short", "annotation_source"]
@@ -944,6 +960,11 @@ def iter_variant_batches(vcf_path: Path, *, sample_pseudonym: Callable[[str], st
     yield from VariantReader(Path(vcf_path), sample_pseudonym=sample_pseudonym, batch_size=batch_size).batches()
 
 
+# Low-cardinality columns: dictionary pages pay off; for positions, alleles and HGVS they cost time for nothing.
+_DICTIONARY_COLUMNS = ["sample", "sample_role", "chrom", "filter", "gt", "zygosity", "variant_type", "gene",
+                       "consequence", "impact", "annotation_source", "genome_build"]
+
+
 def vcf_to_parquet(vcf_path: Path, out_path: Path, *, sample_pseudonym: Callable[[str], str] | None = None,
                    batch_size: int = 50_000, progress: Callable[[int], None] | None = None,
                    genome_build: str | None = None) -> dict:
@@ -967,12 +988,20 @@ def vcf_to_parquet(vcf_path: Path, out_path: Path, *, sample_pseudonym: Callable
     schema = VARIANT_SCHEMA.with_metadata(metadata)
     rows = 0
     with atomic_path(out_path) as tmp:
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            for batch in reader.batches():
-                writer.write_batch(batch)
-                rows += batch.num_rows
-                if progress is not None:
-                    progress(reader.stats.records)
+        with pq.ParquetWriter(tmp, schema, compression="zstd", use_dictionary=_DICTIONARY_COLUMNS) as writer:
+            # Parquet encoding releases the GIL: it runs in a worker thread while the next block is parsed.
+            # At most two batches wait, so memory stays bounded.
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                pending: deque = deque()
+                for batch in reader.batches():
+                    pending.append(pool.submit(writer.write_batch, batch))
+                    while len(pending) > 2:
+                        pending.popleft().result()
+                    rows += batch.num_rows
+                    if progress is not None:
+                        progress(reader.stats.records)
+                while pending:
+                    pending.popleft().result()
     stats = reader.stats
     snvs = stats.transitions + stats.transversions
     return {
