@@ -711,6 +711,8 @@ class VariantReader:
                     flag(counts.bad, f"sample column {s}: {key} is not a list of whole numbers")
                     parsed[key] = counts
             for key, pattern, kind in (("DP", _INTEGER, pa.int64()), ("RD", _INTEGER, pa.int64())):
+                if key == "RD" and not self._varscan_counts:  # VarDict's RD is forward,reverse REF reads: not read
+                    continue
                 if (key_position[key] >= 0).any():
                     numbers, bad = _numbers(value[key], pattern, kind)
                     flag(bad, f"sample column {s}: {key} is not a whole number")
@@ -724,7 +726,7 @@ class VariantReader:
                         flag(np.logical_or.reduceat(bad, offsets[:-1]) & (np.diff(offsets) > 0),
                              f"sample column {s}: {key} is not a list of numbers")
                     parsed[key] = (lists_af.offsets.to_numpy(), numbers, _present(value[key]))
-            if (key_position["FREQ"] >= 0).any():
+            if self._varscan_counts and (key_position["FREQ"] >= 0).any():
                 freq_text = pc.replace_substring_regex(value["FREQ"], "%$", "")
                 numbers, bad = _numbers(freq_text, _NUMERIC, pa.float64())
                 flag(bad, f"sample column {s}: FREQ is not a percentage")
