@@ -40,7 +40,7 @@ import sys
 import tempfile
 import zlib
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -412,11 +412,11 @@ def _header_meta(header: str, name: str) -> tuple[list[str], dict[str, str], dic
     return samples, formats, infos
 
 
-def _lines(stream, pending: bytes, name: str) -> Iterator[pa.Array]:
-    """Complete record lines as Arrow binary arrays, one per block of about ``_READ_BYTES``."""
+def _lines(stream, pending: bytes, name: str, block_bytes: int = _READ_BYTES) -> Iterator[pa.Array]:
+    """Complete record lines as Arrow binary arrays, one per block of about ``block_bytes``."""
     while True:
         try:
-            chunk = stream.read(_READ_BYTES)
+            chunk = stream.read(block_bytes)
         except OSError as exc:
             raise InvalidVcfError(f"{name}: corrupt compressed data ({exc})") from exc
         data = pending + chunk
@@ -523,10 +523,11 @@ class VariantReader:
     """
 
     def __init__(self, vcf_path: Path, *, sample_pseudonym: Callable[[str], str] | None = None,
-                 batch_size: int = 50_000, genome_build: str | None = None):
+                 batch_size: int = 50_000, genome_build: str | None = None, block_bytes: int = _READ_BYTES):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.path = Path(vcf_path)
+        self.block_bytes = block_bytes
         self.batch_size = batch_size
         self.stats = VcfStats()
         self.quarantine: list[QuarantinedRecord] = []
@@ -570,36 +571,71 @@ class VariantReader:
         return self.profile.role_list(self.raw_samples)
 
     def batches(self) -> Iterator[pa.RecordBatch]:
-        yielded = False
-        line_number = self._header_lines
+        """Record batches of at most ``batch_size`` rows, in file order.
+
+        Blocks are parsed two at a time in threads (Arrow and numpy kernels release the GIL); the first block
+        is parsed alone because it settles VarDict's sample roles. Each block's counts and quarantined records
+        are merged in file order, so the summary does not depend on scheduling.
+        """
         try:
-            with _open_text(self._source) as stream:
+            with _open_text(self._source) as stream, ThreadPoolExecutor(max_workers=_PARSE_THREADS) as pool:
                 _, _, pending = _read_header(stream, self.path.name)
-                for lines in _lines(stream, pending, self.path.name):
-                    first_line = line_number + 1
-                    line_number += len(lines)
-                    table = self._parse_block(lines, first_line)
-                    for batch in table.to_batches(max_chunksize=self.batch_size):
-                        if batch.num_rows:
-                            yielded = True
-                            yield batch
+                blocks = self._numbered_blocks(stream, pending)
+                first = next(blocks, None)
+                futures: deque = deque()
+                if first is not None:
+                    futures.append(_done(self._parse_numbered(*first)))
+                for block in blocks:
+                    futures.append(pool.submit(self._parse_numbered, *block))
+                    while len(futures) > _PARSE_THREADS:
+                        yield from self._merge(futures.popleft().result())
+                while futures:
+                    yield from self._merge(futures.popleft().result())
         finally:
             if self._workdir is not None:
                 self._workdir.cleanup()
                 self._workdir = None
-        if not yielded:  # an empty VCF still yields one (empty) batch with the schema
+        if self.stats.rows == 0:  # an empty VCF still yields one (empty) batch with the schema
             yield pa.RecordBatch.from_pylist([], schema=VARIANT_SCHEMA)
+
+    def _numbered_blocks(self, stream, pending: bytes) -> Iterator[tuple[pa.Array, int]]:
+        line_number = self._header_lines
+        for lines in _lines(stream, pending, self.path.name, self.block_bytes):
+            yield lines, line_number + 1
+            line_number += len(lines)
+
+    def _parse_numbered(self, lines: pa.Array, first_line: int):
+        stats, quarantine = VcfStats(), []
+        try:
+            table = self._parse_block(lines, first_line, stats, quarantine)
+        except _HeaderLineAmongRecords as found:
+            return found
+        return table, stats, quarantine
+
+    def _merge(self, parsed) -> Iterator[pa.RecordBatch]:
+        if isinstance(parsed, _HeaderLineAmongRecords):
+            raise InvalidVcfError(f"{self.path.name}: a header line after record {self.stats.records + parsed.records_before} "
+                                  "(VCFs concatenated without merging?)")
+        table, stats, quarantine = parsed
+        total = self.stats
+        for name in ("records", "rows", "alleles", "pass_records", "transitions", "transversions", "records_without_alt",
+                     "reference_blocks", "blank_lines", "spanning_deletion_alleles", "non_ref_alleles", "quarantined_records"):
+            setattr(total, name, getattr(total, name) + getattr(stats, name))
+        for name, count in stats.variant_types.items():
+            total.variant_types[name] = total.variant_types.get(name, 0) + count
+        self.quarantine.extend(quarantine[:max(_MAX_QUARANTINE_DETAILS - len(self.quarantine), 0)])
+        for batch in table.to_batches(max_chunksize=self.batch_size):
+            if batch.num_rows:
+                yield batch
 
     # ----------------------------------------------------------------- one block of lines
 
-    def _quarantine(self, lines: np.ndarray, reasons: np.ndarray) -> None:
-        self.stats.quarantined_records += len(lines)
-        room = _MAX_QUARANTINE_DETAILS - len(self.quarantine)
-        for line, reason in zip(lines[:max(room, 0)], reasons[:max(room, 0)]):
-            self.quarantine.append(QuarantinedRecord(self.caller, self.path.name, int(line), str(reason)))
+    def _quarantine(self, stats: VcfStats, quarantine: list, lines: np.ndarray, reasons: np.ndarray) -> None:
+        stats.quarantined_records += len(lines)
+        for line, reason in zip(lines[:_MAX_QUARANTINE_DETAILS], reasons[:_MAX_QUARANTINE_DETAILS]):
+            quarantine.append(QuarantinedRecord(self.caller, self.path.name, int(line), str(reason)))
 
-    def _parse_block(self, raw_lines: pa.Array, first_line: int) -> pa.Table:
-        stats = self.stats
+    def _parse_block(self, raw_lines: pa.Array, first_line: int, stats: VcfStats, quarantine: list) -> pa.Table:
         line_numbers = np.arange(first_line, first_line + len(raw_lines))
         blank = _np_bool(pc.equal(pc.binary_length(raw_lines), 0))
         stats.blank_lines += int(blank.sum())
@@ -609,9 +645,7 @@ class VariantReader:
             return pa.Table.from_batches([], schema=VARIANT_SCHEMA)
         header_like = _np_bool(pc.equal(pc.binary_slice(raw_lines, 0, 1), b"#"))
         if header_like.any():
-            before = stats.records + int(np.argmax(header_like))
-            raise InvalidVcfError(f"{self.path.name}: a header line after record {before} (VCFs concatenated "
-                                  "without merging?)")
+            raise _HeaderLineAmongRecords(int(np.argmax(header_like)))
         stats.records += len(raw_lines)
         # A trailing carriage return (a file written on Windows) is line ending, not data.
         raw_lines = pc.replace_substring_regex(raw_lines, b"\r$", b"")
@@ -628,7 +662,7 @@ class VariantReader:
         reasons[wrong] = [f"{n} tab-separated columns where the header declares {self._columns}" for n in counts[wrong]]
         good = reasons == None  # noqa: E711
         if not good.any():
-            self._quarantine(line_numbers, reasons)
+            self._quarantine(stats, quarantine, line_numbers, reasons)
             return pa.Table.from_batches([], schema=VARIANT_SCHEMA)
         shaped = fields.filter(pa.array(good)).values
         n, width = int(good.sum()), self._columns
@@ -666,11 +700,11 @@ class VariantReader:
             del bad_lines
         bad = reasons != None  # noqa: E711
         if bad.any():
-            self._quarantine(line_numbers[bad], reasons[bad])
+            self._quarantine(stats, quarantine, line_numbers[bad], reasons[bad])
         if not self._roles_resolved:
             self._resolve_vardict_roles(info, ok)
         stats.records_without_alt += int((no_alt & ok).sum())
-        return self._expand(ok, chrom, pos, vid, ref, alts, n_alts, qual, filters, info, per_sample)
+        return self._expand(stats, ok, chrom, pos, vid, ref, alts, n_alts, qual, filters, info, per_sample)
 
     def _resolve_vardict_roles(self, info: pa.Array, ok: np.ndarray) -> None:
         names = pc.struct_field(pc.extract_regex(info.filter(pa.array(ok)), r"(?:^|;)SAMPLE=(?P<s>[^;]*)"), "s").drop_null()
@@ -736,8 +770,7 @@ class VariantReader:
 
     # ----------------------------------------------------------------- records -> rows
 
-    def _expand(self, ok, chrom, pos, vid, ref, alts, n_alts, qual, filters, info, per_sample) -> pa.Table:
-        stats = self.stats
+    def _expand(self, stats: VcfStats, ok, chrom, pos, vid, ref, alts, n_alts, qual, filters, info, per_sample) -> pa.Table:
         records = np.flatnonzero(ok)
         alt_counts = n_alts[records]
         rec = np.repeat(records, alt_counts)  # one entry per (record, ALT)
@@ -907,6 +940,21 @@ class VariantReader:
         if len(rows) == 0:
             return [pa.nulls(n_alleles, t) for t in types]
         return [c.take(take).cast(t) for c, t in zip(columns, types)]
+
+
+_PARSE_THREADS = 2
+
+
+class _HeaderLineAmongRecords(Exception):
+    def __init__(self, records_before: int):
+        self.records_before = records_before
+
+
+def _done(value):
+    """``value`` as an already-completed future."""
+    future: Future = Future()
+    future.set_result(value)
+    return future
 
 
 _ANNOTATION_FIELDS = ["gene", "consequence", "impact", "transcript", "hgvsc", "hgvsp", "hgvsp_short", "annotation_source"]

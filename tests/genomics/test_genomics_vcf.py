@@ -6,6 +6,7 @@ import csv
 import subprocess
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -295,3 +296,24 @@ def test_snpeff_ann_alleles_and_pick(tmp_path):
     # ALT A: the HIGH-impact stop_gained wins over the MODERATE missense on another transcript
     assert (rows.loc["A", "consequence"], rows.loc["A", "transcript"], rows.loc["A", "hgvsp_short"]) == ("stop_gained", "ENST00000269305", "p.T125*")
     assert set(rows["annotation_source"]) == {"ANN"} and set(rows["gene"]) == {"TP53"}
+
+
+def test_blocks_parsed_in_parallel_give_the_rows_counts_and_line_numbers_of_one_block(vcf_dir, tmp_path):
+    from radplan.genomics.vcf import VariantReader
+
+    lines = (vcf_dir / "vcf2maf_test_mutect.vcf").read_text().splitlines(keepends=True)
+    first = next(i for i, line in enumerate(lines) if not line.startswith("#"))
+    for offset in (3, 250, 497):  # early, middle and late records: they land in different small blocks
+        lines[first + offset] = lines[first + offset].replace("\t0/1:", "\t0/X:")
+    lines.insert(first + 100, "\n")
+    path = tmp_path / "m.vcf"
+    path.write_text("".join(lines))
+    results = []
+    for block_bytes in (1 << 23, 2048):  # one block; ~60 blocks, parsed two at a time
+        reader = VariantReader(path, block_bytes=block_bytes, batch_size=1000)
+        table = pa.Table.from_batches(list(reader.batches()))
+        results.append((table, reader.stats, reader.quarantine))
+    (one, one_stats, one_q), (many, many_stats, many_q) = results
+    assert many.equals(one) and many_stats == one_stats and many_q == one_q
+    assert [q.line for q in one_q] == [first + 4, first + 252, first + 499]  # 1-based, after the inserted blank line
+    assert (one_stats.records, one_stats.blank_lines, one_stats.quarantined_records) == (500, 1, 3)
