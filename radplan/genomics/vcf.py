@@ -91,6 +91,14 @@ VARIANT_SCHEMA = pa.schema([
     ("genome_build", pa.string()),
 ])
 
+# Low-cardinality columns travel dictionary-encoded in record batches (rows take small indices instead of copying
+# strings) and are written as Parquet dictionary pages; readers of the Parquet file see plain strings.
+_DICTIONARY_COLUMNS = ["sample", "sample_role", "chrom", "filter", "gt", "zygosity", "variant_type", "gene",
+                       "consequence", "impact", "annotation_source", "genome_build"]
+_DICTIONARY = pa.dictionary(pa.int32(), pa.string())
+BATCH_SCHEMA = pa.schema([pa.field(f.name, _DICTIONARY if f.name in _DICTIONARY_COLUMNS else f.type)
+                          for f in VARIANT_SCHEMA])
+
 _BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 
 
@@ -596,7 +604,7 @@ class VariantReader:
                 self._workdir.cleanup()
                 self._workdir = None
         if self.stats.rows == 0:  # an empty VCF still yields one (empty) batch with the schema
-            yield pa.RecordBatch.from_pylist([], schema=VARIANT_SCHEMA)
+            yield pa.RecordBatch.from_pylist([], schema=BATCH_SCHEMA)
 
     def _numbered_blocks(self, stream, pending: bytes) -> Iterator[tuple[pa.Array, int]]:
         line_number = self._header_lines
@@ -642,7 +650,7 @@ class VariantReader:
         keep = ~blank
         raw_lines, line_numbers = raw_lines.filter(pa.array(keep)), line_numbers[keep]
         if len(raw_lines) == 0:
-            return pa.Table.from_batches([], schema=VARIANT_SCHEMA)
+            return pa.Table.from_batches([], schema=BATCH_SCHEMA)
         header_like = _np_bool(pc.equal(pc.binary_slice(raw_lines, 0, 1), b"#"))
         if header_like.any():
             raise _HeaderLineAmongRecords(int(np.argmax(header_like)))
@@ -663,14 +671,15 @@ class VariantReader:
         good = reasons == None  # noqa: E711
         if not good.any():
             self._quarantine(stats, quarantine, line_numbers, reasons)
-            return pa.Table.from_batches([], schema=VARIANT_SCHEMA)
+            return pa.Table.from_batches([], schema=BATCH_SCHEMA)
         shaped = fields.filter(pa.array(good)).values
         n, width = int(good.sum()), self._columns
         column = [shaped.take(pa.array(np.arange(j, n * width, width))) for j in range(width)]
         sub_reasons = np.full(n, None, dtype=object)
 
         def flag(mask: np.ndarray, reason: str) -> None:
-            sub_reasons[mask & (sub_reasons == None)] = reason  # noqa: E711
+            if mask.any():  # the first reason found for a record is the one reported
+                sub_reasons[mask & (sub_reasons == None)] = reason  # noqa: E711
 
         names = _FIXED[:8] + (["FORMAT"] + [f"sample column {i + 1}" for i in range(self.sample_count)]
                               if width > 8 else [])
@@ -794,10 +803,11 @@ class VariantReader:
         rec_index = pa.array(rec)
         ref_values = ref.take(rec_index)
 
-        vtype, transition = _variant_types(ref_values, alt_values)
+        vtype, vtype_codes, transition = _variant_types(ref_values, alt_values)
         stats.alleles += n_alleles
-        for name, count in zip(*np.unique(vtype, return_counts=True)):
-            stats.variant_types[str(name)] = stats.variant_types.get(str(name), 0) + int(count)
+        for name, count in zip(_VARIANT_TYPES, np.bincount(vtype_codes, minlength=len(_VARIANT_TYPES))):
+            if count:
+                stats.variant_types[name] = stats.variant_types.get(name, 0) + int(count)
         ti = _np_bool(transition)
         stats.transitions += int(ti.sum())
         stats.transversions += int((_np_bool(pc.is_valid(transition)) & ~ti).sum())
@@ -809,7 +819,7 @@ class VariantReader:
         }
         allele_columns = {
             "alt": alt_values, "alt_index": pa.array(k.astype(np.int16)),
-            "variant_type": pa.array(vtype, pa.string()), "is_transition": transition,
+            "variant_type": vtype, "is_transition": transition,
             **dict(zip(_ANNOTATION_FIELDS, annotation_columns)),
         }
         n_samples = self.sample_count
@@ -824,9 +834,10 @@ class VariantReader:
             for name in _SAMPLE_FIELDS:
                 if name in ("sample", "sample_role"):
                     values = [self.samples[s] for s in range(n_samples)] if name == "sample" else self.sample_roles
-                    sample_columns[name] = pa.array(values, pa.string()).take(pa.array(np.tile(np.arange(n_samples), n_alleles)))
+                    sample_columns[name] = _dictionary_array(np.tile(np.arange(n_samples), n_alleles), values)
                 else:
-                    joined = pa.concat_arrays([p[name].cast(VARIANT_SCHEMA.field(name).type) for p in per])
+                    joined = pa.concat_arrays([p[name] if name in ("gt", "zygosity") else p[name].cast(VARIANT_SCHEMA.field(name).type)
+                                               for p in per])
                     sample_columns[name] = joined.take(order_index)
             repeat = np.repeat(np.arange(n_alleles), n_samples)
         repeat_index = pa.array(repeat)
@@ -836,13 +847,20 @@ class VariantReader:
             if f.name in sample_columns:
                 arrays.append(sample_columns[f.name])
             elif f.name == "genome_build":
-                arrays.append(pa.DictionaryArray.from_arrays(np.zeros(len(repeat), np.int8), [self.build]).cast(pa.string()))
+                arrays.append(pa.DictionaryArray.from_arrays(np.zeros(len(repeat), np.int32), pa.array([self.build])))
             elif f.name in record_columns:
-                arrays.append(record_columns[f.name].take(record_index).cast(f.type))
+                column = record_columns[f.name]
+                if f.name in _DICTIONARY_COLUMNS:  # encoded once per record; rows then take small indices
+                    column = pc.dictionary_encode(column)
+                arrays.append(column.take(record_index))
             else:
-                arrays.append(allele_columns[f.name].take(repeat_index).cast(f.type))
+                column = allele_columns[f.name]
+                if f.name in _DICTIONARY_COLUMNS and not pa.types.is_dictionary(column.type):
+                    column = pc.dictionary_encode(column)
+                arrays.append(column.take(repeat_index))
+        arrays = [a.cast(f.type) for a, f in zip(arrays, BATCH_SCHEMA)]
         stats.rows += len(repeat)
-        return pa.Table.from_arrays(arrays, schema=VARIANT_SCHEMA)
+        return pa.Table.from_arrays(arrays, schema=BATCH_SCHEMA)
 
     def _sample_allele_values(self, parsed: dict, rec, k, ref_values, alt_values) -> dict:
         """One sample's per-allele columns: gt, zygosity, depth, ref/alt depth, allele fraction."""
@@ -851,8 +869,13 @@ class VariantReader:
         if "gt" in parsed:
             gt_codes, uniques = parsed["gt"]
             width = int(k.max()) + 1 if n else 1
-            key = gt_codes[rec] * width + k
-            distinct, inverse = np.unique(key, return_inverse=True)
+            key = (gt_codes[rec] + 1) * width + k  # >= 0: code -1 (no GT) shifts to 0
+            seen = np.bincount(key)  # few distinct keys: a lookup table instead of sorting
+            distinct = np.flatnonzero(seen)
+            lookup = np.zeros(len(seen), np.int64)
+            lookup[distinct] = np.arange(len(distinct))
+            inverse = lookup[key]
+            distinct = distinct - width
             gts, zygosities = [], []
             for value in distinct:
                 code, kk = divmod(int(value), width)
@@ -863,10 +886,10 @@ class VariantReader:
                     g, z = _split_genotype(uniques[code][0], uniques[code][1], kk)
                     gts.append(g)
                     zygosities.append(z)
-            out["gt"] = pa.array(gts, pa.string()).take(pa.array(inverse.ravel()))
-            out["zygosity"] = pa.array(zygosities, pa.string()).take(pa.array(inverse.ravel()))
+            out["gt"] = _dictionary_array(inverse.ravel(), gts)
+            out["zygosity"] = _dictionary_array(inverse.ravel(), zygosities)
         else:  # no GT in FORMAT (Strelka2): the genotype is not reported, so it stays unknown
-            out["gt"] = out["zygosity"] = pa.nulls(n, pa.string())
+            out["gt"] = out["zygosity"] = pa.nulls(n, _DICTIONARY)
 
         ref_depth = alt_depth = np.zeros(n, np.int64)
         ref_ok = alt_ok = np.zeros(n, bool)
@@ -950,6 +973,18 @@ class _HeaderLineAmongRecords(Exception):
         self.records_before = records_before
 
 
+def _dictionary_array(codes: np.ndarray, values: list) -> pa.DictionaryArray:
+    """``values[codes[i]]`` per element as a dictionary array; a ``None`` value becomes a null element.
+
+    (Parquet cannot write a null inside a dictionary, so distinct non-null values form the dictionary.)
+    """
+    distinct = sorted({v for v in values if v is not None})
+    position = {v: i for i, v in enumerate(distinct)}
+    remap = np.array([position.get(v, -1) for v in values] + [-1], dtype=np.int32)
+    mapped = remap[codes] if len(values) else np.full(len(codes), -1, np.int32)
+    return pa.DictionaryArray.from_arrays(pa.array(mapped, mask=mapped < 0), pa.array(distinct, pa.string()))
+
+
 def _done(value):
     """``value`` as an already-completed future."""
     future: Future = Future()
@@ -969,19 +1004,23 @@ def _is_utf8(value: bytes) -> bool:
     return True
 
 
-def _variant_types(ref: pa.Array, alt: pa.Array) -> tuple[np.ndarray, pa.Array]:
-    """(variant_type per allele, is_transition: SNVs only, null otherwise), as :func:`variant_type` defines them."""
+_VARIANT_TYPES = ["SV", "BND", "SNV", "MNV", "INS", "DEL"]
+
+
+def _variant_types(ref: pa.Array, alt: pa.Array) -> tuple[pa.DictionaryArray, np.ndarray, pa.Array]:
+    """(variant_type per allele, its code in :data:`_VARIANT_TYPES`, is_transition: SNVs only, null otherwise),
+    as :func:`variant_type` defines them."""
     ref_len = pc.utf8_length(ref).to_numpy(zero_copy_only=False)
     alt_len = pc.utf8_length(alt).to_numpy(zero_copy_only=False)
     symbolic = _np_bool(pc.starts_with(alt, "<"))
     breakend = _np_bool(pc.match_substring_regex(alt, r"[\[\]]|^\.|\.$")) & ~symbolic
-    vtype = np.select(
+    codes = np.select(
         [symbolic, breakend, (ref_len == alt_len) & (ref_len == 1), ref_len == alt_len, alt_len > ref_len],
-        ["SV", "BND", "SNV", "MNV", "INS"], "DEL").astype(object)
+        [0, 1, 2, 3, 4], 5).astype(np.int32)
     pair = pc.binary_join_element_wise(pc.utf8_upper(ref), pc.utf8_upper(alt), pa.scalar("", ref.type))
-    is_snv = pa.array(vtype == "SNV")
+    is_snv = pa.array(codes == 2)
     transition = pc.if_else(is_snv, pc.is_in(pair, pa.array(["AG", "GA", "CT", "TC"], pair.type)), pa.scalar(None, pa.bool_()))
-    return vtype, transition
+    return pa.DictionaryArray.from_arrays(codes, pa.array(_VARIANT_TYPES)), codes, transition
 
 
 def _strelka_tier1(parsed: dict, rec, ref_values: pa.Array, alt_values: pa.Array):
@@ -1010,11 +1049,6 @@ def iter_variant_batches(vcf_path: Path, *, sample_pseudonym: Callable[[str], st
     yield from VariantReader(Path(vcf_path), sample_pseudonym=sample_pseudonym, batch_size=batch_size).batches()
 
 
-# Low-cardinality columns: dictionary pages pay off; for positions, alleles and HGVS they cost time for nothing.
-_DICTIONARY_COLUMNS = ["sample", "sample_role", "chrom", "filter", "gt", "zygosity", "variant_type", "gene",
-                       "consequence", "impact", "annotation_source", "genome_build"]
-
-
 def vcf_to_parquet(vcf_path: Path, out_path: Path, *, sample_pseudonym: Callable[[str], str] | None = None,
                    batch_size: int = 50_000, progress: Callable[[int], None] | None = None,
                    genome_build: str | None = None) -> dict:
@@ -1035,10 +1069,12 @@ def vcf_to_parquet(vcf_path: Path, out_path: Path, *, sample_pseudonym: Callable
         b"radplan.genome_build": reader.build.encode(),
         b"radplan.annotation_source": (annotation or "").encode(),
     }
-    schema = VARIANT_SCHEMA.with_metadata(metadata)
     rows = 0
     with atomic_path(out_path) as tmp:
-        with pq.ParquetWriter(tmp, schema, compression="zstd", use_dictionary=_DICTIONARY_COLUMNS) as writer:
+        # store_schema=False: the file's Arrow type is the Parquet one (string), not the batches' dictionary type.
+        with pq.ParquetWriter(tmp, BATCH_SCHEMA, compression="zstd", use_dictionary=_DICTIONARY_COLUMNS,
+                              store_schema=False) as writer:
+            writer.add_key_value_metadata(metadata)
             # Parquet encoding releases the GIL: it runs in a worker thread while the next block is parsed.
             # At most two batches wait, so memory stays bounded.
             with ThreadPoolExecutor(max_workers=1) as pool:
