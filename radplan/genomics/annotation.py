@@ -1,8 +1,8 @@
 """Parse functional annotations carried in VCF INFO: VEP ``CSQ``, SnpEff ``ANN`` and legacy SnpEff ``EFF``.
 
-Each parser turns one record's INFO value into candidate transcript annotations
-per ALT allele, and :func:`pick_annotation` chooses one per allele with a fixed,
-documented rule so the output is deterministic:
+:meth:`AnnotationParser.pick` parses a block of records' INFO values column-wise (entries and fields split
+by Arrow kernels, ranked with one numpy sort) and chooses one transcript annotation per ALT allele with a
+fixed, documented rule so the output is deterministic:
 
 1. an entry VEP flagged ``PICK=1`` wins outright;
 2. otherwise the highest IMPACT (HIGH > MODERATE > LOW > MODIFIER);

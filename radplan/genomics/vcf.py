@@ -1,27 +1,40 @@
-"""VCF/BCF -> normalized, streamed Parquet (one row per variant allele x sample), with cyvcf2.
+"""VCF/BCF -> normalized, streamed Parquet (one row per variant allele x sample), parsed column-wise with Arrow.
 
-Reads plain, bgzipped or BCF files, indexed or not, record by record (memory is
-flat in file size: rows are built column-wise in batches of ``batch_size`` and
-written with ``pyarrow.parquet.ParquetWriter``). Multi-allelic records are split
-into one row per ALT, like ``bcftools norm -m-``: per-allele AD/AF are picked,
-and in each split genotype the other ALT alleles become ``0`` (so a ``1/2``
-genotype is ``0/1`` for ALT 1 and for ALT 2). ``*`` (spanning deletion) alleles
-and records without any ALT are skipped and counted in the summary, as are blank lines.
+Reads plain, bgzipped (tabix or CSI indexed, or not) and BCF files. Text is read in blocks of about 8 MiB
+(memory is flat in file size), split into lines and fields by Arrow compute kernels, and every field is
+validated column-wise; blocks are parsed two at a time in threads and Parquet encoding overlaps parsing.
+No native parser sees VCF text (htslib crashed the process on some malformed genotypes); a BCF is decoded
+to text by a worker process (:mod:`radplan.genomics.bcf_text`), so a decoder crash is a clean error.
+
+A malformed record (column count, empty field, bad POS/QUAL/REF/ALT, invalid GT, non-numeric AD/DP/AF,
+an allele index beyond ALT) is left out and listed with caller, file, line and reason (the summary's
+``quarantine``); the rest of the file is kept. A file-level problem (truncated file, unparseable header,
+header lines among records, a known caller's file lacking the FORMAT fields radplan needs, see
+:mod:`radplan.genomics.callers`) raises :class:`InvalidVcfError`.
+
+Multi-allelic records are split into one row per ALT, like ``bcftools norm -m-``: per-allele AD/AF are
+picked, and in each split genotype the other ALT alleles become ``0`` (so a ``1/2`` genotype is ``0/1`` for
+ALT 1 and for ALT 2). ``*`` (spanning deletion) and gVCF ``<NON_REF>``/``<*>`` alleles, records without any
+ALT and gVCF reference blocks are not rows; they are counted in the summary, as are blank lines.
 
 Output columns (:data:`VARIANT_SCHEMA`)
 ---------------------------------------
 sample            pseudonymized sample (callback applied; raw name only when no callback); null for sites-only VCFs
+sample_role       tumor | normal from the header (:mod:`radplan.genomics.callers`); null when the header does not say
 chrom, pos        contig as written in the VCF; 1-based POS
 ref, alt          REF and this row's single ALT, as written (not left-normalized)
 alt_index         1-based index of ``alt`` among the record's ALTs
 id                the ID column (dbSNP rs etc.), null for ``.``
 qual              QUAL, null for ``.``
 filter            ``PASS``, or the ``;``-joined filter names, null for ``.`` (unfiltered)
-gt                this allele's genotype: ``0/1``, ``1/1``, ``0|1`` (phase kept), ``.`` for missing alleles
-zygosity          hom_ref | het | hom_alt | hemizygous (haploid ALT) | missing
-depth             FORMAT DP, else the sum of AD
-ref_depth         AD of REF;  alt_depth: AD of this ALT
-allele_fraction   FORMAT AF, else FA (MuTect), else alt_depth / sum(AD)
+gt                this allele's genotype: ``0/1``, ``1/1``, ``0|1`` (phase kept), ``.`` for missing alleles;
+                  null when the caller writes no GT (Strelka2)
+zygosity          hom_ref | het | hom_alt | hemizygous (haploid ALT) | missing; null without GT
+depth             FORMAT DP, else the sum of AD (VarScan2: RD + AD)
+ref_depth         AD of REF;  alt_depth: AD of this ALT (VarScan2: RD and AD; Strelka2: tier-1 ``{REF}U``/``{ALT}U``
+                  for SNVs, TAR/TIR for indels)
+allele_fraction   FORMAT AF, else FA (MuTect), else VarScan2 FREQ / 100, else alt_depth / (REF + ALT counts as above);
+                  null when there are no reads (unknown, not 0)
 variant_type      SNV | MNV | INS | DEL | SV (symbolic ``<...>``) | BND (breakends)
 is_transition     SNVs only: A<->G or C<->T; null for other types
 gene, consequence, impact, transcript, hgvsc, hgvsp
@@ -656,7 +669,8 @@ class VariantReader:
             raise _HeaderLineAmongRecords(int(np.argmax(header_like)))
         stats.records += len(raw_lines)
         # A trailing carriage return (a file written on Windows) is line ending, not data.
-        raw_lines = pc.replace_substring_regex(raw_lines, b"\r$", b"")
+        if _np_bool(pc.ends_with(raw_lines, b"\r")).any():
+            raw_lines = pc.replace_substring_regex(raw_lines, b"\r$", b"")
         reasons = np.full(len(raw_lines), None, dtype=object)
         try:
             lines = raw_lines.cast(pa.large_string())
@@ -947,7 +961,14 @@ class VariantReader:
         if self.annotation is None or n_alleles == 0:
             return [pa.nulls(n_alleles, t) for t in types]
         tag = self.annotation.tag
-        values = pc.struct_field(pc.extract_regex(info.take(pa.array(records)), f"(?:^|;){tag}=(?P<v>[^;]*)"), "v")
+        info = info.take(pa.array(records))
+        # A substring search first (fast); the regex runs only on the records that can carry the tag.
+        candidates = np.flatnonzero(_np_bool(pc.match_substring(info, f"{tag}=")))
+        found = pc.struct_field(pc.extract_regex(info.take(pa.array(candidates)), f"(?:^|;){tag}=(?P<v>[^;]*)"), "v")
+        where = np.full(len(records), -1, np.int64)
+        where[candidates] = np.arange(len(candidates))
+        values = found.take(pa.array(np.where(where >= 0, where, 0), mask=where < 0)) if len(candidates) \
+            else pa.nulls(len(records), info.type)
         multi = np.flatnonzero(pc.is_valid(values).to_numpy(zero_copy_only=False) & (alt_counts > 1))
         refs, alt_lists = [None] * len(records), [None] * len(records)  # spelled out only where ALTs need matching
         for i, r, a in zip(multi, ref.take(pa.array(records[multi])).to_pylist(), alts.take(pa.array(records[multi])).to_pylist()):
@@ -1072,8 +1093,9 @@ def vcf_to_parquet(vcf_path: Path, out_path: Path, *, sample_pseudonym: Callable
     rows = 0
     with atomic_path(out_path) as tmp:
         # store_schema=False: the file's Arrow type is the Parquet one (string), not the batches' dictionary type.
+        # Column statistics only where a reader filters (contig, position, sample): elsewhere they cost time.
         with pq.ParquetWriter(tmp, BATCH_SCHEMA, compression="zstd", use_dictionary=_DICTIONARY_COLUMNS,
-                              store_schema=False) as writer:
+                              write_statistics=["chrom", "pos", "sample"], store_schema=False) as writer:
             writer.add_key_value_metadata(metadata)
             # Parquet encoding releases the GIL: it runs in a worker thread while the next block is parsed.
             # At most two batches wait, so memory stays bounded.
