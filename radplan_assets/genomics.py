@@ -66,7 +66,8 @@ def variants(context: AssetExecutionContext, lake: LakeResource, deid_key: DeidK
         for index, raw_path in enumerate(_raw_files(lake, patient_key, "vcf")):
             with lake.open_raw(raw_path, companions=INDEX_SUFFIXES) as path:
                 try:
-                    summary = vcf_to_parquet(path, staging / f"part-{index}.parquet", sample_pseudonym=pseudonymizer.patient_key)
+                    summary = vcf_to_parquet(path, staging / f"part-{index}.parquet", sample_pseudonym=pseudonymizer.patient_key,
+                                             quarantine_dir=lake.zone("quarantine") / "vcf")
                 except RadplanInputError as error:
                     quarantined.append(lake.quarantine(path, "vcf", error).safe_summary())
                     continue

@@ -47,6 +47,7 @@ genome_build      GRCh37 | GRCh38 | unknown (also in the file's key-value metada
 from __future__ import annotations
 
 import gzip
+import json
 import re
 import subprocess
 import sys
@@ -70,7 +71,7 @@ from radplan.errors import InvalidVcfError
 from radplan.genomics.annotation import ANNOTATION_TAGS, PICKED_COLUMNS, AnnotationParser, short_protein_change
 from radplan.genomics.callers import (STRELKA_INDEL_COUNTS, STRELKA_SNV_COUNTS, assign_vardict_tumour, check_supported,
                                       identify_caller)
-from radplan.lake import atomic_path
+from radplan.lake import atomic_path, atomic_write_text
 
 SCHEMA_VERSION = "2"
 
@@ -1072,15 +1073,21 @@ def iter_variant_batches(vcf_path: Path, *, sample_pseudonym: Callable[[str], st
 
 def vcf_to_parquet(vcf_path: Path, out_path: Path, *, sample_pseudonym: Callable[[str], str] | None = None,
                    batch_size: int = 50_000, progress: Callable[[int], None] | None = None,
-                   genome_build: str | None = None) -> dict:
+                   genome_build: str | None = None,
+                   on_quarantine: Callable[[QuarantinedRecord], None] | None = None,
+                   quarantine_dir: Path | None = None) -> dict:
     """Convert a VCF/BCF to Parquet atomically; returns a PHI-free summary.
 
     ``genome_build`` overrides header detection (for VCFs whose header names no
-    build). On malformed input raises :class:`InvalidVcfError` and leaves no output.
+    build). On a file-level problem raises :class:`InvalidVcfError` and leaves no output.
+    Each malformed record left out is passed to ``on_quarantine`` (with the file name, which may be PHI:
+    send it to the lake's quarantine, not to run metadata) and, with a ``quarantine_dir`` (PHI zone), written
+    there as ``<file>.rejected.jsonl`` (file, stage, error_class, message, line, caller: one JSON object a line,
+    as the EHR readers write theirs).
     Summary keys: records, rows, samples, build, annotation, pass_fraction, titv,
     alleles, variant_types, records_without_alt, blank_lines, spanning_deletion_alleles, non_ref_alleles,
     reference_blocks, caller, sample_roles (tumor | normal | None per sample, in column order),
-    quarantined_records and quarantine (up to 1000 ``{caller, file, line, reason}``: malformed records left out).
+    quarantined_records and quarantine (up to 1000 ``{caller, line, reason}``; reasons name columns, never values).
     """
     reader = VariantReader(Path(vcf_path), sample_pseudonym=sample_pseudonym, batch_size=batch_size,
                            genome_build=genome_build)
@@ -1110,6 +1117,14 @@ def vcf_to_parquet(vcf_path: Path, out_path: Path, *, sample_pseudonym: Callable
                         progress(reader.stats.records)
                 while pending:
                     pending.popleft().result()
+    if on_quarantine is not None:
+        for record in reader.quarantine:
+            on_quarantine(record)
+    if quarantine_dir is not None and reader.quarantine:
+        rejected = [{"file": q.file, "stage": InvalidVcfError.stage, "error_class": InvalidVcfError.__name__,
+                     "message": q.reason, "line": q.line, "caller": q.caller} for q in reader.quarantine]
+        atomic_write_text(Path(quarantine_dir) / f"{reader.path.name}.rejected.jsonl",
+                          "".join(json.dumps(r) + "\n" for r in rejected))
     stats = reader.stats
     snvs = stats.transitions + stats.transversions
     return {
@@ -1131,5 +1146,5 @@ def vcf_to_parquet(vcf_path: Path, out_path: Path, *, sample_pseudonym: Callable
         "caller": reader.caller,
         "sample_roles": reader.sample_roles,
         "quarantined_records": stats.quarantined_records,
-        "quarantine": [q.as_dict() for q in reader.quarantine],
+        "quarantine": [{k: v for k, v in q.as_dict().items() if k != "file"} for q in reader.quarantine],
     }

@@ -265,11 +265,12 @@ def test_bad_genotype_quarantines_that_record_and_keeps_the_rest(vcf_dir, tmp_pa
     lines[bad] = lines[bad].replace("\t0/1:", "\t0/X:")
     path = tmp_path / "gt.vcf"
     path.write_text("".join(lines))
-    summary = vcf_to_parquet(path, tmp_path / "v.parquet", batch_size=10)
+    quarantined = []
+    summary = vcf_to_parquet(path, tmp_path / "v.parquet", batch_size=10, on_quarantine=quarantined.append)
     assert summary["quarantined_records"] == 1
     # the header names no caller; TUMOR is the second sample column (#CHROM ... FORMAT NORMAL TUMOR)
-    assert summary["quarantine"] == [{"caller": "unknown", "file": "gt.vcf", "line": bad + 1,
-                                      "reason": "sample column 2: GT is not a genotype"}]
+    assert summary["quarantine"] == [{"caller": "unknown", "line": bad + 1, "reason": "sample column 2: GT is not a genotype"}]
+    assert [q.as_dict() for q in quarantined] == [{**summary["quarantine"][0], "file": "gt.vcf"}]
     assert summary["records"] == 500 and summary["rows"] == 499 * 2
     rows = pq.read_table(tmp_path / "v.parquet").to_pandas()
     bad_pos = int(lines[bad].split("\t")[1])

@@ -17,6 +17,7 @@ radplan's parser) and derives the value as the caller's documentation defines it
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -193,7 +194,25 @@ def test_record_missing_its_chrom_column_is_quarantined_not_the_file(tmp_path):
     lines[first + 1] = lines[first + 1].split("\t", 1)[1]  # drop CHROM
     path = tmp_path / "no_chrom.vcf"
     path.write_text("".join(lines))
-    summary, df = _convert(path, tmp_path)
-    assert summary["quarantine"] == [{"caller": "Mutect2", "file": "no_chrom.vcf", "line": first + 2,
+    quarantined = []
+    summary = vcf_to_parquet(path, tmp_path / "out.parquet", on_quarantine=quarantined.append)
+    df = pq.read_table(tmp_path / "out.parquet").to_pandas()
+    assert [q.as_dict() for q in quarantined] == [{"caller": "Mutect2", "file": "no_chrom.vcf", "line": first + 2,
+                                                   "reason": "10 tab-separated columns where the header declares 11"}]
+    assert summary["quarantine"] == [{"caller": "Mutect2", "line": first + 2,
                                       "reason": "10 tab-separated columns where the header declares 11"}]
     assert summary["records"] == 5 and len(df) == 2 * (5 - 1 + 1)  # 4 records kept, one of them with 2 ALTs
+
+
+def test_quarantined_records_are_written_beside_the_other_rejected_lines(tmp_path):
+    lines = (CALLERS / "varscan2_somatic.snp.vcf").read_text().splitlines(keepends=True)
+    first = next(i for i, line in enumerate(lines) if not line.startswith("#"))
+    lines[first + 2] = lines[first + 2].replace("\t0/1:.:34:27:7:", "\t0/1:.:34:27:seven:")
+    path = tmp_path / "varscan_bad_ad.vcf"
+    path.write_text("".join(lines))
+    quarantine = tmp_path / "quarantine" / "vcf"
+    summary = vcf_to_parquet(path, tmp_path / "out.parquet", quarantine_dir=quarantine)
+    written = [json.loads(line) for line in (quarantine / "varscan_bad_ad.vcf.rejected.jsonl").read_text().splitlines()]
+    assert written == [{"file": path.name, "stage": "vcf", "error_class": "InvalidVcfError", "line": first + 3,
+                        "message": "sample column 2: AD is not a list of whole numbers", "caller": "VarScan2"}]
+    assert summary["rows"] == 2 * (len(lines) - first - 1)

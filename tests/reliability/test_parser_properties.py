@@ -556,9 +556,11 @@ def test_vcf_invalid_genotype_info_and_format_values_quarantine_the_record_and_k
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "in.vcf"
         source.write_text(text)
-        summary = vcf_to_parquet(source, Path(tmp) / "out.parquet")  # the header is intact: never a file error
+        records = []  # the header is intact: never a file error
+        summary = vcf_to_parquet(source, Path(tmp) / "out.parquet", on_quarantine=records.append)
         rows = pd_read(Path(tmp) / "out.parquet")
-    quarantined = {q["line"]: q for q in summary["quarantine"]}
+    quarantined = {q.line: q.as_dict() for q in records}
+    assert [{k: v for k, v in q.items() if k != "file"} for q in quarantined.values()] == summary["quarantine"]
     event(f"quarantined {len(quarantined)} of {len(planted)} planted")
     for line, where in planted.items():
         if where == "FORMAT":  # an invalid GT/AD/DP is never read as data
