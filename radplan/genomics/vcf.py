@@ -1,6 +1,6 @@
 """VCF/BCF -> normalized, streamed Parquet (one row per variant allele x sample), parsed column-wise with Arrow.
 
-Reads plain, bgzipped (tabix or CSI indexed, or not) and BCF files. Text is read in blocks of about 8 MiB
+Reads plain, bgzipped (tabix or CSI indexed, or not) and BCF files. Text is read in blocks of about 4 MiB
 (memory is flat in file size), split into lines and fields by Arrow compute kernels, and every field is
 validated column-wise; blocks are parsed two at a time in threads and Parquet encoding overlaps parsing.
 No native parser sees VCF text (htslib crashed the process on some malformed genotypes); a BCF is decoded
@@ -334,7 +334,7 @@ class QuarantinedRecord:
 
 # --------------------------------------------------------------------------- input streams
 
-_READ_BYTES = 1 << 23  # decompressed bytes per block: bounds memory, large enough for Arrow's kernels to pay off
+_READ_BYTES = 1 << 22  # decompressed bytes per block: bounds memory (3 blocks in flight), large enough for Arrow kernels
 _NUMERIC = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|[Nn]a[Nn]|[Ii]nf(?:inity)?)"
 _INTEGER = r"-?\d{1,10}"
 _NON_REF_ALLELES = ("<NON_REF>", "<*>")  # gVCF "any other allele" placeholders (GATK, DeepVariant)
