@@ -71,7 +71,7 @@ from radplan.errors import InvalidVcfError
 from radplan.genomics.annotation import ANNOTATION_TAGS, PICKED_COLUMNS, AnnotationParser, short_protein_change
 from radplan.genomics.callers import (STRELKA_INDEL_COUNTS, STRELKA_SNV_COUNTS, assign_vardict_tumour, check_supported,
                                       identify_caller)
-from radplan.lake import atomic_path, atomic_write_text
+from radplan.lake import atomic_path, atomic_write_text, file_sha256
 
 SCHEMA_VERSION = "2"
 
@@ -1082,8 +1082,8 @@ def vcf_to_parquet(vcf_path: Path, out_path: Path, *, sample_pseudonym: Callable
     build). On a file-level problem raises :class:`InvalidVcfError` and leaves no output.
     Each malformed record left out is passed to ``on_quarantine`` (with the file name, which may be PHI:
     send it to the lake's quarantine, not to run metadata) and, with a ``quarantine_dir`` (PHI zone), written
-    there as ``<file>.rejected.jsonl`` (file, stage, error_class, message, line, caller: one JSON object a line,
-    as the EHR readers write theirs).
+    there as ``<file>.rejected.jsonl`` (file, sha256, stage, error_class, message, line, caller: one JSON object a
+    line, as the EHR readers write theirs).
     Summary keys: records, rows, samples, build, annotation, pass_fraction, titv,
     alleles, variant_types, records_without_alt, blank_lines, spanning_deletion_alleles, non_ref_alleles,
     reference_blocks, caller, sample_roles (tumor | normal | None per sample, in column order),
@@ -1121,7 +1121,8 @@ def vcf_to_parquet(vcf_path: Path, out_path: Path, *, sample_pseudonym: Callable
         for record in reader.quarantine:
             on_quarantine(record)
     if quarantine_dir is not None and reader.quarantine:
-        rejected = [{"file": q.file, "stage": InvalidVcfError.stage, "error_class": InvalidVcfError.__name__,
+        digest = file_sha256(reader.path)  # ties the records to the delivered file when the lake renamed it
+        rejected = [{"file": q.file, "sha256": digest, "stage": InvalidVcfError.stage, "error_class": InvalidVcfError.__name__,
                      "message": q.reason, "line": q.line, "caller": q.caller} for q in reader.quarantine]
         atomic_write_text(Path(quarantine_dir) / f"{reader.path.name}.rejected.jsonl",
                           "".join(json.dumps(r) + "\n" for r in rejected))

@@ -17,6 +17,7 @@ radplan's parser) and derives the value as the caller's documentation defines it
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -213,6 +214,8 @@ def test_quarantined_records_are_written_beside_the_other_rejected_lines(tmp_pat
     quarantine = tmp_path / "quarantine" / "vcf"
     summary = vcf_to_parquet(path, tmp_path / "out.parquet", quarantine_dir=quarantine)
     written = [json.loads(line) for line in (quarantine / "varscan_bad_ad.vcf.rejected.jsonl").read_text().splitlines()]
-    assert written == [{"file": path.name, "stage": "vcf", "error_class": "InvalidVcfError", "line": first + 3,
-                        "message": "sample column 2: AD is not a list of whole numbers", "caller": "VarScan2"}]
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert written == [{"file": path.name, "sha256": digest, "stage": "vcf", "error_class": "InvalidVcfError",
+                        "line": first + 3, "message": "sample column 2: AD is not a list of whole numbers",
+                        "caller": "VarScan2"}]
     assert summary["rows"] == 2 * (len(lines) - first - 1)
