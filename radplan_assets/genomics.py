@@ -54,9 +54,10 @@ def raw_genomics(context: AssetExecutionContext, landing_inventory: dict, lake: 
     group_name="genomics",
     partitions_def=patient_partitions,
     deps=[raw_genomics],
-    description="Variants as normalized Parquet (cyvcf2, streamed): multi-allelic records split, genotype, depth, "
+    description="Variants as normalized Parquet (Arrow column-wise reader, streamed): multi-allelic records split, genotype, depth, "
     "allele fraction, FILTER, VEP CSQ / SnpEff ANN / EFF annotation; sample names pseudonymized; genome build recorded. "
-    "Truncated or malformed VCFs are quarantined whole. The asset streams its Parquet parts into its own partition.",
+    "A malformed record is quarantined with its line (quarantine/vcf/<patient>/<file>.rejected.jsonl), the rest kept; "
+    "truncated or unreadable VCFs are quarantined whole.",
 )
 def variants(context: AssetExecutionContext, lake: LakeResource, deid_key: DeidKeyResource) -> MaterializeResult:
     patient_key = context.partition_key
@@ -66,7 +67,8 @@ def variants(context: AssetExecutionContext, lake: LakeResource, deid_key: DeidK
         for index, raw_path in enumerate(_raw_files(lake, patient_key, "vcf")):
             with lake.open_raw(raw_path, companions=INDEX_SUFFIXES) as path:
                 try:
-                    summary = vcf_to_parquet(path, staging / f"part-{index}.parquet", sample_pseudonym=pseudonymizer.patient_key)
+                    summary = vcf_to_parquet(path, staging / f"part-{index}.parquet", sample_pseudonym=pseudonymizer.patient_key,
+                                             quarantine_dir=lake.zone("quarantine") / "vcf" / patient_key)
                 except RadplanInputError as error:
                     quarantined.append(lake.quarantine(path, "vcf", error).safe_summary())
                     continue

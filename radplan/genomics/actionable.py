@@ -1,8 +1,9 @@
 """Match annotated variants to the local, versioned actionable-variant knowledge base.
 
 The knowledge base (``data/actionable_kb.yaml``) is validated on load. For each
-variant row carried by its sample (zygosity het/hom_alt/hemizygous, or a sites-only
-row) the matcher tries, per knowledge-base entry:
+variant row carried by its sample (:func:`carried_rows`: zygosity het/hom_alt/hemizygous, or
+no genotype with ALT reads or no counts; never the normal of a tumour/normal pair) the
+matcher tries, per knowledge-base entry:
 
 1. ``protein_change``: annotated gene + one-letter protein change (``hgvsp_short``);
 2. ``genomic_position``: only for rows without a protein annotation, the hotspot's
@@ -213,12 +214,24 @@ def _result(entry: KbEntry, kb: KnowledgeBase, tumour_type: str | None, basis: s
             "alt": getattr(row, "alt", None), "hgvsp_short": getattr(row, "hgvsp_short", None)}
 
 
+def carried_rows(variants: pd.DataFrame) -> pd.Series:
+    """Rows whose sample carries the ALT: a het/hom_alt/hemizygous genotype; without a genotype (sites-only
+    VCFs, Strelka2) any ALT reads or no counts at all. A sample the header names as the normal of a
+    tumour/normal pair (``sample_role``) carries nothing actionable for the tumour."""
+    zygosity = variants["zygosity"]
+    alt_depth = pd.to_numeric(variants["alt_depth"], errors="coerce") if "alt_depth" in variants \
+        else pd.Series(float("nan"), index=variants.index)
+    without_genotype = zygosity.isna() & (alt_depth.isna() | (alt_depth > 0))
+    normal = variants["sample_role"].eq("normal") if "sample_role" in variants else False
+    return (zygosity.isin(CARRIER_ZYGOSITIES) | without_genotype) & ~normal
+
+
 def tumour_mutational_burden(variants: pd.DataFrame, callable_megabases: float) -> pd.Series:
     """Non-synonymous coding mutations per callable megabase, per sample (PASS or unfiltered carried rows)."""
     if callable_megabases <= 0:
         raise ValueError("callable_megabases must be positive")
     passed = variants["filter"].isna() | (variants["filter"] == "PASS")
-    carried = variants[variants["zygosity"].isin(CARRIER_ZYGOSITIES) & passed]
+    carried = variants[carried_rows(variants) & passed]
     coding = carried["consequence"].map(lambda c: bool(_consequence_terms(c) & TMB_CONSEQUENCES))
     return carried[coding].groupby("sample").size() / callable_megabases
 
@@ -229,7 +242,7 @@ def match_actionable(variants: pd.DataFrame, *, tumour_type: str | None, kb: Kno
     variant_entries = [e for e in kb.entries if e.kind != "biomarker"]
     genes = {e.gene for e in variant_entries}
     positions = {(str(c["chrom"]), int(c["pos"])) for e in variant_entries for c in e.coordinates.values()}
-    carried = variants["zygosity"].isin(CARRIER_ZYGOSITIES) | variants["zygosity"].isna()
+    carried = carried_rows(variants)
     # vectorized pre-filter: only rows in a KB gene, at a KB hotspot position or unannotated reach the per-row loop
     at_hotspot = pd.Series(list(zip(variants["chrom"].map(_norm_chrom), variants["pos"])), index=variants.index).isin(positions)
     # unannotated indels and structural records may still fall in a KB entry's genomic region

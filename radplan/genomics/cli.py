@@ -38,9 +38,12 @@ def run_vcf_to_parquet(args: argparse.Namespace) -> int:
         from radplan.pseudonym import Pseudonymizer
 
         pseudonym = Pseudonymizer.from_environment().patient_key
+    def report(record) -> None:  # the user's own shell: the file name is theirs to see
+        print(f"quarantined: {record.file}:{record.line}: {record.reason} ({record.caller})", file=sys.stderr)
+
     try:
         summary = vcf_to_parquet(args.vcf, args.out, sample_pseudonym=pseudonym, batch_size=args.batch_size,
-                                 genome_build=args.build)
+                                 genome_build=args.build, on_quarantine=report)
     except RadplanInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -242,9 +242,12 @@ def build_genomics(shared: Path) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     cases = []
 
-    def case(case_id, fmt, path, stage, error_class, why, expect="quarantine"):
-        cases.append({"id": case_id, "format": fmt, "files": [str(path.relative_to(CORPUS))], "expect": expect, "level": "file",
-                      "stage": stage, "error_class": error_class, "why": why})
+    def case(case_id, fmt, path, stage, error_class, why, expect="quarantine", lines=None):
+        entry = {"id": case_id, "format": fmt, "files": [str(path.relative_to(CORPUS))], "expect": expect, "level": "file",
+                 "stage": stage, "error_class": error_class, "why": why}
+        if lines is not None:  # record-level: these lines are quarantined, the rest of the file is kept
+            entry.update(level="lines", lines=lines)
+        cases.append(entry)
 
     vcf = _sample_renamed_vcf(shared)
     header = "".join(line for line in vcf.splitlines(keepends=True) if line.startswith("#"))
@@ -266,20 +269,22 @@ def build_genomics(shared: Path) -> list[dict]:
     case("vcf-truncated-bgzip", "vcf", truncated, "vcf", "InvalidVcfError",
          "bgzipped VCF cut 3000 bytes before the end, inside the last data block (no BGZF EOF block)")
 
+    record_5_line = header.count("\n") + 5  # malformed records are quarantined one by one; the rest is kept
     bad_gt = out / "bad_genotype.vcf"
     bad_gt.write_text(_edit_record(vcf, 5, 9, "0/X"))
-    case("vcf-bad-genotype", "vcf", bad_gt, "vcf", "InvalidVcfError", "record 5 has GT 0/X: not an allele index")
+    case("vcf-bad-genotype", "vcf", bad_gt, "vcf", "InvalidVcfError", "record 5 has GT 0/X: not an allele index",
+         lines=[record_5_line])
 
     out_of_range = out / "genotype_allele_out_of_range.vcf"
     out_of_range.write_text(_edit_record(vcf, 5, 9, "0/7"))
     case("vcf-genotype-allele-out-of-range", "vcf", out_of_range, "vcf", "InvalidVcfError",
-         "record 5 has one ALT but GT 0/7: allele 7 does not exist (htslib accepts it silently)")
+         "record 5 has one ALT but GT 0/7: allele 7 does not exist (htslib accepts it silently)", lines=[record_5_line])
 
     empty_field = out / "empty_info_field.vcf"
     empty_field.write_text(_edit_record(vcf, 5, 7, ""))
     case("vcf-empty-field", "vcf", empty_field, "vcf", "InvalidVcfError",
-         "record 5 has an empty INFO column instead of '.' (an empty first sample column of a multi-sample VCF, "
-         "caught by the same check, crashed cyvcf2/htslib with SIGSEGV)")
+         "record 5 has an empty INFO column instead of '.' (an empty first sample column of a multi-sample VCF "
+         "crashed cyvcf2/htslib with SIGSEGV)", lines=[record_5_line])
 
     concatenated = out / "concatenated.vcf"
     records = body.splitlines(keepends=True)

@@ -147,3 +147,20 @@ def test_unannotated_records_match_by_genomic_region():
     assert ("ALK", "fusion", "genomic_region") in found
     assert ("ERBB2", "amplification", "genomic_region") in found
     assert not any(g == "EGFR" and a != "exon 19 deletion" for g, a, _ in found)
+
+
+def test_somatic_calls_without_genotype_match_in_the_tumour_only(tmp_path):
+    """Strelka2 writes no GT: the tumour's rows with ALT reads are carried, the NORMAL sample's never are."""
+    from radplan.genomics.actionable import tumour_mutational_burden
+
+    strelka = Path(__file__).parent / "data" / "callers" / "strelka2_somatic.snvs.vcf"
+    vcf_to_parquet(strelka, tmp_path / "v.parquet")
+    variants = pq.read_table(tmp_path / "v.parquet").to_pandas()
+    matches = match_actionable(variants, tumour_type="melanoma", kb=load_knowledge_base())
+    # BRAF V600E (chr7:140753336 A>T) and PIK3CA E545K (chr3:179218303 G>A) are KB hotspots (GRCh38 positions)
+    assert {(m.sample, m.gene) for m in matches.itertuples()} >= {("TUMOR", "BRAF"), ("TUMOR", "PIK3CA")}
+    assert set(matches["sample"]) == {"TUMOR"}
+    tmb = tumour_mutational_burden(variants.assign(consequence="missense_variant"), callable_megabases=1.0)
+    # every tumour row with tier-1 ALT reads counts (the last call has no tumour reads, FILTER LowEVS anyway)
+    tumour = variants[(variants["sample"] == "TUMOR") & (variants["alt_depth"] > 0) & (variants["filter"] == "PASS")]
+    assert tmb.to_dict() == {"TUMOR": len(tumour)}

@@ -37,6 +37,19 @@ def test_vcf_to_parquet_cli(shared_data, tmp_path, pseudonymizer):
     assert set(pq.read_table(out).column("sample").to_pylist()) == {pseudonymizer.patient_key("TUMOR"), pseudonymizer.patient_key("NORMAL")}
 
 
+def test_vcf_to_parquet_cli_reports_quarantined_records_and_keeps_the_rest(shared_data, tmp_path):
+    lines = (shared_data / "genomics/vcf/vcf2maf_test_mutect.vcf").read_text().splitlines(keepends=True)
+    first = next(i for i, line in enumerate(lines) if not line.startswith("#"))
+    lines[first + 7] = "\t".join(lines[first + 7].split("\t")[:5]) + "\n"  # a record cut after ALT
+    bad = tmp_path / "cut_record.vcf"
+    bad.write_text("".join(lines))
+    done = _radplan("vcf-to-parquet", "--no-pseudonymize", str(bad), str(tmp_path / "o.parquet"))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        f"quarantined: cut_record.vcf:{first + 8}: 5 tab-separated columns where the header declares 11 (unknown)"]
+    assert json.loads(done.stdout)["records"] == 500 and pq.read_table(tmp_path / "o.parquet").num_rows == 2 * 499
+
+
 def test_vcf_to_parquet_cli_rejects_bad_input(tmp_path):
     bad = tmp_path / "bad.vcf"
     bad.write_text("not a vcf\n")

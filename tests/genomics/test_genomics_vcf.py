@@ -6,6 +6,7 @@ import csv
 import subprocess
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -256,14 +257,24 @@ def test_broken_header_is_rejected(vcf_dir, tmp_path):
     _assert_rejected(path, tmp_path, "header")
 
 
-def test_bad_genotype_is_rejected_without_half_file(vcf_dir, tmp_path):
+def test_bad_genotype_quarantines_that_record_and_keeps_the_rest(vcf_dir, tmp_path):
     lines = (vcf_dir / "vcf2maf_test_mutect.vcf").read_text().splitlines(keepends=True)
     first_data = next(i for i, line in enumerate(lines) if not line.startswith("#"))
-    bad = first_data + 300  # after several batches were already written to the temp file
-    lines[bad] = lines[bad].replace("\t0/1:", "\t0/X:").replace("\t0:", "\tZ:")
+    bad = first_data + 300  # after several batches were already written
+    assert "\t0/1:" in lines[bad]
+    lines[bad] = lines[bad].replace("\t0/1:", "\t0/X:")
     path = tmp_path / "gt.vcf"
     path.write_text("".join(lines))
-    _assert_rejected(path, tmp_path, "malformed record")
+    quarantined = []
+    summary = vcf_to_parquet(path, tmp_path / "v.parquet", batch_size=10, on_quarantine=quarantined.append)
+    assert summary["quarantined_records"] == 1
+    # the header names no caller; TUMOR is the second sample column (#CHROM ... FORMAT NORMAL TUMOR)
+    assert summary["quarantine"] == [{"caller": "unknown", "line": bad + 1, "reason": "sample column 2: GT is not a genotype"}]
+    assert [q.as_dict() for q in quarantined] == [{**summary["quarantine"][0], "file": "gt.vcf"}]
+    assert summary["records"] == 500 and summary["rows"] == 499 * 2
+    rows = pq.read_table(tmp_path / "v.parquet").to_pandas()
+    bad_pos = int(lines[bad].split("\t")[1])
+    assert bad_pos not in set(rows["pos"]) or lines.count(lines[bad]) > 1
 
 
 def test_snpeff_ann_alleles_and_pick(tmp_path):
@@ -286,3 +297,24 @@ def test_snpeff_ann_alleles_and_pick(tmp_path):
     # ALT A: the HIGH-impact stop_gained wins over the MODERATE missense on another transcript
     assert (rows.loc["A", "consequence"], rows.loc["A", "transcript"], rows.loc["A", "hgvsp_short"]) == ("stop_gained", "ENST00000269305", "p.T125*")
     assert set(rows["annotation_source"]) == {"ANN"} and set(rows["gene"]) == {"TP53"}
+
+
+def test_blocks_parsed_in_parallel_give_the_rows_counts_and_line_numbers_of_one_block(vcf_dir, tmp_path):
+    from radplan.genomics.vcf import VariantReader
+
+    lines = (vcf_dir / "vcf2maf_test_mutect.vcf").read_text().splitlines(keepends=True)
+    first = next(i for i, line in enumerate(lines) if not line.startswith("#"))
+    for offset in (3, 250, 497):  # early, middle and late records: they land in different small blocks
+        lines[first + offset] = lines[first + offset].replace("\t0/1:", "\t0/X:")
+    lines.insert(first + 100, "\n")
+    path = tmp_path / "m.vcf"
+    path.write_text("".join(lines))
+    results = []
+    for block_bytes in (1 << 23, 2048):  # one block; ~60 blocks, parsed two at a time
+        reader = VariantReader(path, block_bytes=block_bytes, batch_size=1000)
+        table = pa.Table.from_batches(list(reader.batches()))
+        results.append((table, reader.stats, reader.quarantine))
+    (one, one_stats, one_q), (many, many_stats, many_q) = results
+    assert many.equals(one) and many_stats == one_stats and many_q == one_q
+    assert [q.line for q in one_q] == [first + 4, first + 252, first + 499]  # 1-based, after the inserted blank line
+    assert (one_stats.records, one_stats.blank_lines, one_stats.quarantined_records) == (500, 1, 3)

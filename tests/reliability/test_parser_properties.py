@@ -281,7 +281,7 @@ def _input_records(text: str) -> list[list[str]]:
 def test_vcf_parser_on_mutated_text_fails_cleanly_or_agrees(text):
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "in.vcf"
-        source.write_bytes(text.encode("utf-8"))
+        source.write_bytes(text.encode("utf-8", "surrogatepass"))  # a lone surrogate becomes invalid UTF-8 bytes
         try:
             summary = vcf_to_parquet(source, Path(tmp) / "out.parquet")
         except InvalidVcfError:
@@ -494,7 +494,7 @@ def test_found_by_fuzzing_header_lines_among_records_are_malformed(tmp_path):
         vcf_to_parquet(source, tmp_path / "out.parquet")
 
 
-def test_found_by_fuzzing_empty_sample_column_is_a_clean_error_not_a_segfault(tmp_path):
+def test_found_by_fuzzing_empty_sample_column_is_a_quarantined_record_not_a_segfault(tmp_path):
     lines = _multi_sample_vcf().splitlines(keepends=True)
     first_record = next(i for i, line in enumerate(lines) if not line.startswith("#"))
     fields = lines[first_record].rstrip("\n").split("\t")
@@ -503,12 +503,75 @@ def test_found_by_fuzzing_empty_sample_column_is_a_clean_error_not_a_segfault(tm
     source = tmp_path / "empty_sample.vcf"
     source.write_text("".join(lines))
     # In a child process: if this regresses, the crash must fail this test, not kill the test session.
-    probe = (f"from pathlib import Path\nfrom radplan.errors import InvalidVcfError\nfrom radplan.genomics.vcf import vcf_to_parquet\n"
-             f"try:\n    vcf_to_parquet(Path({str(source)!r}), Path({str(tmp_path / 'out.parquet')!r}))\n"
-             f"except InvalidVcfError as error:\n    print('clean:', error)\n")
+    probe = (f"import json\nfrom pathlib import Path\nfrom radplan.genomics.vcf import vcf_to_parquet\n"
+             f"print(json.dumps(vcf_to_parquet(Path({str(source)!r}), Path({str(tmp_path / 'out.parquet')!r}))))\n")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-500:]}"
-    assert "clean:" in result.stdout and "empty field" in result.stdout
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["records"] == len(lines) - first_record and summary["quarantined_records"] == 1
+    assert summary["quarantine"][0]["line"] == first_record + 1
+    assert "empty sample column 1 field" in summary["quarantine"][0]["reason"]
+
+
+# Values that are not valid for the FORMAT key or INFO they replace (VCF 4.3 spec, sections 1.6.1-1.6.2).
+_INVALID_FORMAT_VALUES = {
+    "GT": ["0/X", "1//1", "/", "0/1/", "a", "-1/0", "0\\1", "9/9", "0/1 ", "|", "0/1:"],
+    "AD": ["1,x", "a", "1,,2", "--1", "1.5,2", ",", "1e3,2"],
+    "DP": ["x", "1.5", "1e3", "-", "12a", "99999999999999999999"],
+}
+_INVALID_INFO_VALUES = ["A B", "=1", "X=1;=2", "DP=abc", "CSQ=||||", "DP=1;;", ";", "AF=NaN,x", "\\"]
+
+
+@st.composite
+def vcf_with_invalid_values(draw) -> tuple[str, dict[int, str]]:
+    """vcf2maf's tumour/normal VCF with invalid GT/AD/DP/INFO values planted in a few records.
+
+    Returns the text and {1-based line number: 'FORMAT' | 'INFO'} for each record changed.
+    """
+    lines = _multi_sample_vcf().splitlines(keepends=True)
+    first = next(i for i, line in enumerate(lines) if not line.startswith("#"))
+    planted: dict[int, str] = {}
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(first, len(lines) - 1))
+        fields = lines[at].rstrip("\n").split("\t")
+        if draw(st.booleans()):
+            keys = fields[8].split(":")
+            key = draw(st.sampled_from([k for k in _INVALID_FORMAT_VALUES if k in keys]))
+            column = draw(st.sampled_from([9, 10]))
+            values = fields[column].split(":")
+            values[keys.index(key)] = draw(st.sampled_from(_INVALID_FORMAT_VALUES[key]))
+            fields[column] = ":".join(values)
+            planted[at + 1] = "FORMAT"
+        else:
+            fields[7] = draw(st.sampled_from(_INVALID_INFO_VALUES))
+            planted.setdefault(at + 1, "INFO")
+        lines[at] = "\t".join(fields) + "\n"
+    return "".join(lines), planted
+
+
+@FUZZ
+@given(vcf_with_invalid_values())
+def test_vcf_invalid_genotype_info_and_format_values_quarantine_the_record_and_keep_the_rest(case):
+    text, planted = case
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "in.vcf"
+        source.write_text(text)
+        records = []  # the header is intact: never a file error
+        summary = vcf_to_parquet(source, Path(tmp) / "out.parquet", on_quarantine=records.append)
+        rows = pd_read(Path(tmp) / "out.parquet")
+    quarantined = {q.line: q.as_dict() for q in records}
+    assert [{k: v for k, v in q.items() if k != "file"} for q in quarantined.values()] == summary["quarantine"]
+    event(f"quarantined {len(quarantined)} of {len(planted)} planted")
+    for line, where in planted.items():
+        if where == "FORMAT":  # an invalid GT/AD/DP is never read as data
+            assert line in quarantined, (line, text.splitlines()[line - 1])
+        if line in quarantined:
+            assert quarantined[line]["file"] == "in.vcf" and quarantined[line]["reason"]
+    assert set(quarantined) <= set(planted)  # no unchanged record is lost
+    records = text.splitlines()
+    kept = [records[i].split("\t") for i in range(len(records)) if not records[i].startswith("#") and i + 1 not in quarantined]
+    assert summary["records"] == len(_input_records(text)) and summary["quarantined_records"] == len(quarantined)
+    assert len(rows) == 2 * sum(len(r[4].split(",")) for r in kept)
 
 
 def test_found_by_fuzzing_empty_element_with_unknown_vr_is_a_clean_dicom_error(tmp_path):
