@@ -54,6 +54,22 @@ TEMPLATES = [
     "Smoker 20 pack-years, quit 2015. Next visit {DATE:next_long}.",
 ]
 
+# Written after the detectors were last tuned and never tuned against: their score is reported on its
+# own ("independent_held_out"), the honest figure for text the rules have not seen.
+HELD_OUT_TEMPLATES = [
+    "text from pt: hi its {NAME:first_lower} {NAME:last_lower}, my new cell is {PHONE:phone_intl}, can dr {NAME:clin_last_lower} call me back",
+    "Nurse Practitioner {NAME:clin_full} documented: patient's partner {NAME:relative} {NAME:last} (emergency contact) "
+    "lives on {ADDRESS:po_box}, {LOCATION:city} {ADDRESS:zip}. Labs drawn {DATE:visit_dots}.",
+    "ONCOLOGY NURSING NOTE {DATE:visit_ymd_slash}\n{NAME:LAST_UP} {NAME:FIRST_UP}, {-:young} yo, returns for cycle 3 of FOLFOX. "
+    "Insulin pump UDI {ID:udi}. Reach her at {EMAIL:email_angle} or {URL:www}.",
+    "Consult requested by Dr. {NAME:clin_hyphen} ({PHONE:phone_ext}). The {AGE:old} y.o. gentleman from {LOCATION:city} "
+    "has Waldenstrom macroglobulinemia and a history of Bell's palsy. Plate {ID:plate} noted for parking validation.",
+    "{NAME:first} ({NAME:nickname}) {NAME:last} was transferred from {ORG:org} on {DATE:visit_abbrev}; "
+    "CSN {ID:csn}; pharmacy called {PHONE:phone} re: capecitabine dosing (DPYD *2A heterozygous).",
+    "Addendum {DATE:visit_iso_t}: spoke with {NAME:relative} (patient's sister) at {PHONE:phone_dots}. She confirmed the home "
+    "address {ADDRESS:street}, {LOCATION:city}, Massachusetts {ADDRESS:zip}. Hospice referral to follow.",
+]
+
 
 def _strip_digits(value: str) -> str:
     # Synthea appends digits to names ("Maynard46") so that they are unique; real names have none.
@@ -117,6 +133,14 @@ def _values(pools: _Pools, rng: random.Random) -> dict[str, str]:
         "ip": f"{rng.randrange(11, 223)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}",
         "acct": f"{rng.randrange(10**7, 10**8)}", "accession": f"RAD{rng.randrange(10**6, 10**7)}",
         "serial": f"PJN{rng.randrange(10**6, 10**7)}S", "member": f"XGH{rng.randrange(10**8, 10**9)}",
+        "first_lower": first.lower(), "last_lower": last.lower(), "clin_last_lower": clin_last.lower(),
+        "phone_intl": "+1 " + _phone(phone, "dash"), "phone_ext": _phone(rng.choice(pools.phones), "paren") + f" ext. {rng.randrange(100, 9999)}",
+        "po_box": f"PO Box {rng.randrange(10, 9999)}", "zip": zip_code, "visit_dots": f"{visit:%d.%m.%Y}",
+        "visit_ymd_slash": f"{visit:%Y/%m/%d}", "udi": f"(01)00{rng.randrange(10**11, 10**12)}(17){visit:%y%m%d}(10)A{rng.randrange(1000, 9999)}",
+        "email_angle": f"<{first.lower()}{rng.randrange(10, 99)}@outlook.com>", "www": f"www.{last.lower()}family.net",
+        "clin_hyphen": f"{clin_last}-{rng.choice(pools.last)}", "plate": f"{rng.randrange(1, 9)}{rng.choice('ABCDEFGHJKLMNPRSTVWXYZ')}{rng.choice('ABCDEFGHJKLMNPRSTVWXYZ')}{rng.randrange(100, 999)}",
+        "nickname": rng.choice(["Bud", "Sunny", "Red", "Skip", "Babs", "Dot"]), "visit_abbrev": f"{visit:%d-%b-%y}".upper(),
+        "csn": f"{rng.randrange(10**9, 10**10)}", "visit_iso_t": f"{visit:%Y-%m-%d}T09:15",
         "ssn": rng.choice(pools.ssns), "specimen": f"S{visit:%y}-{rng.randrange(1000, 99999)}", "mrn": f"{rng.randrange(10**6, 10**7)}",
     }
 
@@ -134,11 +158,12 @@ def _fill(template: str, values: dict[str, str]) -> dict:
     return {"text": "".join(text), "spans": spans}
 
 
-def independent_notes(synthea_csv: Path, *, count: int = 120, seed: int = 19) -> list[dict]:
-    """``count`` notes, cycling through the templates with fresh values each time."""
+def independent_notes(synthea_csv: Path, *, count: int = 120, seed: int = 19, held_out: bool = False) -> list[dict]:
+    """``count`` notes, cycling through the templates (or the held-out ones) with fresh values each time."""
     pools = _Pools(synthea_csv)
     rng = random.Random(seed)
-    return [_fill(TEMPLATES[i % len(TEMPLATES)], _values(pools, rng)) for i in range(count)]
+    templates = HELD_OUT_TEMPLATES if held_out else TEMPLATES
+    return [_fill(templates[i % len(templates)], _values(pools, rng)) for i in range(count)]
 
 
 # presidio-research gold types -> ours; ORGANIZATION and TITLE are not Safe Harbor identifiers.

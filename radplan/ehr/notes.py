@@ -33,6 +33,7 @@ from presidio_anonymizer.entities import OperatorConfig
 
 from radplan.ehr.dates import DATE_FORMATS, MONTHS, date_spellings, find_dates, shift_dates_in
 from radplan.ehr.identifiers import PatientIdentifiers
+from radplan.ehr.note_text import decode_note, plain_text
 from radplan.ehr.phi_lexicons import load_lexicons, possessive_stripped
 from radplan.ehr.phi_rules import LexiconRecognizer
 from radplan.errors import InvalidNoteError
@@ -94,7 +95,8 @@ def _custom_recognizers() -> list[EntityRecognizer]:
             supported_entity="AGE_OVER_89",
             name="radplan_age_over_89",
             patterns=[
-                Pattern("age_over_89", r"\b(?:9\d|1[0-4]\d)(?=[\s-]*(?:years?|yrs?|yo|y/o|y\.o\.)(?:[\s-]*old)?\b)", 0.85),
+                # "y.o." ends in a dot, after which \b cannot match: the dotted form is its own branch.
+                Pattern("age_over_89", r"\b(?:9\d|1[0-4]\d)(?=[\s-]*(?:(?:years?|yrs?|yo|y/o)(?:[\s-]*old)?\b|y\.\s?o\.?))", 0.85),
                 Pattern("aged_over_89", r"(?<=\bage[d:]? )(?:9\d|1[0-4]\d)\b", 0.85),
             ],
         ),
@@ -225,8 +227,27 @@ def _clinical_vocabulary_span(result: RecognizerResult, text: str) -> bool:
 @dataclass
 class DeidText:
     text: str
-    # {"type", "start", "end"} with offsets into the input text.
+    # {"type", "start", "end"} with offsets into the scanned text: the input, or for an RTF/HTML input
+    # the plain text extracted from it (source_format says which).
     entities: list[dict] = field(default_factory=list)
+    source_format: str = "plain"
+
+
+# Long notes are scanned in pieces cut at line ends: spaCy refuses texts over 1,000,000 characters and
+# its memory grows with the text.
+CHUNK_CHARS = 100_000
+
+
+def _chunks(text: str, limit: int) -> list[tuple[int, str]]:
+    """(offset, piece) pieces of at most ``limit`` characters, cut after a newline, else after a space."""
+    pieces, start = [], 0
+    while len(text) - start > limit:
+        window = text[start : start + limit]
+        cut = window.rfind("\n") + 1 or window.rfind(" ") + 1 or limit
+        pieces.append((start, text[start : start + cut]))
+        start += cut
+    pieces.append((start, text[start:]))
+    return pieces
 
 
 def _resolve_overlaps(results: list[RecognizerResult]) -> list[RecognizerResult]:
@@ -253,8 +274,11 @@ def _resolve_overlaps(results: list[RecognizerResult]) -> list[RecognizerResult]
 class NoteDeidentifier:
     """De-identifies free text; build once and reuse (the analyzer is shared per configuration)."""
 
-    def __init__(self, *, use_spacy: bool = True, spacy_model: str = DEFAULT_SPACY_MODEL, use_lexicons: bool = True):
+    def __init__(
+        self, *, use_spacy: bool = True, spacy_model: str = DEFAULT_SPACY_MODEL, use_lexicons: bool = True, chunk_chars: int = CHUNK_CHARS
+    ):
         self._analyzer, self.spacy_available = _build_analyzer(use_spacy, spacy_model, use_lexicons)
+        self._chunk_chars = chunk_chars
         self._anonymizer = AnonymizerEngine()
         self._entities = list(ENTITY_TYPES)
 
@@ -286,10 +310,33 @@ class NoteDeidentifier:
         return _resolve_overlaps(results)
 
     def deidentify(
-        self, text: str, identifiers: PatientIdentifiers | None, date_shift_days: int | None, *, use_ner: bool = True
+        self, text: str | bytes, identifiers: PatientIdentifiers | None, date_shift_days: int | None, *, use_ner: bool = True
     ) -> DeidText:
+        """De-identified plain text; InvalidNoteError (with the reason) for input that cannot be read as a note.
+
+        Bytes are decoded (note_text.decode_note); RTF and HTML are reduced to their text first.
+        """
+        if isinstance(text, bytes):
+            text = decode_note(text)
         if not isinstance(text, str):
-            raise InvalidNoteError("note text must be a string")
+            raise InvalidNoteError(f"note text must be a string, not {type(text).__name__}")
+        text, source_format = plain_text(text)
+        if not text.strip():
+            return DeidText(text=text, entities=[], source_format=source_format)
+        if len(text) <= self._chunk_chars:
+            result = self._deidentify_plain(text, identifiers, date_shift_days, use_ner=use_ner)
+            result.source_format = source_format
+            return result
+        parts, entities = [], []
+        for offset, piece in _chunks(text, self._chunk_chars):
+            result = self._deidentify_plain(piece, identifiers, date_shift_days, use_ner=use_ner)
+            parts.append(result.text)
+            entities += [{**e, "start": e["start"] + offset, "end": e["end"] + offset} for e in result.entities]
+        return DeidText(text="".join(parts), entities=entities, source_format=source_format)
+
+    def _deidentify_plain(
+        self, text: str, identifiers: PatientIdentifiers | None, date_shift_days: int | None, *, use_ner: bool
+    ) -> DeidText:
         if not text.strip():
             return DeidText(text=text, entities=[])
         replacements: dict[int, str] = {}

@@ -23,18 +23,19 @@ _WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*['’]?")
 _TITLES = r"(?:dr|mr|mrs|ms|miss|mx|prof|pt|sr|sra|mme|mlle|herr|frau)"
 # A role or label after which the next words name a person.
 _PERSON_CUES = re.compile(
-    r"(?:\b" + _TITLES + r"\b\.?|\b(?:seen|referred|signed|dictated|transcribed|reviewed|examined|accompanied|attended|"
+    r"(?:\b" + _TITLES + r"\b\.?(?:\s*[:#]\s*)?|\b(?:seen|referred|signed|dictated|transcribed|reviewed|examined|accompanied|attended|"
     r"evaluated|ordered|requested|authored|read|interpreted|verified|approved|called|cc'?d|discussed with|spoke with|"
-    r"sent to|copy to)\s+(?:by|to)?\s*(?:dr\.?\s+)?|\b(?:patient|pt|name|patient name|attending|resident|fellow|physician|"
+    r"sent to|copy to)\s+(?:(?<=with\s)|(?<=to\s)|(?:by|to)\s+)(?:dr\.?\s+)?|\b(?:patient|pt|name|patient name|attending|resident|fellow|physician|"
     r"provider|surgeon|radiologist|pathologist|oncologist|pcp|np|pa|rn|nurse|cc|contact|emergency contact|next of kin|"
     r"nok|guardian|spouse|husband|wife|son|daughter|mother|father|brother|sister|witness|interpreter|referring physician|"
-    r"primary care|signed)\s*[:#-]\s*)",
+    r"primary care|signed)\s*[:#-]\s*|\b(?:maiden name|last name|first name|surname|name)\s+(?:is|was)\s+|\b(?:named|called)\s+(?=[A-Z]))",
     re.IGNORECASE,
 )
 _PLACE_CUES = re.compile(
     r"\b(?:lives|living|resides|residing|resident|moved|relocated|born|raised|native|visiting|travell?ed|returned|"
     r"transferred|home|works|worked|vacation(?:ed)?|trip)\s+(?:in|at|to|from|of|near)\s+|\b(?:city|town|hometown|"
-    r"birthplace|place of birth|county|residence)\s*[:#-]\s*|\bfrom\s+(?=[A-Z])",
+    r"birthplace|place of birth|county|residence|where|location)\s*[:#-]\s*|\bfrom\s+(?=[A-Z])|\b(?:grew up|brought up|raised|settled)\s+(?:in|near)\s+|"
+    r"\b(?:university|college|city|county|town|village|port|lake|mount|fort|saint)\s+of\s+",
     re.IGNORECASE,
 )
 # "Dr. J. Smith", "Smith, John A.": initials that stand next to a name.
@@ -50,6 +51,8 @@ _LABELLED_ID = re.compile(
     r"(?P<value>(?=[A-Z0-9-]*\d)[A-Z0-9][A-Z0-9/-]{3,}[A-Z0-9])\b",
     re.IGNORECASE,
 )
+# GS1 UDI of a device: (01) GTIN, then (17) expiry, (10) lot, (21) serial.
+_UDI = re.compile(r"\(01\)\d{14}(?:\((?:10|11|17|21)\)[\w-]+)*")
 _US_STATES = (
     "AL AK AZ AR CA CO CT DE DC FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ NM NY NC ND OH OK OR "
     "PA RI SC SD TN TX UT VT VA WA WV WI WY PR GU VI"
@@ -60,8 +63,16 @@ _CITY_STATE_ZIP = re.compile(
 )
 # A house number, one to four words and another number: European and other street layouts
 # ("Nassaustraat 123", "45 aðalgata 37", "107 Rue Abdelaziz 9"), and a country or city followed by a postcode.
-_NUMBERED_STREET = re.compile(r"\b\d{1,5}[ \t]+[^\W\d_][\w'.-]*(?:[ \t]+[^\W\d_][\w'.-]*){0,3}[ \t]+\d{1,5}[a-z]?\b\.?")
+_NUMBERED_STREET = re.compile(r"\b(?:\d{1,5}[ \t]+)?\d{1,5}[ \t]+[^\W\d_][\w'.-]*(?:[ \t]+[^\W\d_][\w'.-]*){0,3}[ \t]+\d{1,5}[a-z]?\b\.?")
+_STREET_LINE = re.compile(r"^[ \t?*•|-]*(?:[^\W\d_][\w'-]*[ \t]+){0,6}?(?P<street>\d{1,6}(?:[ \t]+\d{1,6})?[ \t]+[^\W\d_][^\n]{1,50}?)[ \t]*$", re.MULTILINE)
 _ADDRESS_CUES = re.compile(r"\b(?:address|lives at|living at|resides at|return(?:ed)? to|located at|mail(?:ed)? to|ship(?:ped)? to)\s*[:#-]?\s*", re.IGNORECASE)
+# Digit groups next to a phone word ("69 987 88 37 office", "mobile: 0612 34 56 78"): layouts the phone patterns miss.
+_LABELLED_PHONE = re.compile(
+    r"(?:\b(?:phone|tel|telephone|fax|mobile|cell|office|home|work|pager|beeper)\b\.?\s*[:#]?\s*)?"
+    r"(?P<value>(?<![\w-])(?:\+?\d{1,3}[ .-])?\(?\d{2,4}\)?(?:[ .-]\d{2,4}){2,4}(?![\w-]))"
+    r"(?:\s*\(?(?:office|home|work|mobile|cell|fax|phone|tel)\b)?",
+    re.IGNORECASE,
+)
 _PO_BOX = re.compile(r"\bp\.?\s?o\.?\s?box\s+\d+\b", re.IGNORECASE)
 _ZIP_LABELLED = re.compile(r"\b(?:zip|zip code|postal code|postcode)[:#\s]{1,3}(?P<value>\d{5}(?:-\d{4})?)\b", re.IGNORECASE)
 _STOPWORDS = frozenset("a an the and or of in on at to by for with from is was be as per no not".split())
@@ -116,6 +127,12 @@ class LexiconRecognizer(EntityRecognizer):
             # (handled by the extension below), so "will", "grace" in running text stay.
             if lex.is_listed_name(word) and (_is_capitalised(word) or word.isupper()):
                 is_name[i] = True
+        # Two adjacent lower-case words that are both listed names and no vocabulary ("hi its antwan emard").
+        for i in range(len(words) - 1):
+            a, b = _bare(words[i].group()), _bare(words[i + 1].group())
+            if (a.islower() and b.islower() and len(a) > 2 and len(b) > 2 and lex.is_listed_name(a) and lex.is_listed_name(b)
+                    and self._adjacent(text, words[i], words[i + 1])):
+                is_name[i] = is_name[i + 1] = True
         cued = self._cued_words(text, words, _PERSON_CUES)
         for i in cued:
             is_name[i] = True
@@ -135,6 +152,11 @@ class LexiconRecognizer(EntityRecognizer):
                         if lex.is_listed_name(word) or _is_capitalised(word) == _is_capitalised(words[j].group()):
                             is_name[i] = changed = True
                             break
+        # A nickname in brackets between a given name and a surname: "Robert (Bud) Okafor".
+        for i in range(1, len(words) - 1):
+            if is_name[i - 1] and is_name[i + 1] and not is_name[i] and _is_capitalised(words[i].group()):
+                if text[words[i - 1].end() : words[i].start()].strip() == "(" and text[words[i].end() : words[i + 1].start()].strip() == ")":
+                    is_name[i] = True
         results = []
         i = 0
         while i < len(words):
@@ -186,7 +208,10 @@ class LexiconRecognizer(EntityRecognizer):
                 word = _bare(words[index].group())
                 # After a cue, vocabulary ends the name unless it is capitalised ("Dr. Graves", "Mr. Young").
                 # The first word may be in capitals ("Patient: ASHWORTH, DENNIS"); later capitals would be a header.
-                if lex.is_vocabulary(word) and not (lex.is_listed_name(word) or (_is_capitalised(word) and (not word.isupper() or not taken))):
+                in_capitals = taken and words[index - 1].group().isupper()  # "PT: QUITZON, CANDY"
+                if lex.is_vocabulary(word) and not (
+                    lex.is_listed_name(word) or (_is_capitalised(word) and (not word.isupper() or not taken or in_capitals))
+                ):
                     break
                 if word.lower() in _STOPWORDS:
                     break
@@ -229,13 +254,17 @@ class LexiconRecognizer(EntityRecognizer):
             else:
                 i += 1
         for index in self._cued_words(text, words, _PLACE_CUES):
-            if _is_capitalised(words[index].group()):
+            word = words[index].group()
+            # "from IP 10.0.0.1", "from CT": short acronyms after a place cue are not places.
+            if _is_capitalised(word) and not (word.isupper() and len(word) <= 4):
                 results.append(self._result("LOCATION", words[index].start(), words[index].end(), PLACE_SCORE, "cue"))
         return results
 
     def rules(self, text: str) -> list[RecognizerResult]:
         lex = self.lexicons
         results = []
+        for m in _UDI.finditer(text):
+            results.append(self._result("RECORD_ID", m.start(), m.end(), RULE_SCORE, "udi"))
         for m in _LABELLED_ID.finditer(text):
             results.append(self._result("RECORD_ID", m.start("value"), m.end("value"), RULE_SCORE, "labelled_id"))
         for cue in _ADDRESS_CUES.finditer(text):
@@ -243,6 +272,11 @@ class LexiconRecognizer(EntityRecognizer):
             rest = re.match(r"\d[^\n.;]*", text[cue.end() :])
             if rest:
                 results.append(self._result("STREET_ADDRESS", cue.end(), cue.end() + rest.end(), RULE_SCORE, "address_cue"))
+        for m in _LABELLED_PHONE.finditer(text):
+            # Only with the phone word before or after the digits: bare digit groups are doses and measurements.
+            if m.start() < m.start("value") or m.end() > m.end("value"):
+                results.append(self._result("PHONE_NUMBER", m.start("value"), m.end("value"), RULE_SCORE, "labelled_phone"))
+        results += self._address_blocks(text, results)
         for pattern, rule in ((_CITY_STATE_ZIP, "city_state_zip"), (_PO_BOX, "po_box"), (_ZIP_LABELLED, "zip"),
                               (_NUMBERED_STREET, "numbered_street")):
             for m in pattern.finditer(text):
@@ -252,4 +286,39 @@ class LexiconRecognizer(EntityRecognizer):
                     continue  # "lesion 2 in the lung measuring 33 mm"
                 group = "value" if "value" in pattern.groupindex else 0
                 results.append(self._result("STREET_ADDRESS", m.start(group), m.end(group), RULE_SCORE, rule))
+        return results
+
+    def _address_blocks(self, text: str, found: list[RecognizerResult]) -> list[RecognizerResult]:
+        """The short lines right after a street line (unit, town, region, postcode: a postal address block)."""
+        lex = self.lexicons
+        results = []
+        streets = list(_NUMBERED_STREET.finditer(text))
+        # A short line that starts with a house number and holds a word that is not vocabulary
+        # ("95 230 Wit Rd", "48 107 Rue Abdelaziz Thâalbi"); list items ("2 tablets daily") are all vocabulary.
+        for line in _STREET_LINE.finditer(text):
+            words = _WORD.findall(line.group("street"))
+            if any(not lex.is_vocabulary(w) and w.lower() not in _STOPWORDS for w in words):
+                streets.append(line)
+                results.append(self._result("STREET_ADDRESS", line.start("street"), line.end("street"), PLACE_SCORE, "street_line"))
+        for street in streets:
+            position = text.find("\n", street.end())
+            taken = 0
+            while position != -1 and taken < 4:
+                end = text.find("\n", position + 1)
+                line = text[position + 1 : end if end != -1 else len(text)]
+                stripped = line.strip(" \t?*-•|")
+                # An address line is short and is no sentence; a blank line may separate the country line.
+                if not stripped:
+                    if end == -1:
+                        break
+                    position = end
+                    continue
+                if len(stripped) > 40 or re.search(r"[.!?:;]\s|[.!?]$", stripped) and not re.fullmatch(r"apt\.?.*|ste\.?.*", stripped, re.IGNORECASE):
+                    break
+                start = position + 1 + line.index(stripped)
+                results.append(self._result("STREET_ADDRESS", start, start + len(stripped), PLACE_SCORE, "address_block"))
+                taken += 1
+                if end == -1:
+                    break
+                position = end
         return results
