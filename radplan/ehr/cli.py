@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from radplan.errors import RadplanInputError
+from radplan.errors import InvalidNoteError, RadplanInputError
 from radplan.lake import atomic_path
 
 
@@ -44,9 +44,15 @@ def _deid_text(args: argparse.Namespace) -> int:
                 errors += 1
                 continue
             patient_id = record.get("patient_id")
-            result = deidentifier.deidentify(
-                text, identifiers.get(patient_id), pseudonymizer.date_shift_days(patient_id) if patient_id else None
-            )
+            try:
+                result = deidentifier.deidentify(
+                    text, identifiers.get(patient_id), pseudonymizer.date_shift_days(patient_id) if patient_id else None
+                )
+            except InvalidNoteError as error:
+                # Quarantined: reported with its reason, never written out unscanned.
+                print(f"line {line_number}: note not de-identified, left out: {error}", file=sys.stderr)
+                errors += 1
+                continue
             sink.write(json.dumps({"id": record.get("id"), "text": result.text, "entities": result.entities}) + "\n")
             count += 1
     print(json.dumps({"notes": count, "skipped": errors, "spacy": deidentifier.spacy_available}))

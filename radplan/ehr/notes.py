@@ -219,6 +219,8 @@ def _clinical_vocabulary_span(result: RecognizerResult, text: str) -> bool:
     if not words:
         return True
     lexicons = load_lexicons()
+    if "\n" in span and all(lexicons.is_vocabulary(w) for w in words):
+        return True  # a section header and the next line's first word: "Social History\nPatient"
     if possessive_stripped(span).lower() in lexicons.clinical_terms or all(w.lower() in lexicons.clinical_terms for w in words):
         return True
     return all(w == w.lower() and lexicons.is_vocabulary(w) for w in words)
@@ -239,11 +241,12 @@ CHUNK_CHARS = 100_000
 
 
 def _chunks(text: str, limit: int) -> list[tuple[int, str]]:
-    """(offset, piece) pieces of at most ``limit`` characters, cut after a newline, else after a space."""
+    """(offset, piece) pieces of at most ``limit`` characters, cut after a blank line, else a newline, else a space
+    (a detection may run across one line end, as an address block does, never across a paragraph)."""
     pieces, start = [], 0
     while len(text) - start > limit:
         window = text[start : start + limit]
-        cut = window.rfind("\n") + 1 or window.rfind(" ") + 1 or limit
+        cut = window.rfind("\n\n") + 2 if "\n\n" in window else window.rfind("\n") + 1 or window.rfind(" ") + 1 or limit
         pieces.append((start, text[start : start + cut]))
         start += cut
     pieces.append((start, text[start:]))
