@@ -90,3 +90,17 @@ def test_radplan_console_entry_point_lists_ehr_commands(tmp_path):
     result = subprocess.run([sys.executable, "-m", "radplan.cli", "deid-text", "--help"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "--patients" in result.stdout
+
+
+def test_deid_text_leaves_out_an_unreadable_note_with_the_reason(tmp_path, capsys):
+    notes = [
+        {"id": "ok", "text": "<html><body><p>Seen by Dr. Walsh on 03/04/2021</p></body></html>"},
+        {"id": "binary", "text": "PK\u0003\u0004 Okafor payload"},
+    ]
+    source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_text("".join(json.dumps(n) + "\n" for n in notes))
+    assert _run(["deid-text", str(source), str(target)]) == 2
+    out = [json.loads(line) for line in target.read_text().splitlines()]
+    assert [o["id"] for o in out] == ["ok"] and "Walsh" not in out[0]["text"] and "<p>" not in out[0]["text"]
+    assert "Okafor" not in target.read_text()
+    assert "line 2: note not de-identified, left out: control character U+0003" in capsys.readouterr().err
