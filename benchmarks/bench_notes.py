@@ -3,7 +3,7 @@
 Three scored sets, kept separate:
 * ``independent``: notes built by radplan/ehr/note_eval_set.py from Synthea's CSV export in shared/data
   (names, addresses, cities, phones the recognizers were not written against) with gold spans;
-* ``independent_held_out``: the same values in templates written after the detectors had been tuned;
+* ``independent_held_out``: the same values in templates written late (see note_eval_set.HELD_OUT_TEMPLATES);
 * ``presidio_research``: shared/data/notes/presidio_generated_small.json, gold spans by Microsoft;
 * ``generator``: radplan.synth's own notes (the text the first recognizers were written against).
 

@@ -54,8 +54,9 @@ TEMPLATES = [
     "Smoker 20 pack-years, quit 2015. Next visit {DATE:next_long}.",
 ]
 
-# Written after the detectors were last tuned and never tuned against: their score is reported on its
-# own ("independent_held_out"), the honest figure for text the rules have not seen.
+# Written late, and scored on their own ("independent_held_out"). First measured before any rule had seen them
+# (name recall 0.80, all-PHI recall 0.86, precision 0.98 on 60 notes); the faults they showed (dotted ages,
+# UDIs, lower-case name pairs, bracketed nicknames) were fixed afterwards, so they are no longer blind.
 HELD_OUT_TEMPLATES = [
     "text from pt: hi its {NAME:first_lower} {NAME:last_lower}, my new cell is {PHONE:phone_intl}, can dr {NAME:clin_last_lower} call me back",
     "Nurse Practitioner {NAME:clin_full} documented: patient's partner {NAME:relative} {NAME:last} (emergency contact) "
