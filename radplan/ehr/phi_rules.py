@@ -191,7 +191,8 @@ class LexiconRecognizer(EntityRecognizer):
     def _adjacent(text: str, first: re.Match, second: re.Match) -> bool:
         """Words of one name: separated by spaces, a comma ("SMITH, JOHN") or an initial, on one line."""
         gap = text[first.end() : second.start()]
-        return len(gap) <= 5 and "\n" not in gap and re.fullmatch(r",?\s+(?:(?-i:[A-Z])\.\s*)?|\s*-\s*", gap) is not None
+        # Wider gaps are form columns ("LINDGREN, BARBARA    MRN: ..."), not one name.
+        return len(gap) <= 5 and "\n" not in gap and re.fullmatch(r",?[ \t]{1,2}(?:(?-i:[A-Z])\.[ \t]?)?|[ \t]?-[ \t]?", gap) is not None
 
     def _cued_words(self, text: str, words: list[re.Match], cues: re.Pattern) -> set[int]:
         """Indexes of the one to three words right after a cue that are not vocabulary."""
@@ -214,7 +215,8 @@ class LexiconRecognizer(EntityRecognizer):
                 # The first word may be in capitals ("Patient: ASHWORTH, DENNIS"); later capitals would be a header.
                 in_capitals = taken and words[index - 1].group().isupper()  # "PT: QUITZON, CANDY"
                 if lex.is_vocabulary(word) and not (
-                    lex.is_listed_name(word) or (_is_capitalised(word) and (not word.isupper() or not taken or in_capitals))
+                    lex.is_listed_name(word)
+                    or (_is_capitalised(word) and (not word.isupper() or not taken or (in_capitals and word.lower() not in lex.clinical_terms)))
                 ):
                     break
                 if word.lower() in _STOPWORDS:
@@ -273,7 +275,8 @@ class LexiconRecognizer(EntityRecognizer):
             results.append(self._result("RECORD_ID", m.start("value"), m.end("value"), RULE_SCORE, "labelled_id"))
         for cue in _ADDRESS_CUES.finditer(text):
             # The address runs to the end of the sentence or line after the cue, when it starts with a number.
-            rest = re.match(r"\d{1,6}[ \t]+[^\W\d_][^\n.;]*", text[cue.end() :])  # a house number, then words
+            # A house number, then words, to the end of the sentence or line or a column gap ("    Phone: ...").
+            rest = re.match(r"\d{1,6}[ \t]+[^\W\d_](?:(?! {3}|\t)[^\n.;])*", text[cue.end() :])
             if rest:
                 results.append(self._result("STREET_ADDRESS", cue.end(), cue.end() + rest.end(), RULE_SCORE, "address_cue"))
         for m in _LABELLED_PHONE.finditer(text):
