@@ -4,11 +4,12 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 RADPLAN_HOME ?= $(CURDIR)/.radplan
+MLFLOW_UI_PORT ?= 5000
 export RADPLAN_HOME
 INSTALL_STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := orthanc dcmtk dicom3tools bcftools tabix samtools chromium openjdk-17-jre-headless postgresql
 
-.PHONY: install system-deps demo test test-fast fuzz ui bench bench-models clean-data
+.PHONY: install system-deps demo test test-fast fuzz ui mlflow-ui bench bench-models clean-data
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +59,11 @@ fuzz: install
 ui: install
 	$(PY) -c "from radplan_resources.instance import ensure_dagster_home; ensure_dagster_home()"
 	RADPLAN_DEMO=$${RADPLAN_DEMO-1} DAGSTER_HOME=$(RADPLAN_HOME)/dagster_home $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+# The MLflow UI on the demo's tracking store, loopback only, telemetry off (radplan.settings.TELEMETRY_OFF).
+mlflow-ui: install
+	MLFLOW_DISABLE_TELEMETRY=true MLFLOW_ENABLE_TELEMETRY=false DO_NOT_TRACK=1 $(VENV)/bin/mlflow ui \
+		--backend-store-uri sqlite:///$(RADPLAN_HOME)/lake/models/mlflow.db --host 127.0.0.1 --port $(MLFLOW_UI_PORT)
 
 bench: install system-deps
 	$(PY) benchmarks/run_all.py

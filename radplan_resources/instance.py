@@ -26,7 +26,8 @@ PG_PART_ENVS = {
 }
 # The driver radplan installs (psycopg2-binary); SQLAlchemy 2.1's default for postgresql:// is psycopg 3.
 PG_SCHEME = "postgresql+psycopg2"
-TELEMETRY_OFF = "telemetry:\n  enabled: false\n"
+# No usage telemetry, and no "Join the Dagster community" onboarding prompt (nux) in the UI.
+TELEMETRY_OFF = "telemetry:\n  enabled: false\nnux:\n  enabled: false\n"
 
 
 def dagster_yaml(environ: Mapping[str, str]) -> str:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from radplan.errors import RadplanInputError
+from radplan.errors import InvalidNoteError, RadplanInputError
 from radplan.lake import atomic_path
 
 
@@ -15,6 +15,7 @@ def _deid_text(args: argparse.Namespace) -> int:
     from radplan.ehr.extracts import parse_fhir_line
     from radplan.ehr.identifiers import patient_identifiers
     from radplan.ehr.notes import NoteDeidentifier
+    from radplan.ehr.surrogates import Surrogates
     from radplan.pseudonym import Pseudonymizer
 
     pseudonymizer = Pseudonymizer.from_environment()
@@ -44,9 +45,17 @@ def _deid_text(args: argparse.Namespace) -> int:
                 errors += 1
                 continue
             patient_id = record.get("patient_id")
-            result = deidentifier.deidentify(
-                text, identifiers.get(patient_id), pseudonymizer.date_shift_days(patient_id) if patient_id else None
-            )
+            surrogates = Surrogates(pseudonymizer.token, patient_id) if args.surrogates and patient_id else None
+            try:
+                result = deidentifier.deidentify(
+                    text, identifiers.get(patient_id), pseudonymizer.date_shift_days(patient_id) if patient_id else None,
+                    surrogates=surrogates,
+                )
+            except InvalidNoteError as error:
+                # Quarantined: reported with its reason, never written out unscanned.
+                print(f"line {line_number}: note not de-identified, left out: {error}", file=sys.stderr)
+                errors += 1
+                continue
             sink.write(json.dumps({"id": record.get("id"), "text": result.text, "entities": result.entities}) + "\n")
             count += 1
     print(json.dumps({"notes": count, "skipped": errors, "spacy": deidentifier.spacy_available}))
@@ -71,6 +80,9 @@ def register(subparsers) -> None:
     text.add_argument("input", type=Path)
     text.add_argument("output", type=Path)
     text.add_argument("--patients", help="Patient.ndjson whose identifiers become deny lists (matched by patient_id)")
+    text.add_argument("--surrogates", action="store_true",
+                      help="replace names and places with consistent per-patient surrogates instead of [NAME]/[LOCATION] "
+                           "(notes with a patient_id)")
     text.set_defaults(func=_deid_text)
     fhir = subparsers.add_parser("deid-fhir", help="de-identify a FHIR bulk-export folder (NDJSON)")
     fhir.add_argument("input_dir", type=Path)

