@@ -8,7 +8,7 @@ export RADPLAN_HOME
 INSTALL_STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := orthanc dcmtk dicom3tools bcftools tabix samtools chromium openjdk-17-jre-headless postgresql
 
-.PHONY: install system-deps demo test test-fast fuzz ui bench clean-data
+.PHONY: install system-deps demo test test-fast fuzz ui dashboard bench clean-data
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ fuzz: install
 ui: install
 	$(PY) -c "from radplan.instance import ensure_dagster_home; ensure_dagster_home()"
 	RADPLAN_DEMO=$${RADPLAN_DEMO-1} DAGSTER_HOME=$(RADPLAN_HOME)/dagster_home $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+# The cohort dashboard and CDS Hooks service on http://127.0.0.1:8050, reading $(RADPLAN_HOME)/lake (the demo's by default).
+dashboard: install
+	RADPLAN_DEMO=$${RADPLAN_DEMO-1} $(PY) -m radplan_dashboard serve
 
 bench: install system-deps
 	$(PY) benchmarks/run_all.py
