@@ -64,8 +64,14 @@ class UserStore:
     def __init__(self, path: Path, hasher: PasswordHasher | None = None):
         self.path = Path(path)
         self.hasher = hasher or PasswordHasher()
+        self._dummy: str | None = None
+
+    @property
+    def _dummy_hash(self) -> str:
         # Verified against when the user is unknown, so a wrong name costs as long as a wrong password.
-        self._dummy_hash = self.hasher.hash("radplan-no-such-user-placeholder")
+        if self._dummy is None:
+            self._dummy = self.hasher.hash("radplan-no-such-user-placeholder")
+        return self._dummy
 
     def _load(self) -> dict:
         if not self.path.exists():

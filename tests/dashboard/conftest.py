@@ -114,6 +114,9 @@ def small_lake_template(tmp_path_factory, shared_data) -> dict:
     (lake / "exports").mkdir(parents=True)
     (lake / "exports" / "model_report.json").write_text(json.dumps({"response_model": {"name": "radplan-response", "mlflow_version": "3",
                                                                                         "alias": "champion", "trained": True}}))
+    store = UserStore(home / "dashboard" / "users.json")
+    for role, name in USERS.items():
+        store.add(name, role, PASSWORD)
     return {"home": home, "keys": {"lung": lung, "breast": breast, "colorectal": colorectal, "unknown": keys[3]},
             "ehr_ids": {"lung": ids[0], "breast": ids[1], "colorectal": ids[2], "unknown": ids[3]}}
 
@@ -128,9 +131,6 @@ def small_lake(tmp_path, small_lake_template) -> dict:
 @pytest.fixture()
 def settings(small_lake) -> DashboardSettings:
     home = small_lake["home"]
-    store = UserStore(home / "dashboard" / "users.json")
-    for role, name in USERS.items():
-        store.add(name, role, PASSWORD)
     return DashboardSettings(home=home, session_secret=b"s" * 32, deid_key=DEMO_KEY, session_ttl_s=3600)
 
 
