@@ -425,6 +425,22 @@ def create_app(settings: DashboardSettings) -> FastAPI:
             "failures": lakeview.run_failures(settings.lake), "report": report,
         }, session=session)
 
+    @app.get("/auth/dagster")
+    async def dagster_gate(request: Request):
+        """For a reverse proxy's auth_request in front of the Dagster UI (docs/dashboard.md): 204 for a data engineer's
+        valid session, 401 without one, 403 for other roles. Dagster itself stays on loopback."""
+        try:
+            session = current_session(request)
+        except NeedsSignIn:
+            return Response(status_code=401)
+        except Refused as refused:
+            log.warning("refused Dagster UI access: %s", refused.log_kind)
+            return Response(status_code=401)
+        if session.role != DATA_ENGINEER:
+            log.warning("refused Dagster UI access: wrong-role")
+            return Response(status_code=403)
+        return Response(status_code=204, headers={"X-Radplan-User": session.user})
+
     # ------------------------------------------------------------------ administrator pages
 
     @app.get("/admin/users")

@@ -167,3 +167,13 @@ def test_administrator_adds_an_account_through_the_form_and_a_bad_one_is_refused
     no_csrf = client.post("/admin/users", data={"username": "radiologist-8", "role": "clinician", "password": "a long enough password"})
     assert no_csrf.status_code == 403
     assert UserStore(settings.users_file).get("radiologist-8") is None
+
+
+def test_the_dagster_ui_gate_admits_only_data_engineers(app, signed_in):
+    with TestClient(app, base_url="http://127.0.0.1") as anonymous:
+        assert anonymous.get("/auth/dagster").status_code == 401
+        anonymous.cookies.set(SESSION_COOKIE, "forged.value.here")
+        assert anonymous.get("/auth/dagster").status_code == 401
+    assert signed_in("clinician").get("/auth/dagster").status_code == 403
+    engineer = signed_in("data_engineer").get("/auth/dagster")
+    assert engineer.status_code == 204 and engineer.headers["x-radplan-user"] == USERS["data_engineer"]
