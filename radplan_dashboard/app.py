@@ -12,8 +12,7 @@ import base64
 import datetime as dt
 import io
 import logging
-import os
-import secrets
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -91,6 +90,7 @@ def create_app(settings: DashboardSettings) -> FastAPI:
     environment.filters["records"] = lakeview.records
     templates = Jinja2Templates(env=environment)
     image_cache: OrderedDict = OrderedDict()
+    image_lock = threading.Lock()
     app.mount("/static", StaticFiles(directory=PACKAGE_DIR / "static"), name="static")
 
     oauth = None
@@ -164,17 +164,18 @@ def create_app(settings: DashboardSettings) -> FastAPI:
         if paths is None:
             return None
         stamp = (patient_key, *(str(p) for p in paths), *(p.stat().st_mtime_ns for p in paths if p.exists()))
-        if stamp not in image_cache:
-            image_cache[stamp] = lakeview.load_image_pair(settings.lake, patient_key)
-            while len(image_cache) > 4:
-                image_cache.popitem(last=False)
-        return image_cache[stamp]
+        with image_lock:  # the slider asks for slices one after another: decode the NIfTI pair once
+            if stamp not in image_cache:
+                image_cache[stamp] = lakeview.load_image_pair(settings.lake, patient_key)
+                while len(image_cache) > 4:
+                    image_cache.popitem(last=False)
+            return image_cache[stamp]
 
     def patient_or_404(patient_key: str) -> lakeview.PatientView:
         try:
             return lakeview.patient_view(settings.lake, patient_key)
         except lakeview.UnknownPatientError as error:
-            raise Refused(404, f"patient {patient_key[:40]!r}: {error}", log_kind="unknown-patient") from None
+            raise Refused(404, str(error), log_kind="unknown-patient") from None
 
     # ------------------------------------------------------------------ errors and headers
 
@@ -186,7 +187,9 @@ def create_app(settings: DashboardSettings) -> FastAPI:
 
     @app.exception_handler(Refused)
     async def _refused(request: Request, refused: Refused):
-        log.warning("refused %s %s: %s (%s)", request.method, request.url.path, refused.log_kind, refused.status)
+        # The route's template, not the path: a mistyped URL could hold an identifier, and logs must not.
+        route = request.scope.get("route")
+        log.warning("refused %s %s: %s (%s)", request.method, getattr(route, "path", "(no route)"), refused.log_kind, refused.status)
         if request.url.path.startswith("/api/"):
             response: Response = JSONResponse({"error": refused.message}, status_code=refused.status)
         else:
@@ -206,8 +209,10 @@ def create_app(settings: DashboardSettings) -> FastAPI:
 
     # ------------------------------------------------------------------ sign-in
 
+    # Handlers that only read are plain functions: FastAPI runs them in its thread pool, so file reads and
+    # matplotlib rendering do not hold up other requests.
     @app.get("/", include_in_schema=False)
-    async def index(request: Request):
+    def index(request: Request):
         return RedirectResponse(HOME_PAGE[current_session(request).role], status_code=303)
 
     def login_page(request: Request, message: str | None = None, status: int = 200) -> HTMLResponse:
@@ -219,7 +224,7 @@ def create_app(settings: DashboardSettings) -> FastAPI:
         return response
 
     @app.get("/login")
-    async def login_form(request: Request):
+    def login_form(request: Request):
         return login_page(request)
 
     @app.post("/login")
@@ -279,7 +284,7 @@ def create_app(settings: DashboardSettings) -> FastAPI:
     # ------------------------------------------------------------------ clinician pages
 
     @app.get("/cohort")
-    async def cohort_page(request: Request):
+    def cohort_page(request: Request):
         session = require(request, CLINICIAN)
         query = request.query_params
         problems = []
@@ -316,14 +321,14 @@ def create_app(settings: DashboardSettings) -> FastAPI:
         }, session=session)
 
     @app.get("/api/cohort")
-    async def cohort_api(request: Request):
+    def cohort_api(request: Request):
         require(request, CLINICIAN)
         table = lakeview.cohort_table(settings.lake)
         table["updated_at"] = table["updated_at"].map(lambda t: None if t is None or pd.isna(t) else t.isoformat())
         return JSONResponse({"patients": table.astype(object).where(table.notna(), None).to_dict("records")})
 
     @app.get("/patients/{patient_key}")
-    async def patient_page(request: Request, patient_key: str):
+    def patient_page(request: Request, patient_key: str):
         session = require(request, CLINICIAN)
         view = patient_or_404(patient_key)
         pair = image_pair(patient_key)
@@ -348,7 +353,7 @@ def create_app(settings: DashboardSettings) -> FastAPI:
         }, session=session)
 
     @app.get("/patients/{patient_key}/slices/{index}.png")
-    async def patient_slice(request: Request, patient_key: str, index: int):
+    def patient_slice(request: Request, patient_key: str, index: int):
         require(request, CLINICIAN)
         patient_or_404(patient_key)
         pair = image_pair(patient_key)
@@ -361,7 +366,7 @@ def create_app(settings: DashboardSettings) -> FastAPI:
         return Response(png, media_type="image/png")
 
     @app.get("/patients/{patient_key}/explanation.png")
-    async def patient_explanation(request: Request, patient_key: str):
+    def patient_explanation(request: Request, patient_key: str):
         require(request, CLINICIAN)
         view = patient_or_404(patient_key)
         scored = view.recommendations.dropna(subset=["top_attributions"]) if view.recommendations is not None else None
@@ -374,7 +379,7 @@ def create_app(settings: DashboardSettings) -> FastAPI:
         return Response(png, media_type="image/png")
 
     @app.get("/patients/{patient_key}/recommendations.csv")
-    async def patient_export(request: Request, patient_key: str):
+    def patient_export(request: Request, patient_key: str):
         session = require(request, CLINICIAN)
         view = patient_or_404(patient_key)
         if view.recommendations is None:
@@ -404,7 +409,7 @@ def create_app(settings: DashboardSettings) -> FastAPI:
     # ------------------------------------------------------------------ data engineer pages
 
     @app.get("/health")
-    async def health_page(request: Request):
+    def health_page(request: Request):
         session = require(request, DATA_ENGINEER)
         now = dt.datetime.now(dt.timezone.utc)
         drift = lakeview.drift(settings.lake)
@@ -426,7 +431,7 @@ def create_app(settings: DashboardSettings) -> FastAPI:
         }, session=session)
 
     @app.get("/auth/dagster")
-    async def dagster_gate(request: Request):
+    def dagster_gate(request: Request):
         """For a reverse proxy's auth_request in front of the Dagster UI (docs/dashboard.md): 204 for a data engineer's
         valid session, 401 without one, 403 for other roles. Dagster itself stays on loopback."""
         try:
@@ -444,7 +449,7 @@ def create_app(settings: DashboardSettings) -> FastAPI:
     # ------------------------------------------------------------------ administrator pages
 
     @app.get("/admin/users")
-    async def users_page(request: Request):
+    def users_page(request: Request):
         session = require(request, ADMINISTRATOR)
         return render(request, "users.html.j2", {"users": users.list(), "roles": ROLES, "message": request.query_params.get("done")},
                       session=session)

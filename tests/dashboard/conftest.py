@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import datetime as dt
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np

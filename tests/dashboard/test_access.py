@@ -12,7 +12,7 @@ from radplan.audit import iter_records, verify_chain
 from radplan_dashboard.accounts import UserStore
 from radplan_dashboard.sessions import SESSION_COOKIE, SESSION_SALT, SessionCodec
 
-from .conftest import PASSWORD, USERS, csrf_of, sign_in
+from .conftest import PASSWORD, USERS, csrf_of
 
 CLINICIAN_PAGES = ["/cohort", "/api/cohort", "/patients/{lung}", "/patients/{lung}/slices/0.png", "/patients/{lung}/explanation.png",
                    "/patients/{lung}/recommendations.csv"]

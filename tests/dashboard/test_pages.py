@@ -7,9 +7,6 @@ import re
 
 import nibabel as nib
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .conftest import write_partition
 
