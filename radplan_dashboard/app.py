@@ -239,7 +239,9 @@ def create_app(settings: DashboardSettings) -> FastAPI:
             return login_page(request, "Wrong user name or password.", 401)
         value, _ = codec.issue(user.name, user.role, "local")
         target = fields.get("next", "")
-        response = RedirectResponse(target if target.startswith("/") and not target.startswith("//") else HOME_PAGE[user.role],
+        # Only a path on this host: "//host" and "/\\host" would send the user elsewhere.
+        same_host = target.startswith("/") and not target.startswith(("//", "/\\"))
+        response = RedirectResponse(target if same_host else HOME_PAGE[user.role],
                                     status_code=303)
         set_session_cookie(response, value)
         log.info("signed in: %s (%s)", user.name, user.role)

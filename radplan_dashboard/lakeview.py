@@ -96,18 +96,6 @@ def _missing(value: Any) -> bool:
         return False
 
 
-def _json_list(value: Any) -> list:
-    if _missing(value) if not isinstance(value, (list, np.ndarray)) else False:
-        return []
-    if isinstance(value, str):
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            return []
-        return parsed if isinstance(parsed, list) else []
-    return list(value)
-
-
 # ----------------------------------------------------------------------------- cohort table
 
 

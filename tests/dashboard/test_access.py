@@ -177,3 +177,13 @@ def test_the_dagster_ui_gate_admits_only_data_engineers(app, signed_in):
     assert signed_in("clinician").get("/auth/dagster").status_code == 403
     engineer = signed_in("data_engineer").get("/auth/dagster")
     assert engineer.status_code == 204 and engineer.headers["x-radplan-user"] == USERS["data_engineer"]
+
+
+def test_sign_in_returns_only_to_a_path_on_this_host(app):
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        for target, expected in (("/patients/x", "/patients/x"), ("//evil.example/", "/cohort"), ("/\\evil.example", "/cohort"),
+                                 ("https://evil.example/", "/cohort")):
+            token = csrf_of(client.get("/login").text)
+            response = client.post("/login", data={"username": USERS["clinician"], "password": PASSWORD, "csrf_token": token,
+                                                   "next": target}, follow_redirects=False)
+            assert response.headers["location"] == expected, target
