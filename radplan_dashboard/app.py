@@ -425,6 +425,7 @@ def create_app(settings: DashboardSettings) -> FastAPI:
         report = lakeview.model_report(settings.lake)
         return render(request, "health.html.j2", {
             "drift_plot": _png_data_uri(plots.drift_png(drift)) if drift is not None and len(drift) else None,
+            "drift_measured": drift is not None,
             "drifted": [] if drift is None else drift[drift["drifted"].astype(bool)]["feature"].tolist(),
             "freshness": lakeview.records(freshness),
             "freshness_plot": _png_data_uri(plots.freshness_png(freshness)) if freshness[["landing_age_h", "lake_age_h"]].notna().any().any() else None,

@@ -340,13 +340,16 @@ def data_freshness(lake: Path, landing: Path, now: dt.datetime) -> pd.DataFrame:
 
 
 def quarantine_counts(lake: Path) -> pd.DataFrame:
-    """Quarantined inputs per stage (counts only: the copies hold PHI and are not shown)."""
+    """Per stage: quarantined inputs (folders with reason.json) and rejected EHR lines (``*.rejected.jsonl``).
+    Counts only: the copies hold PHI and are not shown."""
     root = Path(lake) / "quarantine"
     rows = []
     if root.is_dir():
-        for stage in sorted(p for p in root.iterdir() if p.is_dir()):
-            rows.append({"stage": stage.name, "items": sum(1 for p in stage.iterdir() if not p.name.startswith("."))})
-    return pd.DataFrame(rows, columns=["stage", "items"])
+        for stage in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            items = sum(1 for p in stage.iterdir() if p.is_dir() and not p.name.startswith("."))
+            rejected = sum(sum(1 for line in f.open("rb") if line.strip()) for f in stage.glob("*.rejected.jsonl"))
+            rows.append({"stage": stage.name, "inputs": items, "rejected_rows": rejected})
+    return pd.DataFrame(rows, columns=["stage", "inputs", "rejected_rows"])
 
 
 def run_failures(lake: Path, limit: int = 20) -> list[dict]:

@@ -7,6 +7,8 @@ import re
 
 import nibabel as nib
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .conftest import write_partition
 
@@ -117,3 +119,29 @@ def test_cohort_plots_need_their_inputs(signed_in, small_lake):
     (lake / "features" / "response_predictions.parquet").unlink()
     html = client.get("/cohort").text
     assert 'id="stratum-plot"' not in html and "No response model predictions" in html
+
+
+def test_health_page_counts_quarantine_and_tells_an_empty_drift_table_from_none(signed_in, small_lake):
+    lake = small_lake["home"] / "lake"
+    # The pipeline's quarantine layout: one folder per input with reason.json; rejected EHR lines in a JSONL file.
+    (lake / "quarantine" / "vcf" / "6d925c4784f1b94e").mkdir(parents=True)
+    (lake / "quarantine" / "vcf" / "6d925c4784f1b94e" / "reason.json").write_text("{}")
+    (lake / "quarantine" / "ehr").mkdir(parents=True)
+    (lake / "quarantine" / "ehr" / "synthea_conditions.rejected.jsonl").write_text('{"line": 3}\n{"line": 9}\n')
+    drift = pq.read_table(lake / "features" / "feature_drift.parquet").to_pandas()
+    pq.write_table(pa.Table.from_pandas(drift.iloc[0:0]), lake / "features" / "feature_drift.parquet")
+    html = signed_in("data_engineer").get("/health").text
+    assert re.search(r"<td>vcf</td><td>1</td><td>0</td>", html) and re.search(r"<td>ehr</td><td>0</td><td>2</td>", html)
+    assert "Drift indeterminate" in html and 'id="drift-plot"' not in html
+
+
+def test_health_page_lists_failed_steps_as_the_failure_sensor_records_them(signed_in, small_lake):
+    from sensors.failures import failure_rows, failures_path, record_failures
+
+    lake = small_lake["home"] / "lake"
+    rows = failure_rows("run-1", "patient_refresh_job", small_lake["keys"]["lung"], [("radiomic_features", "InvalidDicomError")],
+                        "2026-01-02T03:04:05+00:00")
+    record_failures(failures_path(lake), rows)
+    html = signed_in("data_engineer").get("/health").text
+    assert re.search(r"<td>2026-01-02T03:04:05\+00:00</td><td>patient_refresh_job</td><td>p[0-9a-f]{16}</td>"
+                     r"<td>radiomic_features</td><td>InvalidDicomError</td>", html)
