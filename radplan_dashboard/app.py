@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
 
+import numpy as np
 import pandas as pd
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -163,7 +164,7 @@ def create_app(settings: DashboardSettings) -> FastAPI:
         paths = lakeview.patient_image_paths(settings.lake, patient_key)
         if paths is None:
             return None
-        stamp = (patient_key, *(str(p) for p in paths), *(p.stat().st_mtime_ns for p in paths if p.exists()))
+        stamp = (patient_key, *(str(p) for p in paths), *(p.stat().st_mtime_ns for p in paths if p is not None and p.exists()))
         with image_lock:  # the slider asks for slices one after another: decode the NIfTI pair once
             if stamp not in image_cache:
                 image_cache[stamp] = lakeview.load_image_pair(settings.lake, patient_key)
@@ -335,12 +336,15 @@ def create_app(settings: DashboardSettings) -> FastAPI:
         view = patient_or_404(patient_key)
         pair = image_pair(patient_key)
         slices = key_slice = None
+        has_mask = pair is not None and pair[1] is not None
         if pair is not None:
             slices = int(pair[0].shape[0])
-            try:
-                key_slice = export.largest_lesion_slice(pair[1])
-            except export.InvalidExportInputError:
-                key_slice = 0
+            key_slice = slices // 2
+            if has_mask:
+                try:
+                    key_slice = export.largest_lesion_slice(pair[1])
+                except export.InvalidExportInputError:  # an empty mask: no lesion to open on
+                    pass
         attributions = None
         if view.recommendations is not None:
             scored = view.recommendations.dropna(subset=["top_attributions"])
@@ -348,7 +352,7 @@ def create_app(settings: DashboardSettings) -> FastAPI:
         audit_access(session, "read", "features", "dashboard/patient-page", patient_key,
                      rows=None if view.recommendations is None else len(view.recommendations))
         return render(request, "patient.html.j2", {
-            "view": view, "slices": slices, "key_slice": key_slice, "has_explanation": attributions is not None,
+            "view": view, "slices": slices, "key_slice": key_slice, "has_mask": has_mask, "has_explanation": attributions is not None,
             "action_labels": ACTION_LABELS, "severity": SEVERITY, "cancer_labels": CANCER_LABELS,
             "summary_facts": [(name, view.facts.get(name)) for name in lakeview.SUMMARY_FACTS],
             "choices": list(CHOICES), "reason_codes": REASON_CODES, "saved": request.query_params.get("saved"),
@@ -360,9 +364,11 @@ def create_app(settings: DashboardSettings) -> FastAPI:
         patient_or_404(patient_key)
         pair = image_pair(patient_key)
         if pair is None:
-            raise Refused(404, "this patient has no image with a lesion mask in the lake")
+            raise Refused(404, "this patient has no image in the lake")
+        image, mask = pair
         try:
-            png = export.key_slice_png(pair[0], pair[1], slice_index=index)
+            # Without a mask the slice is drawn with no outline (key_slice_png draws none on an empty slice).
+            png = export.key_slice_png(image, mask if mask is not None else np.zeros(image.shape, dtype=np.uint8), slice_index=index)
         except export.InvalidExportInputError as error:
             raise Refused(404, str(error)) from None
         return Response(png, media_type="image/png")

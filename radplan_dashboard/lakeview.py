@@ -236,31 +236,34 @@ def patient_view(lake: Path, patient_key: str) -> PatientView:
     return PatientView(patient_key, facts, recommendations, pgx, updated)
 
 
-def patient_image_paths(lake: Path, patient_key: str) -> tuple[Path, Path] | None:
+def patient_image_paths(lake: Path, patient_key: str) -> tuple[Path, Path | None] | None:
     """(volume, mask) of the patient's first masked series: the reference mask, else the model-predicted one
-    (the order ``recommendation_export`` uses for the report's key slice). None without imaging."""
+    (the order ``recommendation_export`` uses for the report's key slice). A patient whose images have no mask
+    (no reference segmentation, and no model mask good enough to use) gets their first volume and None.
+    None without imaging."""
+    volumes = read_table(lake, "features", "normalized_volumes", patient_key)
+    if volumes is None or volumes.empty:
+        return None
     frames = [read_table(lake, "features", name, patient_key) for name in ("lesion_masks", "predicted_lesion_masks")]
     frames = [f for f in frames if f is not None and len(f)]
-    volumes = read_table(lake, "features", "normalized_volumes", patient_key)
-    if not frames or volumes is None or volumes.empty:
-        return None
-    masks = pd.concat(frames, ignore_index=True).drop_duplicates("image_series_uid", keep="first")
-    for item in masks.itertuples():
-        volume = volumes[volumes["series_uid"] == item.image_series_uid]
-        if len(volume):
-            return Path(lake) / volume.iloc[0]["volume_path"], Path(lake) / item.mask_path
-    return None
+    if frames:
+        masks = pd.concat(frames, ignore_index=True).drop_duplicates("image_series_uid", keep="first")
+        for item in masks.itertuples():
+            volume = volumes[volumes["series_uid"] == item.image_series_uid]
+            if len(volume):
+                return Path(lake) / volume.iloc[0]["volume_path"], Path(lake) / item.mask_path
+    return Path(lake) / volumes.iloc[0]["volume_path"], None
 
 
-def load_image_pair(lake: Path, patient_key: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """(image, mask) arrays in (z, y, x) order, or None without imaging."""
+def load_image_pair(lake: Path, patient_key: str) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """(image, mask or None) arrays in (z, y, x) order, or None without imaging."""
     import SimpleITK as sitk
 
     paths = patient_image_paths(lake, patient_key)
     if paths is None:
         return None
     image = sitk.GetArrayFromImage(sitk.ReadImage(str(paths[0])))
-    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(paths[1])))
+    mask = None if paths[1] is None else sitk.GetArrayFromImage(sitk.ReadImage(str(paths[1])))
     return image, mask
 
 

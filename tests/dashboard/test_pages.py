@@ -7,6 +7,7 @@ import re
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -57,7 +58,7 @@ def test_patient_page_shows_alerts_therapies_pgx_and_missing_data_as_missing(sig
     assert "no call" in html  # DPYD has no call in the fixture: shown as such, not as normal
     colorectal = client.get(f"/patients/{small_lake['keys']['colorectal']}").text
     assert "Recommendations not computed yet." in colorectal
-    assert "No image with a lesion mask" in colorectal
+    assert "No image in the lake for this patient." in colorectal
     assert "No model estimate, so no explanation" in colorectal
     assert 'id="alerts"' not in colorectal and "No pharmacogenomic or interaction alert" not in colorectal
 
@@ -145,3 +146,17 @@ def test_health_page_lists_failed_steps_as_the_failure_sensor_records_them(signe
     html = signed_in("data_engineer").get("/health").text
     assert re.search(r"<td>2026-01-02T03:04:05\+00:00</td><td>patient_refresh_job</td><td>p[0-9a-f]{16}</td>"
                      r"<td>radiomic_features</td><td>InvalidDicomError</td>", html)
+
+
+def test_an_image_without_a_mask_is_shown_without_an_outline_and_says_so(signed_in, small_lake):
+    lake = small_lake["home"] / "lake"
+    key = small_lake["keys"]["lung"]
+    for table in ("lesion_masks",):
+        folder = lake / "features" / table / f"patient_key={key}"
+        for part in folder.glob("*.parquet"):
+            part.unlink()
+        write_partition(lake, "features", table, key, pd.DataFrame(columns=["image_series_uid", "mask_path"]))
+    client = signed_in("clinician")
+    html = client.get(f"/patients/{key}").text
+    assert 'id="no-mask"' in html and 'id="slice-slider"' in html
+    assert client.get(f"/patients/{key}/slices/0.png").content.startswith(PNG)
