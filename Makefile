@@ -9,7 +9,7 @@ export RADPLAN_HOME
 INSTALL_STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := orthanc dcmtk dicom3tools bcftools tabix samtools chromium openjdk-17-jre-headless postgresql
 
-.PHONY: install system-deps demo test test-fast fuzz ui mlflow-ui bench bench-models clean-data
+.PHONY: install system-deps demo test test-fast fuzz ui mlflow-ui dashboard bench bench-models clean-data
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,10 @@ ui: install
 mlflow-ui: install
 	MLFLOW_DISABLE_TELEMETRY=true MLFLOW_ENABLE_TELEMETRY=false DO_NOT_TRACK=1 $(VENV)/bin/mlflow ui \
 		--backend-store-uri sqlite:///$(RADPLAN_HOME)/lake/models/mlflow.db --host 127.0.0.1 --port $(MLFLOW_UI_PORT)
+
+# The cohort dashboard and CDS Hooks service on http://127.0.0.1:8050, reading $(RADPLAN_HOME)/lake (the demo's by default).
+dashboard: install
+	RADPLAN_DEMO=$${RADPLAN_DEMO-1} $(PY) -m radplan_dashboard serve
 
 bench: install system-deps
 	$(PY) benchmarks/run_all.py

@@ -200,6 +200,11 @@ def use_dagster_home(folder: Path) -> None:
     os.environ[DAGSTER_HOME_ENV_VAR] = str(folder)
 
 
+def variables_with_prefix(*prefixes: str) -> dict[str, str]:
+    """The environment variables whose names start with one of ``prefixes`` (a client's own settings block)."""
+    return {name: value for name, value in os.environ.items() if name.startswith(prefixes)}
+
+
 def process_environment() -> Mapping[str, str]:
     """The environment as a read-only mapping, for code that derives configuration files from it (dagster.yaml)."""
     return dict(os.environ)

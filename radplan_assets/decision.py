@@ -10,8 +10,8 @@ from pydantic import Field
 
 from radplan.decision import export, recommend, rules, trials
 from radplan.genomics.actionable import load_knowledge_base
+from radplan.imaging.masks import preferred_masks
 from radplan_assets.cohort import upstream_run_ids
-from radplan_assets.imaging import mask_table
 from radplan_assets.partitions import patient_partitions
 from radplan_resources import LakeResource, LandingZoneResource
 from radplan_resources.io_manager import one_table_of, optional_input
@@ -107,7 +107,7 @@ def recommendation_export(
 ) -> MaterializeResult:
     recommendations = patient_recommendations[list(recommend.RECOMMENDATION_COLUMNS)].sort_values(["patient_key", "rank"], ignore_index=True)
     patients = sorted(patient_features["patient_key"])
-    masks = mask_table(lesion_masks, predicted_lesion_masks)
+    masks = preferred_masks(lesion_masks, predicted_lesion_masks)
     if config.patient_keys:
         # Incremental export (patient export sensor): the other patients' bundles and reports stay as they are.
         unknown = sorted(set(config.patient_keys) - set(patients))

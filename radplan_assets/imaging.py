@@ -278,18 +278,6 @@ class RadiomicsConfig(Config):
     workers: int = 2
 
 
-def mask_table(lesion_masks: pd.DataFrame, predicted_lesion_masks: pd.DataFrame) -> pd.DataFrame:
-    """Reference masks, and model-predicted masks for series without one (the reference wins).
-
-    Works per patient and for the whole cohort: a series UID belongs to one patient.
-    """
-    frames = [frame for frame in (lesion_masks, predicted_lesion_masks) if len(frame)]
-    if not frames:
-        return lesion_masks
-    frame = pd.concat(frames, ignore_index=True)
-    return frame.drop_duplicates("image_series_uid", keep="first")
-
-
 @asset(
     group_name="imaging",
     partitions_def=patient_partitions,
@@ -306,7 +294,7 @@ def radiomic_features(
     lake: LakeResource,
 ) -> MaterializeResult:
     vols = normalized_volumes
-    masks = mask_table(lesion_masks, predicted_lesion_masks)
+    masks = mask_ops.preferred_masks(lesion_masks, predicted_lesion_masks)
     frames = []
     for item in masks.itertuples():
         volume = vols[vols["series_uid"] == item.image_series_uid].iloc[0]

@@ -10,7 +10,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 ORCHESTRATION = ("dagster", "dagster_aws", "dagster_pyspark", "dagster_mlflow", "dagster_postgres",
                  "definitions", "radplan_assets", "radplan_resources", "jobs", "sensors", "radplan_cli")
-PRODUCT_PACKAGES = ("radplan", "radplan_assets", "radplan_resources", "radplan_cli", "jobs", "sensors")
+PRODUCT_PACKAGES = ("radplan", "radplan_assets", "radplan_resources", "radplan_cli", "radplan_dashboard", "jobs", "sensors")
 
 
 def _imports(path: Path) -> set[str]:
@@ -33,8 +33,13 @@ def test_the_science_library_never_imports_the_orchestration_layer():
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
+def test_the_dashboard_is_a_client_of_the_science_library_only():
+    offenders = {str(p.relative_to(REPO)): sorted(_imports(p) & set(ORCHESTRATION)) for p in _sources("radplan_dashboard")}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
 def test_the_orchestration_layer_never_imports_its_clients():
-    offenders = {str(p.relative_to(REPO)): sorted(_imports(p) & {"radplan_cli"})
+    offenders = {str(p.relative_to(REPO)): sorted(_imports(p) & {"radplan_cli", "radplan_dashboard"})
                  for p in _sources("radplan_assets", "radplan_resources", "jobs", "sensors") + [REPO / "definitions.py"]}
     assert {k: v for k, v in offenders.items() if v} == {}
 

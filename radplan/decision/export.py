@@ -272,21 +272,28 @@ def largest_lesion_slice(mask: np.ndarray) -> int:
 
 
 def key_slice_png(image: np.ndarray, mask: np.ndarray, *, window_center: float = 40.0,
-                  window_width: float = 400.0) -> bytes:
-    """PNG of the axial slice (z, y, x) with the largest lesion area, CT-windowed, lesion contour overlaid."""
+                  window_width: float = 400.0, slice_index: int | None = None) -> bytes:
+    """PNG of an axial slice (z, y, x), CT-windowed, lesion contour overlaid: the slice with the largest lesion area,
+    or ``slice_index`` (0-based; the dashboard's slider)."""
     image = np.asarray(image)
     mask = np.asarray(mask)
     if image.ndim != 3 or image.shape != mask.shape:
         raise InvalidExportInputError(f"image and mask must be 3-D arrays of the same shape, got {image.shape} and {mask.shape}")
     lesion = mask > 0
-    z = largest_lesion_slice(lesion)
+    if slice_index is None:
+        z = largest_lesion_slice(lesion)
+    elif 0 <= slice_index < image.shape[0]:
+        z = int(slice_index)
+    else:
+        raise InvalidExportInputError(f"slice {slice_index} is outside the volume's {image.shape[0]} axial slices")
     area = int(lesion[z].sum())
     low, high = window_center - window_width / 2, window_center + window_width / 2
     shown = np.clip(image[z].astype(float), low, high)
     figure = Figure(figsize=(4.6, 4.6))
     axis = figure.add_subplot()
     axis.imshow(shown, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
-    axis.contour(lesion[z].astype(float), levels=[0.5], colors=["#ffd400"], linewidths=1.6)
+    if area:  # a slice without lesion voxels has no outline to draw
+        axis.contour(lesion[z].astype(float), levels=[0.5], colors=["#ffd400"], linewidths=1.6)
     axis.set_title(f"Axial slice {z + 1}/{image.shape[0]} - lesion area {area} px "
                    f"(window {window_center:g}/{window_width:g} HU)", fontsize=8)
     axis.set_axis_off()

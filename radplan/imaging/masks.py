@@ -379,3 +379,17 @@ def dice(a: sitk.Image | np.ndarray, b: sitk.Image | np.ndarray) -> float:
     if total == 0:
         return 1.0
     return 2.0 * int(np.logical_and(inside_a, inside_b).sum()) / total
+
+
+def preferred_masks(reference: "pd.DataFrame", predicted: "pd.DataFrame") -> "pd.DataFrame":
+    """Reference mask rows (from SEG/RTSTRUCT), and model-predicted ones for series without one: the reference wins.
+
+    Rows have ``image_series_uid`` and ``mask_path``; works per patient and for a whole cohort (a series UID
+    belongs to one patient).
+    """
+    import pandas as pd
+
+    frames = [frame for frame in (reference, predicted) if len(frame)]
+    if not frames:
+        return reference
+    return pd.concat(frames, ignore_index=True).drop_duplicates("image_series_uid", keep="first")

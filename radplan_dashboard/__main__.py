@@ -1,0 +1,5 @@
+import sys
+
+from radplan_dashboard.cli import main
+
+sys.exit(main())
