@@ -21,7 +21,6 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from radplan import cohort
 from radplan.imaging.masks import preferred_masks
 from radplan.models.outcomes import outcome_labels
 
