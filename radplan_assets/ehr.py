@@ -1,12 +1,15 @@
 """EHR chain: extracts -> Safe Harbor de-identification -> clinical features; notes -> de-identified notes -> findings."""
 
 import io
+import tempfile
+from pathlib import Path
 
 import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from radplan.ehr import extracts, features, findings, notes
 from radplan.ehr.deid import deidentify_tables
+from radplan.errors import InvalidNoteError
 from radplan_assets.ingest import patient_inventory
 from radplan_assets.partitions import patient_partitions
 from radplan_resources import DeidKeyResource, LakeResource, LandingZoneResource
@@ -123,6 +126,15 @@ def _known_identifiers(lake: LakeResource, patient_key: str, raw: dict[str, pd.D
     return merged
 
 
+def _quarantine_note(lake: LakeResource, note_token: str, text, error: InvalidNoteError) -> dict:
+    """A note the de-identifier refused, as a file in the quarantine zone (PHI, like every quarantined input)."""
+    data = text if isinstance(text, bytes) else str(text).encode("utf-8", "surrogatepass")
+    with tempfile.TemporaryDirectory(prefix="radplan-note-") as folder:
+        path = Path(folder) / f"note-{note_token}.txt"
+        path.write_bytes(data)
+        return lake.quarantine(path, error.stage, error).safe_summary()
+
+
 _DEIDENTIFIER: notes.NoteDeidentifier | None = None
 
 
@@ -151,9 +163,14 @@ def deid_notes(context: AssetExecutionContext, landing_inventory: dict, lake: La
     identifiers = _known_identifiers(lake, patient_key, raw)
     shift = pseudonymizer.date_shift_days(source_id) if source_id else None
     deidentifier = note_deidentifier()
-    rows = []
+    rows, quarantined = [], []
     for note in notes_frame.itertuples():
-        result = deidentifier.deidentify(note.text, identifiers, shift)
+        try:
+            result = deidentifier.deidentify(note.text, identifiers, shift)
+        except InvalidNoteError as error:
+            # One unreadable note is kept, with its reason, in the quarantine; the patient's other notes go on.
+            quarantined.append(_quarantine_note(lake, pseudonymizer.token("note", str(note.note_id)), note.text, error))
+            continue
         rows.append(
             {
                 "note_id": pseudonymizer.token("note", str(note.note_id)),
@@ -165,7 +182,8 @@ def deid_notes(context: AssetExecutionContext, landing_inventory: dict, lake: La
     frame = pd.DataFrame(rows, columns=["note_id", "date_shifted", "text", "entities_removed"])
     return MaterializeResult(
         value=frame,
-        metadata={"notes": len(frame), "entities_removed": int(frame["entities_removed"].sum()), "spacy_ner": deidentifier.spacy_available}
+        metadata={"notes": len(frame), "entities_removed": int(frame["entities_removed"].sum()), "spacy_ner": deidentifier.spacy_available,
+                  "quarantined": len(quarantined), "quarantine_ids": MetadataValue.json(quarantined)}
     )
 
 
