@@ -35,7 +35,7 @@ def _verify(args: argparse.Namespace) -> int:
         from radplan_resources.s3_lake import s3_lake_from_settings
 
         lake = s3_lake_from_settings(str(settings.lake_dir), settings.s3_lake)
-        report = lake.verify_bucket(zones)
+        report = lake.verify_integrity(zones)
         where = f"s3://{settings.s3_lake.bucket}/{settings.s3_lake.prefix}"
     else:
         if not settings.lake_dir.is_dir():

@@ -31,7 +31,7 @@ from pydantic import Field
 from radplan import crypto
 from radplan.audit import AUDIT_FOLDER, AuditLog, AuditRecord, process_identity
 from radplan.lake import ZONES, QuarantineRecord, atomic_path, quarantine_file, rebuild_dir
-from radplan.lake_integrity import build_manifest, record_manifest
+from radplan.lake_integrity import IntegrityReport, build_manifest, record_manifest, verify_local_lake
 
 PARTITION_COLUMN = "patient_key"
 HIVE_PARTITIONING = ds.partitioning(pa.schema([(PARTITION_COLUMN, pa.string())]), flavor="hive")
@@ -242,6 +242,10 @@ class LakeResource(ConfigurableResource):
                     manifest = build_manifest(dataset, staging)  # the bytes at rest: ciphertext
         record_manifest(self.root_path, manifest)
         self.audit("write", zone, self.relative(final), patient_key=_bare_patient_key(patient_key), nbytes=nbytes, files=files)
+
+    def verify_integrity(self, zones: Sequence[str] = ZONES) -> IntegrityReport:
+        """Re-read the lake against the manifests its writes recorded (other storage verifies its system of record)."""
+        return verify_local_lake(self.root_path, zones)
 
     def ops_path(self, name: str) -> Path:
         """A file of the operators' folder (``<lake>/ops``, outside the data zones: run failures)."""

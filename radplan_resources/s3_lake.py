@@ -25,7 +25,7 @@ import os
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator, Literal, Sequence
 
 import boto3.exceptions
 import botocore.exceptions
@@ -287,7 +287,7 @@ class S3LakeResource(LakeResource):
 
     # ---- integrity -------------------------------------------------------------------------------------------
 
-    def verify_bucket(self, zones: tuple[str, ...] = ZONES) -> IntegrityReport:
+    def verify_integrity(self, zones: Sequence[str] = ZONES) -> IntegrityReport:
         """Re-read the bucket (the system of record) against its published manifests: one listing of the lake's
         objects, then every recorded object is streamed and hashed (``radplan lake verify`` with the S3 lake)."""
         client = self.s3_client()

@@ -187,3 +187,26 @@ def test_the_demo_lake_verifies_clean(demo_home, capsys):
     assert report["datasets_checked"] > 12 * 10
     uncovered = [group for group in report["unrecorded"] if group.split("/")[0] in ("raw", "deid", "features")]
     assert not uncovered, uncovered
+
+
+def test_the_daily_schedule_runs_the_lake_integrity_check(tmp_path, shared_data):
+    from dagster import DagsterInstance
+
+    from support.inprocess import definitions_with
+
+    lake = build_lake(tmp_path, shared_data)
+    defs = definitions_with(lake=lake)
+    assert defs.resolve_schedule_def("daily_lake_verify").job_name == "lake_verify_job"
+    job = defs.resolve_job_def("lake_verify_job")
+    instance = DagsterInstance.ephemeral()
+    clean = job.execute_in_process(instance=instance).get_asset_check_evaluations()
+    assert [(e.check_name, e.passed) for e in clean] == [("lake_integrity", True)]
+    assert clean[0].metadata["datasets_checked"].value == 9
+
+    subprocess.run(["truncate", "-s", "-1", str(tmp_path / "lake/features/cohort_features.parquet")], check=True)
+    damaged = job.execute_in_process(instance=instance, raise_on_error=False).get_asset_check_evaluations()
+    assert [(e.check_name, e.passed) for e in damaged] == [("lake_integrity", False)]
+    assert damaged[0].metadata["damaged_datasets"].value == ["features/cohort_features.parquet"]
+    assert damaged[0].metadata["problems"].value == {PARTIAL: 1}
+    # An intake run does not hash the lake: the check is not part of ingest_job.
+    assert not defs.resolve_job_def("ingest_job").asset_layer.asset_graph.asset_check_keys
