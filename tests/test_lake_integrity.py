@@ -27,9 +27,9 @@ def sha256sum(path: Path) -> str:
     return subprocess.run(["sha256sum", str(path)], check=True, capture_output=True, text=True).stdout.split()[0]
 
 
-def build_lake(home: Path, shared_data: Path) -> LakeResource:
+def build_lake(home: Path, shared_data: Path, lake: LakeResource | None = None) -> LakeResource:
     """A small lake as the assets write it: raw and de-identified DICOM folders, a raw VCF, per-patient and cohort tables."""
-    lake = LakeResource(root=str(home / "lake"))
+    lake = lake or LakeResource(root=str(home / "lake"))
     ct = sorted((shared_data / "imaging" / "dcmqi_ct_liver_seg" / "ct").glob("*.dcm"))
     seg = shared_data / "imaging" / "dcmqi_ct_liver_seg" / "liver_seg.dcm"
     vcf = shared_data / "genomics" / "vcf" / "vcf2maf_test.vcf"
@@ -177,6 +177,47 @@ def test_restore_refuses_a_damaged_backup(tmp_path, shared_data, capsys):
     outcome = json.loads(capsys.readouterr().out)
     assert outcome["restored"] == [{"dataset": partition, "restored": False, "detail": "the backup's copy is damaged (partial): not restored"}]
     assert not (root / partition).exists()
+
+
+def test_verify_reads_the_s3_lake_through_the_resource(tmp_path, shared_data, monkeypatch, capsys):
+    """The bucket is the system of record: objects damaged there by an S3 client are found; the working folder is intact."""
+    import boto3
+    from dagster_aws.s3 import S3Resource
+
+    from production.local_services import moto_s3_server
+    from radplan_resources.s3_lake import S3LakeResource
+
+    credentials = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
+    with moto_s3_server(tmp_path) as endpoint:
+        client = boto3.client("s3", endpoint_url=endpoint, **credentials)
+        client.create_bucket(Bucket="radplan-verify")
+        lake = S3LakeResource(root=str(tmp_path / "lake"), s3=S3Resource(endpoint_url=endpoint, max_attempts=2, **credentials), bucket="radplan-verify", prefix="lake")
+        build_lake(tmp_path, shared_data, lake)
+        for name, value in {"RADPLAN_LAKE_S3_BUCKET": "radplan-verify", "RADPLAN_LAKE_S3_PREFIX": "lake", "RADPLAN_S3_ENDPOINT_URL": endpoint,
+                            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}.items():  # fmt: skip
+            monkeypatch.setenv(name, value)
+        code, report = verify_cli(tmp_path, capsys)
+        assert code == 0 and report["lake"] == "s3://radplan-verify/lake" and report["datasets_checked"] == 9
+        assert report["files_hashed"] == 13 and report["unrecorded_files"] == 0
+
+        part = f"lake/features/imaging_metadata/patient_key={PATIENTS[0]}/part-0.parquet"
+        body = client.get_object(Bucket="radplan-verify", Key=part)["Body"].read()
+        client.put_object(Bucket="radplan-verify", Key=part, Body=body[:-10])
+        cohort = "lake/features/cohort_features.parquet"
+        body = bytearray(client.get_object(Bucket="radplan-verify", Key=cohort)["Body"].read())
+        body[len(body) // 2] ^= 0x01
+        client.put_object(Bucket="radplan-verify", Key=cohort, Body=bytes(body))
+        client.delete_object(Bucket="radplan-verify", Key=f"lake/raw/genomics/{PATIENTS[1]}/vcf2maf_test.vcf")
+
+        code, report = verify_cli(tmp_path, capsys)
+        assert code == 1
+        assert {(f["dataset"], f["problem"]) for f in report["findings"]} == {
+            (f"features/imaging_metadata/patient_key={PATIENTS[0]}", PARTIAL),
+            ("features/cohort_features.parquet", ALTERED),
+            (f"raw/genomics/{PATIENTS[1]}", MISSING),
+        }
+        # The working folder was not touched: --local verifies it clean.
+        assert verify_cli(tmp_path, capsys, "--local")[0] == 0
 
 
 @pytest.mark.slow
