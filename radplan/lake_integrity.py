@@ -195,7 +195,13 @@ class IntegrityReport:
 
     @property
     def ok(self) -> bool:
-        return not self.findings
+        """Nothing found wrong and something verified (an indeterminate lake is not called intact)."""
+        return not self.findings and not self.indeterminate
+
+    @property
+    def indeterminate(self) -> bool:
+        """Data files but not one manifest (a lake written before manifests, or its manifests lost): nothing verified."""
+        return self.datasets_checked == 0 and bool(self.unrecorded)
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -209,6 +215,7 @@ class IntegrityReport:
     def as_dict(self) -> dict:
         return {
             "ok": self.ok,
+            "indeterminate": self.indeterminate,
             "datasets_checked": self.datasets_checked,
             "files_hashed": self.files_hashed,
             "bytes_hashed": self.bytes_hashed,

@@ -35,5 +35,7 @@ def lake_integrity(context: AssetCheckExecutionContext, lake: LakeResource) -> A
             "damaged_datasets": MetadataValue.json(damaged[:MAX_DATASETS_LISTED]),
             "damaged_datasets_total": len(damaged),
             "unrecorded_files": sum(report.unrecorded.values()),
+            # Files but no manifest at all: nothing could be verified, which is not a pass.
+            "indeterminate": report.indeterminate,
         },
     )

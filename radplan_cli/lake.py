@@ -4,7 +4,8 @@
 recorded when it was written (``radplan.lake_integrity``) and prints a JSON report: datasets and files missing,
 partial (truncated) or altered, plus the files no manifest covers (written by path, such as exports; not
 verified). With ``RADPLAN_LAKE_S3_BUCKET`` set it re-reads the bucket, the system of record (``--local``: the
-working folder instead). Exit 1 on any problem (``--strict``: also on unrecorded files).
+working folder instead). Exit 1 on any problem, or when there are files but no manifest at all (indeterminate:
+nothing could be verified); ``--strict`` also fails on unrecorded files.
 
 `restore --from BACKUP` copies datasets back from a copy of the lake folder (``cp -a``, a snapshot): the ones
 `verify` finds damaged, or those named with ``--dataset``; each only when the copy matches its own manifest.
@@ -46,6 +47,8 @@ def _verify(args: argparse.Namespace) -> int:
     print(json.dumps({"lake": where, **report.as_dict()}, indent=2))
     failed = not report.ok or (args.strict and report.unrecorded)
     summary = ", ".join(f"{count} {problem}" for problem, count in sorted(report.counts().items())) or "no problems"
+    if report.indeterminate:
+        summary = "indeterminate: files but no manifest to verify them against"
     print(
         f"radplan lake verify: {report.datasets_checked} datasets, {report.files_hashed} files hashed: {summary}; "
         f"{sum(report.unrecorded.values())} files not covered by a manifest (not verified)",

@@ -130,6 +130,15 @@ def test_unrecorded_files_fail_only_in_strict_mode(tmp_path, shared_data, capsys
     assert verify_cli(tmp_path, capsys, "--strict")[0] == 1
 
 
+def test_a_lake_without_manifests_is_indeterminate_not_intact(tmp_path, shared_data, capsys):
+    build_lake(tmp_path, shared_data)
+    for zone in (tmp_path / "lake").iterdir():
+        subprocess.run(["rm", "-rf", str(zone / ".manifests")], check=True)  # as a lake written before manifests
+    code, report = verify_cli(tmp_path, capsys)
+    assert code == 1 and report["indeterminate"] and not report["ok"] and report["datasets_checked"] == 0
+    assert report["unrecorded_files"] == 2 * (3 + 1 + 1 + 1) + 1
+
+
 def test_encrypted_raw_zone_is_verified_without_the_key(tmp_path, shared_data, monkeypatch, capsys):
     monkeypatch.setenv("RADPLAN_RAW_ZONE_KEY", "ab" * 32)  # 64 hex digits
     lake = LakeResource(root=str(tmp_path / "lake"), raw_zone_encryption=True)
