@@ -262,8 +262,9 @@ class S3LakeResource(LakeResource):
                     for name, meta in manifest["files"].items():
                         (staging / name).parent.mkdir(parents=True, exist_ok=True)
                         self._download(dataset, f"{dataset}/{name}", meta, staging / name)
-        # The working folder stays verifiable like a local lake, with the manifest its own writer would record.
-        record_manifest(self.root_path, {name: value for name, value in manifest.items() if name != "version"})
+        if dataset.split("/", 1)[0] in ZONES:
+            # The working folder stays verifiable like a local lake, with the manifest its own writer would record.
+            record_manifest(self.root_path, {name: value for name, value in manifest.items() if name != "version"})
         self._write_sync_record(dataset, manifest, response["ETag"])
         return True
 
