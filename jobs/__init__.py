@@ -1,6 +1,6 @@
 """Asset jobs (the stages `make demo` runs in order) and schedules."""
 
-from dagster import AssetSelection, DefaultScheduleStatus, ScheduleDefinition, define_asset_job
+from dagster import AssetCheckKey, AssetKey, AssetSelection, DefaultScheduleStatus, ScheduleDefinition, define_asset_job
 
 from radplan_assets.partitions import patient_partitions
 
@@ -9,7 +9,8 @@ INTAKE_TAGS = {"radplan/intake": "inventory"}
 
 ingest_job = define_asset_job(
     "ingest_job",
-    selection=AssetSelection.assets("landing_inventory"),
+    # Not the lake_integrity check hung on landing_inventory: that one hashes the whole lake, daily (lake_verify_job).
+    selection=AssetSelection.assets("landing_inventory").without_checks(),
     tags=INTAKE_TAGS,
     description="Scan the PACS and the landing zone; register new patient partitions; list the patients whose inputs changed.",
 )
@@ -84,6 +85,12 @@ monitoring_job = define_asset_job(
     description="Input drift and missingness of the scored cohort; clinicians' accept/override decisions and override rates.",
 )
 
+lake_verify_job = define_asset_job(
+    "lake_verify_job",
+    selection=AssetSelection.checks(AssetCheckKey(AssetKey("landing_inventory"), "lake_integrity")),
+    description="Re-read the whole lake against the content manifests recorded at write time (radplan lake verify).",
+)
+
 # The order `make demo` runs them in: partitioned stages run once per patient.
 DEMO_STAGES = (
     ingest_job,
@@ -95,7 +102,7 @@ DEMO_STAGES = (
     export_job,
     monitoring_job,
 )
-ALL_JOBS = [*DEMO_STAGES, patient_refresh_job, cohort_refresh_job, retraining_job]
+ALL_JOBS = [*DEMO_STAGES, patient_refresh_job, cohort_refresh_job, retraining_job, lake_verify_job]
 
 
 def _utc_schedule(name: str, job, cron_schedule: str, description: str) -> ScheduleDefinition:
@@ -118,4 +125,6 @@ ALL_SCHEDULES = [
                   "Weekly: retrain the segmentation and response models (champion/challenger)."),
     _utc_schedule("daily_monitoring", monitoring_job, "0 5 * * *",
                   "Daily after the exports: drift, data quality and clinician feedback (the retraining sensor reads them)."),
+    _utc_schedule("daily_lake_verify", lake_verify_job, "0 6 * * *",
+                  "Daily: verify every lake dataset against its write-time manifest (missing, truncated or altered files)."),
 ]  # fmt: skip

@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES = (
     "radplan_cli.demo",
     "radplan.privacy",
     "radplan_cli.audit",
+    "radplan_cli.lake",
     "radplan_cli.architecture",
 )
 

@@ -1,4 +1,5 @@
-"""The Dagster instance: sqlite under RADPLAN_HOME/dagster_home by default, PostgreSQL when configured; telemetry off.
+"""The Dagster instance: sqlite under RADPLAN_HOME/dagster_home by default, PostgreSQL when configured; telemetry off;
+a run queue that runs one run per patient partition at a time.
 
 PostgreSQL is switched on by ``RADPLAN_DAGSTER_PG_URL`` (``postgresql+psycopg2://user:password@host:port/db``) or by
 ``RADPLAN_DAGSTER_PG_HOST`` with ``..._PORT``, ``..._DB``, ``..._USER`` and ``..._PASSWORD``. The dagster.yaml
@@ -28,10 +29,26 @@ PG_PART_ENVS = {
 PG_SCHEME = "postgresql+psycopg2"
 # No usage telemetry, and no "Join the Dagster community" onboarding prompt (nux) in the UI.
 TELEMETRY_OFF = "telemetry:\n  enabled: false\nnux:\n  enabled: false\n"
+# The run queue (dagster-daemon dequeues): at most one run per patient partition at a time, so a backfill and a
+# sensor run of the same patient never interleave their writes (the second waits in the queue). Dagster tags every
+# partitioned run, backfills included, with dagster/partition; every partitioned job here is per patient. Intake
+# runs (tag radplan/intake, jobs.INTAKE_TAGS) run one at a time.
+RUN_QUEUE = (
+    "run_coordinator:\n"
+    "  module: dagster._core.run_coordinator\n"
+    "  class: QueuedRunCoordinator\n"
+    "  config:\n"
+    "    tag_concurrency_limits:\n"
+    "      - key: dagster/partition\n"
+    "        value: {applyLimitPerUniqueValue: true}\n"
+    "        limit: 1\n"
+    "      - key: radplan/intake\n"
+    "        limit: 1\n"
+)
 
 
 def dagster_yaml(environ: Mapping[str, str]) -> str:
-    """The dagster.yaml for this environment: sqlite in the folder, or Postgres run/event/schedule storage."""
+    """The dagster.yaml for this environment: sqlite in the folder, or Postgres run/event/schedule storage; the run queue."""
     url = environ.get(PG_URL_ENV)
     if url:
         if url.split("://", 1)[0] != PG_SCHEME:
@@ -41,7 +58,7 @@ def dagster_yaml(environ: Mapping[str, str]) -> str:
             )
         return (
             f"{MARKER} from {PG_URL_ENV}: Postgres run, event-log and schedule storage (credentials stay in the environment).\n"
-            f"storage:\n  postgres:\n    postgres_url:\n      env: {PG_URL_ENV}\n{TELEMETRY_OFF}"
+            f"storage:\n  postgres:\n    postgres_url:\n      env: {PG_URL_ENV}\n{RUN_QUEUE}{TELEMETRY_OFF}"
         )
     if environ.get(PG_PART_ENVS["hostname"]):
         missing = [name for name in PG_PART_ENVS.values() if not environ.get(name)]
@@ -50,11 +67,11 @@ def dagster_yaml(environ: Mapping[str, str]) -> str:
         fields = "".join(f"      {key}:\n        env: {name}\n" for key, name in PG_PART_ENVS.items()) + f"      scheme: {PG_SCHEME}\n"
         return (
             f"{MARKER} from RADPLAN_DAGSTER_PG_*: Postgres run, event-log and schedule storage (credentials stay in the environment).\n"
-            f"storage:\n  postgres:\n    postgres_db:\n{fields}{TELEMETRY_OFF}"
+            f"storage:\n  postgres:\n    postgres_db:\n{fields}{RUN_QUEUE}{TELEMETRY_OFF}"
         )
     return (
         f"{MARKER} for the embedded default (sqlite storage in this folder).\n"
-        f"# Production: set {PG_URL_ENV} for Postgres storage; run launchers in docs/deploy.md.\n{TELEMETRY_OFF}"
+        f"# Production: set {PG_URL_ENV} for Postgres storage; run launchers in docs/deploy.md.\n{RUN_QUEUE}{TELEMETRY_OFF}"
     )
 
 

@@ -6,7 +6,10 @@ Dagster step's run id, asset key and partition when there is one. When
 ``raw_zone_encryption`` is on, every file in the raw zone is encrypted at rest
 with the key from ``RADPLAN_RAW_ZONE_KEY`` (``radplan.crypto``): writers fill a
 plaintext scratch folder that is encrypted into the zone on success, readers get
-plaintext through ``open_raw``/``read_raw_bytes``/``read_table``.
+plaintext through ``open_raw``/``read_raw_bytes``/``read_table``. Every table and
+patient folder written records its content manifest (file sizes and SHA-256,
+``radplan.lake_integrity``) in ``<zone>/.manifests``, which ``radplan lake verify``
+checks the lake against.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pydantic import Field
 from radplan import crypto
 from radplan.audit import AUDIT_FOLDER, AuditLog, AuditRecord, process_identity
 from radplan.lake import ZONES, QuarantineRecord, atomic_path, quarantine_file, rebuild_dir
+from radplan.lake_integrity import IntegrityReport, build_manifest, record_manifest, verify_local_lake
 
 PARTITION_COLUMN = "patient_key"
 HIVE_PARTITIONING = ds.partitioning(pa.schema([(PARTITION_COLUMN, pa.string())]), flavor="hive")
@@ -222,18 +226,26 @@ class LakeResource(ConfigurableResource):
         encrypted (bound to its final lake path) into the staging folder that replaces the old one.
         """
         final = self.zone(zone) / kind / patient_key
+        dataset = self.relative(final)
         key = self._key_for(zone)
         if key is None:
             with rebuild_dir(final) as staging:
                 yield staging
                 files, nbytes = _tree_size(staging)
+                manifest = build_manifest(dataset, staging)
         else:
             with self._scratch() as plain:
                 yield plain
                 files, nbytes = _tree_size(plain)
                 with rebuild_dir(final) as staging:
                     self._encrypt_tree(plain, staging, final, key)
+                    manifest = build_manifest(dataset, staging)  # the bytes at rest: ciphertext
+        record_manifest(self.root_path, manifest)
         self.audit("write", zone, self.relative(final), patient_key=_bare_patient_key(patient_key), nbytes=nbytes, files=files)
+
+    def verify_integrity(self, zones: Sequence[str] = ZONES) -> IntegrityReport:
+        """Re-read the lake against the manifests its writes recorded (other storage verifies its system of record)."""
+        return verify_local_lake(self.root_path, zones)
 
     def ops_path(self, name: str) -> Path:
         """A file of the operators' folder (``<lake>/ops``, outside the data zones: run failures)."""
@@ -285,13 +297,16 @@ class LakeResource(ConfigurableResource):
         return pa.concat_tables(parts, promote_options="permissive") if parts else pa.table({})
 
     def write_table(self, frame: pd.DataFrame | pa.Table, zone: str, table: str, patient_key: str | None = None) -> Path:
-        """Write a cohort table, or replace one patient's partition, atomically."""
+        """Write a cohort table, or replace one patient's partition, atomically; its content manifest is recorded
+        (``radplan.lake_integrity``) from the staged bytes once they are in place."""
         arrow = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
         key = self._key_for(zone)
         if patient_key is None:
             target = self.cohort_table_path(zone, table)
             with atomic_path(target) as tmp:
                 self._write_parquet(arrow, tmp, target, key)
+                manifest = build_manifest(self.relative(target), tmp)
+            record_manifest(self.root_path, manifest)
             self.audit("write", zone, table, rows=arrow.num_rows, nbytes=target.stat().st_size, files=1)
             return target
         if PARTITION_COLUMN in arrow.column_names:
@@ -301,6 +316,8 @@ class LakeResource(ConfigurableResource):
         with rebuild_dir(target) as staging:
             self._write_parquet(arrow, staging / "part-0.parquet", target / "part-0.parquet", key)
             nbytes = (staging / "part-0.parquet").stat().st_size
+            manifest = build_manifest(self.relative(target), staging)
+        record_manifest(self.root_path, manifest)
         self.audit("write", zone, table, patient_key=patient_key, rows=arrow.num_rows, nbytes=nbytes, files=1)
         return target
 

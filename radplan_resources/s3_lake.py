@@ -19,12 +19,13 @@ warm folder costs one LIST per zone per run and a cold one (a fresh pod, a wiped
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator, Literal, Sequence
 
 import boto3.exceptions
 import botocore.exceptions
@@ -35,6 +36,7 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field, PrivateAttr, model_validator
 
 from radplan.lake import ZONES, atomic_path, file_sha256
+from radplan.lake_integrity import IntegrityReport, StoredFiles, build_manifest, is_hidden, record_manifest, verify, well_formed
 from radplan_resources.lake import PARTITION_COLUMN, LakeResource, rebuild_dir
 from radplan.settings import S3LakeSettings
 
@@ -56,11 +58,6 @@ def dataset_of(relative_file: str, published: set[str]) -> str:
         if folder in published:
             return folder
     return relative_file
-
-
-def is_hidden(relative: str) -> bool:
-    """Staging folders, atomic-write temporaries and sync records start with a dot: never published."""
-    return any(part.startswith(".") for part in relative.split("/"))
 
 
 class S3LakeResource(LakeResource):
@@ -145,20 +142,12 @@ class S3LakeResource(LakeResource):
     def publish(self, dataset: str) -> None:
         """Upload one dataset (a file or folder relative to the root), then its manifest; stale objects go last."""
         local = self.root_path / dataset
-        if local.is_dir():
-            files = sorted(str(p.relative_to(local)).replace(os.sep, "/") for p in local.rglob("*") if p.is_file())
-            files = [name for name in files if not is_hidden(name)]
-        elif local.is_file():
-            files = [""]  # the dataset is the file itself
-        else:
+        if not local.exists():
             raise FileNotFoundError(f"nothing to publish for a {dataset.split('/', 1)[0]!r}-zone dataset")
         version = uuid.uuid4().hex
-        manifest = {
-            "dataset": dataset,
-            "version": version,
-            "kind": "folder" if local.is_dir() else "file",
-            "files": {name: {"size": (local / name if name else local).stat().st_size, "sha256": file_sha256(local / name if name else local)} for name in files},
-        }
+        # The same manifest the local lake records (radplan.lake_integrity), plus the published version.
+        manifest = {**build_manifest(dataset, local), "version": version}
+        files = list(manifest["files"])
         client = self.s3_client()
         relative_keys = {name: f"{dataset}/{name}" if name else dataset for name in files}
         previous = self._remote_manifest(dataset)
@@ -273,6 +262,9 @@ class S3LakeResource(LakeResource):
                     for name, meta in manifest["files"].items():
                         (staging / name).parent.mkdir(parents=True, exist_ok=True)
                         self._download(dataset, f"{dataset}/{name}", meta, staging / name)
+        if dataset.split("/", 1)[0] in ZONES:
+            # The working folder stays verifiable like a local lake, with the manifest its own writer would record.
+            record_manifest(self.root_path, {name: value for name, value in manifest.items() if name != "version"})
         self._write_sync_record(dataset, manifest, response["ETag"])
         return True
 
@@ -293,6 +285,39 @@ class S3LakeResource(LakeResource):
                 self.fetch(dataset, etag)
                 fetched += 1
         return fetched
+
+    # ---- integrity -------------------------------------------------------------------------------------------
+
+    def verify_integrity(self, zones: Sequence[str] = ZONES) -> IntegrityReport:
+        """Re-read the bucket (the system of record) against its published manifests: one listing of the lake's
+        objects, then every recorded object is streamed and hashed (``radplan lake verify`` with the S3 lake)."""
+        client = self.s3_client()
+        manifests: list[tuple[str, dict | None]] = []
+        sizes: dict[str, int] = {}
+        skip = len(self._key()) + 1 if self._key() else 0  # "<prefix>/"
+        for zone in zones:
+            with self._s3_errors("verify", f"{zone}/"):
+                for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(zone) + "/"):
+                    for item in page.get("Contents", []):
+                        relative = item["Key"][skip:]
+                        if not is_hidden(relative):
+                            sizes[relative] = item["Size"]
+                for dataset in sorted(self._remote_datasets(f"{zone}/")):
+                    try:
+                        manifest = self._remote_manifest(dataset)
+                    except ValueError:  # not JSON
+                        manifest = None
+                    manifests.append((dataset, well_formed(dataset, manifest)))
+
+        def sha256(relative: str) -> str:
+            digest = hashlib.sha256()
+            with self._s3_errors("verify", relative):
+                body = client.get_object(Bucket=self.bucket, Key=self._key(relative))["Body"]
+                for chunk in iter(lambda: body.read(1 << 20), b""):
+                    digest.update(chunk)
+            return digest.hexdigest()
+
+        return verify(manifests, StoredFiles(sizes=sizes, sha256=sha256))
 
     # ---- the LakeResource interface -----------------------------------------------------------------------------
 

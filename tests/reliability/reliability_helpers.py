@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from radplan.lake_integrity import MANIFEST_FOLDER
 from support import with_lake_io, with_upstream_sources
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -122,7 +123,8 @@ def lake_snapshot(home: Path) -> dict[str, object]:
 def staging_leftovers(home: Path) -> list[str]:
     """Hidden temp/staging/retired entries anywhere in the lake."""
     lake = home / "lake"
-    return sorted(str(p.relative_to(lake)) for p in lake.rglob("*") if STAGING_NAME.match(p.name))
+    # <zone>/.manifests is the lake's own (hidden) manifest folder, not a leftover; a temp file inside it is.
+    return sorted(str(p.relative_to(lake)) for p in lake.rglob("*") if STAGING_NAME.match(p.name) and p.name != MANIFEST_FOLDER)
 
 
 def snapshot_differences(first: dict, second: dict) -> list[str]:

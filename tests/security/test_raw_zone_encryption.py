@@ -184,7 +184,9 @@ def _tree_digests(root: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_encrypted_lake_gives_the_same_outputs_and_no_plaintext_at_rest(plain_home, encrypted_home, security_cohort):
-    raw_files = [p for p in (encrypted_home.lake / "raw").rglob("*") if p.is_file()]
+    # Data files only: raw/.manifests holds the lake's integrity manifests (names, sizes, SHA-256 of the ciphertext).
+    raw = encrypted_home.lake / "raw"
+    raw_files = [p for p in raw.rglob("*") if p.is_file() and not p.relative_to(raw).parts[0].startswith(".")]
     kinds = Counter(p.relative_to(encrypted_home.lake / "raw").parts[0] for p in raw_files)
     assert {"dicom", "genomics", "ehr"} <= set(kinds) and len(raw_files) > 20, kinds
     canaries = load_canaries(security_cohort / "truth" / "phi_canaries.json")
