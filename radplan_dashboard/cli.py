@@ -54,7 +54,7 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from radplan.errors import MissingKeyError
-    from radplan.runtime import disable_telemetry
+    from radplan.settings import disable_telemetry
     from radplan_dashboard.app import create_app
     from radplan_dashboard.config import settings_from_environment
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 from radplan.lake_integrity import MANIFEST_FOLDER
-from support import with_lake_io, with_upstream_sources
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HELPERS = Path(__file__).resolve()
@@ -141,6 +140,7 @@ def _materialize_from_orthanc(url: str) -> int:
     Per-request retries are kept short; the step retries are the asset's own policy, with the base
     delay from RADPLAN_PACS_RETRY_DELAY_S.
     """
+    from support import with_lake_io, with_upstream_sources  # tests/ is on sys.path under pytest and in _main
     from dagster import DagsterEventType, DagsterInstance, materialize
 
     from radplan_resources.instance import ensure_dagster_home
@@ -209,4 +209,5 @@ def _main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO_ROOT))
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
     sys.exit(_main(sys.argv[1:]))

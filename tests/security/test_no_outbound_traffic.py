@@ -152,7 +152,7 @@ def test_no_process_phones_home(services, tmp_path):
                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr[-3000:]
     tracking = (
-        "import radplan.definitions\n"  # applies radplan's process settings, as every code location load does
+        "import definitions\n"  # applies radplan's process settings, as every code location load does
         "from radplan.models.registry import mlflow_client\n"
         f"client = mlflow_client('sqlite:///{services['home']}/lake/models/mlflow.db', r'{root / 'artifacts'}', ('radplan-no-outbound',))\n"
         "run = client.create_run(client.get_experiment_by_name('radplan-no-outbound').experiment_id)\n"
