@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from radplan import cli
+import radplan_cli.main as cli
 from radplan.audit import AuditLog, AuditRecord, Materialization, compare_run, iter_records, verify_chain
 from radplan_cli.audit import audit_complete_for_run
 from radplan.privacy import PHI_ZONES, load_canaries, scan_tree
@@ -24,7 +24,7 @@ PATIENT_KEY = re.compile(r"p[0-9a-f]{16}")
 
 APPENDER = """
 import sys
-from radplan import cli
+import radplan_cli.main as cli
 from radplan.audit import AuditLog, AuditRecord
 log = AuditLog(sys.argv[1])
 for i in range(int(sys.argv[2])):
