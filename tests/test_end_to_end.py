@@ -64,6 +64,29 @@ def test_dagster_storage_holds_only_pseudonymous_partition_keys(demo_home):
     assert all(re.fullmatch(r"p[0-9a-f]{16}", k) for k in keys)
 
 
+def test_demo_runs_are_listed_on_their_job_pages_with_check_evaluations(demo_home, monkeypatch):
+    """The demo launches like production: each run carries the code location the UI filters a job's runs by, and every
+    blocking check of a per-patient asset has an evaluation for every patient."""
+    from dagster import AssetCheckKey, AssetKey, DagsterInstance
+    from dagster._core.storage.dagster_run import RunsFilter
+    from dagster._core.storage.tags import REPOSITORY_LABEL_TAG
+
+    from jobs import DEMO_STAGES
+
+    monkeypatch.setenv("DAGSTER_HOME", str(demo_home / "dagster_home"))
+    instance = DagsterInstance.get()
+    label = "__repository__@radplan"  # workspace.yaml's location name
+    for job in DEMO_STAGES:
+        listed = instance.get_runs(RunsFilter(job_name=job.name, tags={REPOSITORY_LABEL_TAG: label}))
+        expected = DEMO_PATIENTS if job.partitions_def else 1
+        assert len(listed) >= expected, f"{job.name}: {len(listed)} runs on its job page"
+        assert all(run.remote_job_origin is not None for run in listed)
+    for asset, check in (("imaging_metadata", "imaging_metadata_valid"), ("clinical_features", "clinical_features_valid"),
+                         ("variants", "variants_valid")):
+        history = instance.event_log_storage.get_asset_check_execution_history(AssetCheckKey(AssetKey(asset), check), limit=1000)
+        assert len(history) >= DEMO_PATIENTS, f"{check}: {len(history)} evaluations for {DEMO_PATIENTS} patients"
+
+
 def test_every_planted_bad_input_is_quarantined_with_a_reason(demo_home):
     from radplan.lake import file_sha256
 
