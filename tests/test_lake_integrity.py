@@ -17,7 +17,7 @@ import pydicom
 import pytest
 
 from radplan.lake_integrity import PARTIAL, ALTERED, MISSING, UNEXPECTED, UNREADABLE, manifest_path, verify_local_lake
-from radplan_cli import main as radplan
+from radplan_cli.main import main as radplan
 from radplan_resources import LakeResource
 
 PATIENTS = ("p00000000000000a1", "p00000000000000b2")
