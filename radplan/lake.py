@@ -220,3 +220,27 @@ def quarantine_file(quarantine_root: str | os.PathLike, source: str | os.PathLik
     )
     atomic_write_json(folder / "reason.json", asdict(record))
     return record
+
+
+PARTITION_COLUMN = "patient_key"
+
+
+def read_hive_dataset(folder: str | os.PathLike) -> "pd.DataFrame":
+    """Every ``patient_key=<key>`` partition of a per-patient table as one frame, with ``patient_key`` restored.
+
+    Partitions are written one patient at a time, so a column that is all-null for one patient has Arrow type
+    null there: each fragment is read on its own and the schemas are unified, instead of trusting the first file.
+    """
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    partitioning = ds.partitioning(pa.schema([(PARTITION_COLUMN, pa.string())]), flavor="hive")
+    parts = []
+    for fragment in ds.dataset(folder, format="parquet", partitioning=partitioning).get_fragments():
+        part = fragment.to_table()
+        key = ds.get_partition_keys(fragment.partition_expression)[PARTITION_COLUMN]
+        parts.append(part.append_column(PARTITION_COLUMN, pa.array([key] * part.num_rows, pa.string())))
+    if not parts:
+        return pd.DataFrame(columns=[PARTITION_COLUMN])
+    return pa.concat_tables(parts, promote_options="permissive").to_pandas()

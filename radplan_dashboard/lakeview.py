@@ -17,16 +17,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from radplan.imaging.masks import preferred_masks
+from radplan.lake import PARTITION_COLUMN, read_hive_dataset
 from radplan.models.outcomes import outcome_labels
 
 PATIENT_KEY = re.compile(r"^p[0-9a-f]{16}$")
-PARTITION_COLUMN = "patient_key"
-_HIVE = ds.partitioning(pa.schema([(PARTITION_COLUMN, pa.string())]), flavor="hive")
 # CDS Hooks / card severity of each alert action (radplan.decision.export.SEVERITY says high/moderate/low).
 ALERT_RANK = {"avoid": 2, "adjust_dose": 1}
 # Landing folders whose newest file says how fresh each source is (README "Where data lives").
@@ -66,15 +64,7 @@ def read_table(lake: Path, zone: str, table: str, patient_key: str | None = None
     folder = base / table
     if not folder.is_dir():
         return None
-    parts = []
-    # One patient at a time was written, so an all-null column has Arrow type null in some files: unify per fragment.
-    for fragment in ds.dataset(folder, format="parquet", partitioning=_HIVE).get_fragments():
-        part = fragment.to_table()
-        key = ds.get_partition_keys(fragment.partition_expression)[PARTITION_COLUMN]
-        parts.append(part.append_column(PARTITION_COLUMN, pa.array([key] * part.num_rows, pa.string())))
-    if not parts:
-        return pd.DataFrame(columns=[PARTITION_COLUMN])
-    return pa.concat_tables(parts, promote_options="permissive").to_pandas()
+    return read_hive_dataset(folder)
 
 
 def partition_updated_at(lake: Path, zone: str, table: str) -> dict[str, dt.datetime]:

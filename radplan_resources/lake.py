@@ -30,11 +30,9 @@ from pydantic import Field
 
 from radplan import crypto
 from radplan.audit import AUDIT_FOLDER, AuditLog, AuditRecord, process_identity
-from radplan.lake import ZONES, QuarantineRecord, atomic_path, quarantine_file, rebuild_dir
+from radplan.lake import PARTITION_COLUMN, ZONES, QuarantineRecord, atomic_path, quarantine_file, read_hive_dataset, rebuild_dir
 from radplan.lake_integrity import IntegrityReport, build_manifest, record_manifest, verify_local_lake
 
-PARTITION_COLUMN = "patient_key"
-HIVE_PARTITIONING = ds.partitioning(pa.schema([(PARTITION_COLUMN, pa.string())]), flavor="hive")
 ENCRYPTED_ZONES = ("raw",)
 # Run tags that name who launched a run (Dagster+ sets dagster/user; a launcher may set user).
 LAUNCHER_TAGS = ("dagster/user", "user")
@@ -352,10 +350,7 @@ class LakeResource(ConfigurableResource):
                 key = _bare_patient_key(partition.name)
                 parts.append(part.append_column(PARTITION_COLUMN, pa.array([key] * part.num_rows, pa.string())))
         else:
-            for fragment in ds.dataset(folder, format="parquet", partitioning=HIVE_PARTITIONING).get_fragments():
-                part = fragment.to_table()
-                key = ds.get_partition_keys(fragment.partition_expression)[PARTITION_COLUMN]
-                parts.append(part.append_column(PARTITION_COLUMN, pa.array([key] * part.num_rows, pa.string())))
+            return read_hive_dataset(folder)
         if not parts:
             return pd.DataFrame(columns=[PARTITION_COLUMN])
         return pa.concat_tables(parts, promote_options="permissive").to_pandas()

@@ -55,7 +55,7 @@ import pandas as pd
 import yaml
 
 from radplan.errors import InvalidVcfError
-from radplan.genomics.vcf import build_from_header, open_vcf
+from radplan.genomics.vcf import build_from_header, cyvcf2_reader, open_vcf
 
 OUTPUT_COLUMNS = [
     "gene", "diplotype", "phenotype", "activity_score", "genotype", "interpretation", "call_status",
@@ -230,7 +230,6 @@ def _open(vcf_path: Path):
     sign of truncation. Here the last line is accepted when it has every column the header names
     (8 fixed, FORMAT and one per sample), which a record cut short would not.
     """
-    import cyvcf2
 
     from radplan.genomics.vcf import _check_no_empty_fields
 
@@ -245,12 +244,7 @@ def _open(vcf_path: Path):
     if magic[:2] == b"\x1f\x8b" or magic == b"BCF" or last == b"\n":
         return open_vcf(path)
     _check_no_empty_fields(path, compressed=False)  # the guard open_vcf applies before htslib sees the text
-    try:
-        reader = cyvcf2.VCF(str(path), lazy=True, threads=None)
-    except Exception as exc:  # cyvcf2 raises bare Exception/OSError for unreadable headers
-        raise InvalidVcfError(f"{path.name}: cannot parse VCF header ({exc})") from exc
-    if not reader.raw_header.startswith("##fileformat=VCF"):
-        raise InvalidVcfError(f"{path.name}: missing ##fileformat=VCF header line")
+    reader = cyvcf2_reader(path)
     columns = 8 + (1 + len(reader.samples) if reader.samples else 0)
     tail = _last_line(path, size)
     if tail.startswith(b"#") or tail.count(b"\t") + 1 != columns:

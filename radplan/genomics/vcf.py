@@ -245,9 +245,14 @@ def open_vcf(path: Path):
 
     For record-by-record readers (:mod:`radplan.genomics.pgx`); Parquet conversion uses :class:`VariantReader`.
     """
+    _check_complete(path)
+    return cyvcf2_reader(path)
+
+
+def cyvcf2_reader(path: Path):
+    """cyvcf2's reader over a file already checked for completeness, or :class:`InvalidVcfError` for its header."""
     import cyvcf2
 
-    _check_complete(path)
     try:
         reader = cyvcf2.VCF(str(path), lazy=True, threads=None)
     except Exception as exc:  # cyvcf2 raises bare Exception/OSError for unreadable headers
