@@ -283,7 +283,7 @@ def find_gene_alterations(text: str) -> list[GeneAlteration]:
 
     found: list[GeneAlteration] = []
     group: list[tuple[str, str]] = []
-    group_negated = False
+    group_negated = carried_negation = False
     previous_end = 0
     for index, (named, start, end) in enumerate(genes):
         before = text[previous_end:start]
@@ -292,7 +292,7 @@ def find_gene_alterations(text: str) -> list[GeneAlteration]:
         else:
             # "without RAS mutation or PTEN loss": the negation carries over an "or"
             group_negated = bool(cfg["_neg_before"].search(before)) or (
-                bool(found) and found[-1].negated and previous_end > 0 and bool(_CONJUNCTION_ONLY.match(before)))
+                carried_negation and bool(_CONJUNCTION_ONLY.match(before)))
             group = list(named)
             group_prefix = cfg["_alteration_prefix"].search(text[max(0, start - 40):start])
         next_start = genes[index + 1][1] if index + 1 < len(genes) else len(text)
@@ -315,6 +315,7 @@ def find_gene_alterations(text: str) -> list[GeneAlteration]:
             negated = group_negated or bool(_NEGATIVE_ALTERATION.search(alteration))
             found += [GeneAlteration(gene, written, alteration, negated) for gene, written in group]
         group = []
+        carried_negation = group_negated
         previous_end = end + (words[-1].end() if words else stop.start() if stop else len(following))
     return found
 

@@ -181,6 +181,9 @@ def test_her2_written_only_in_the_conditions_is_a_trial_level_requirement(tmp_pa
     ("Anti-HER2 monoclonal antibody", []),  # a drug name
     ("EGFR-mutant and ALK-negative", [("EGFR", "mutant", False), ("ALK", "negative", True)]),
     ("no known BRAF V600E mutation", [("BRAF", "V600E mutation", True)]),
+    # a negation word carries over "or"; a negative result of one gene does not negate the next
+    ("without KRAS or NRAS mutation", [("KRAS", "mutation", True), ("NRAS", "mutation", True)]),
+    ("ALK-negative or EGFR mutation", [("ALK", "negative", True), ("EGFR", "mutation", False)]),
 ])
 def test_gene_alteration_statements(text, expected):
     assert [(f.gene, f.alteration, f.negated) for f in find_gene_alterations(text)] == expected
