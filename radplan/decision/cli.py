@@ -29,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--facts", type=Path, required=True, help="patient_features Parquet, or JSON object/list of objects")
     run.add_argument("--predictions", type=Path, default=None, help="model predictions (Parquet or CSV)")
     run.add_argument("--trials", type=Path, nargs="*", default=None,
-                     help="ClinicalTrials.gov records (API v2 JSON or legacy XML): files or folders; none = no trial matching")
+                     help="ClinicalTrials.gov records (API v2 JSON or legacy XML): files or folders; "
+                          "none = the sample catalogue shipped in radplan/decision/data/trials")
     run.add_argument("--rules", type=Path, default=None, help="rule file (default: the packaged rules.yaml)")
     run.add_argument("--out", type=Path, required=True, help="exports folder")
     run.set_defaults(func=run_recommend)
