@@ -30,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_vcf_to_parquet(args: argparse.Namespace) -> int:
+    from radplan import progress
     from radplan.genomics.vcf import vcf_to_parquet
 
     pseudonym = None
@@ -38,8 +39,9 @@ def run_vcf_to_parquet(args: argparse.Namespace) -> int:
 
         pseudonym = Pseudonymizer.from_environment().patient_key
     try:
-        summary = vcf_to_parquet(args.vcf, args.out, sample_pseudonym=pseudonym, batch_size=args.batch_size,
-                                 genome_build=args.build)
+        with progress.task("VCF records") as bar:
+            summary = vcf_to_parquet(args.vcf, args.out, sample_pseudonym=pseudonym, batch_size=args.batch_size,
+                                     genome_build=args.build, progress=bar.callback)
     except RadplanInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

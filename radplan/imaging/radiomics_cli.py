@@ -14,19 +14,17 @@ import argparse
 import json
 import sys
 from pathlib import Path
-
-import numpy as np
-import SimpleITK as sitk
+from typing import TYPE_CHECKING
 
 from radplan.errors import RadplanInputError
-from radplan.imaging.masks import label_lesions, mask_from_rtstruct, mask_from_seg
-from radplan.imaging.radiomics import extract_lesion_features, extraction_settings, load_params
-from radplan.imaging.series import group_series, read_instance_header
-from radplan.imaging.volumes import load_series_volume, resample_mask_to
-from radplan.lake import atomic_path, atomic_write_json
+
+if TYPE_CHECKING:  # SimpleITK, numpy and pyradiomics load inside the command: `radplan --help` stays instant
+    import SimpleITK as sitk
 
 
 def _dicom_series_paths(folder: Path) -> list[Path]:
+    from radplan.imaging.series import group_series, read_instance_header
+
     headers = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         headers.append(read_instance_header(path))
@@ -38,6 +36,10 @@ def _dicom_series_paths(folder: Path) -> list[Path]:
 
 def read_image(path: Path) -> tuple[sitk.Image, list[Path] | None]:
     """The image, and its DICOM instance paths when it came from a DICOM folder."""
+    import SimpleITK as sitk
+
+    from radplan.imaging.volumes import load_series_volume
+
     if path.is_dir():
         paths = _dicom_series_paths(path)
         return load_series_volume(paths), paths
@@ -51,6 +53,13 @@ def read_image(path: Path) -> tuple[sitk.Image, list[Path] | None]:
 
 def read_label_map(path: Path, image: sitk.Image, image_dicom_paths: list[Path] | None) -> sitk.Image:
     """Label map on the image grid from a label file, a DICOM folder, or a SEG/RTSTRUCT."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from radplan.imaging.masks import mask_from_rtstruct, mask_from_seg
+    from radplan.imaging.series import read_instance_header
+    from radplan.imaging.volumes import resample_mask_to
+
     if path.is_file() and image_dicom_paths is not None:
         try:
             modality = read_instance_header(path).modality
@@ -71,17 +80,19 @@ def read_label_map(path: Path, image: sitk.Image, image_dicom_paths: list[Path] 
 
 
 def run(args: argparse.Namespace) -> int:
+    from radplan import progress
+    from radplan.imaging.masks import label_lesions
+    from radplan.imaging.radiomics import extract_lesion_features, extraction_settings, load_params
+    from radplan.lake import atomic_path, atomic_write_json
+
     try:
         params = load_params(args.params)
         image, dicom_paths = read_image(Path(args.image))
         label_map = read_label_map(Path(args.mask), image, dicom_paths)
         if args.split_lesions:
             label_map = label_lesions(label_map, min_voxels=args.min_voxels)
-
-        def report(done: int, total: int) -> None:
-            print(f"radiomics: lesion {done}/{total}", file=sys.stderr)
-
-        table = extract_lesion_features(image, label_map, params, n_workers=args.workers, progress=report)
+        with progress.task("radiomics (lesions)") as bar:
+            table = extract_lesion_features(image, label_map, params, n_workers=args.workers, progress=bar.callback)
     except RadplanInputError as error:
         print(f"radplan radiomics: {error}", file=sys.stderr)
         return 2
