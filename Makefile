@@ -8,7 +8,7 @@ export RADPLAN_HOME
 INSTALL_STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := orthanc dcmtk dicom3tools bcftools tabix samtools chromium openjdk-17-jre-headless postgresql
 
-.PHONY: install system-deps demo test test-fast fuzz ui bench clean-data
+.PHONY: install system-deps demo test test-fast fuzz ui notebook bench clean-data
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ fuzz: install
 ui: install
 	$(PY) -c "from radplan_resources.instance import ensure_dagster_home; ensure_dagster_home()"
 	RADPLAN_DEMO=$${RADPLAN_DEMO-1} DAGSTER_HOME=$(RADPLAN_HOME)/dagster_home $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+# JupyterLab on notebooks/ with the project's kernel, on 127.0.0.1:8888, no news/update checks (after `make demo`).
+notebook: install
+	$(PY) -m radplan_cli notebook
 
 bench: install system-deps
 	$(PY) benchmarks/run_all.py

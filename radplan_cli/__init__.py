@@ -26,6 +26,7 @@ SUBCOMMAND_MODULES = (
     "radplan.privacy",
     "radplan_cli.audit",
     "radplan_cli.architecture",
+    "radplan_cli.notebook",
 )
 VERBOSE_HELP = "show the libraries' informational log lines too (default: radplan's messages and all warnings)"
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(verbose=args.verbose)
     try:
-        with progress.display(f"radplan {args.command}"):
+        with progress.display(f"radplan {args.command}", enabled=None if getattr(args, "progress_display", True) else False):
             return int(args.func(args) or 0)
     except MissingKeyError as error:
         # A configuration error, not a crash: one clear line (it names the variable, never the key).
