@@ -195,6 +195,12 @@ def disable_telemetry() -> None:
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
 
+def leave_library_logging_to_the_application() -> None:
+    """MLflow installs its own INFO-level console handler on import unless told not to; then its records reach
+    the command's console handler and its levels like every other library's (radplan_cli.logs)."""
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+
+
 def use_home(home: Path | str) -> Path:
     """Point this process (and the processes it starts) at another data home."""
     resolved = Path(home).resolve()

@@ -23,7 +23,8 @@ CHATTY_LIBRARIES = (
 # Libraries whose WARNINGs are routine notices rather than problems, shown with --verbose only: presidio warns,
 # every time an analyzer is built, that its Spanish/Italian/Polish recognizers are not loaded for English text,
 # and for every note that spaCy entity labels it does not use (CARDINAL, QUANTITY, ...) are "kept anyway".
-ROUTINE_WARNINGS = ("presidio-analyzer",)
+# MONAI warns in every process that the optional GPU DICOM decoder (nvImageCodec) is not installed.
+ROUTINE_WARNINGS = ("presidio-analyzer", "monai.data.nvimgcodec_pydicom_plugin")
 OWN_LOGGERS = ("radplan", "radplan_cli", "radplan_assets", "radplan_resources", "__main__")
 FORMAT = "%(levelname)s %(name)s: %(message)s"
 
@@ -56,6 +57,9 @@ class _StderrHandler(logging.StreamHandler):
 
 def configure_logging(verbose: bool = False) -> None:
     """Set up the console log of this process (the command, or a worker process of ``radplan demo``)."""
+    from radplan.settings import leave_library_logging_to_the_application
+
+    leave_library_logging_to_the_application()
     root = logging.getLogger()
     for handler in [h for h in root.handlers if getattr(h, "_radplan_console", False)]:
         root.removeHandler(handler)

@@ -87,3 +87,22 @@ def test_configuring_twice_keeps_one_console_handler(console):
     configure_logging(verbose=True)
     ours = [h for h in logging.getLogger().handlers if getattr(h, "_radplan_console", False)]
     assert len(ours) == 1
+
+
+def test_mlflow_info_goes_through_the_command_log():
+    # MLflow configures its own INFO console handler on import unless MLFLOW_CONFIGURE_LOGGING is false.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    code = ("from radplan_cli.logs import configure_logging; configure_logging(verbose=False); import mlflow, logging; "
+            "logging.getLogger('mlflow.store.db.utils').info('Creating initial MLflow database tables...'); "
+            "logging.getLogger('mlflow.pytorch').warning('Saving pytorch model by Pickle')")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_CONFIGURE_LOGGING"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120,
+                            env={**env, "PYTHONPATH": str(repo)})
+    assert result.returncode == 0, result.stderr
+    assert "Creating initial MLflow database tables" not in result.stderr
+    assert "WARNING mlflow.pytorch: Saving pytorch model by Pickle" in result.stderr
