@@ -24,7 +24,8 @@ CHATTY_LIBRARIES = (
 # every time an analyzer is built, that its Spanish/Italian/Polish recognizers are not loaded for English text,
 # and for every note that spaCy entity labels it does not use (CARDINAL, QUANTITY, ...) are "kept anyway".
 # MONAI warns in every process that the optional GPU DICOM decoder (nvImageCodec) is not installed.
-ROUTINE_WARNINGS = ("presidio-analyzer", "monai.data.nvimgcodec_pydicom_plugin")
+# pyradiomics warns on every extractor that GLCM Sum Average is 2 x Joint Average (both are in our feature set).
+ROUTINE_WARNINGS = ("presidio-analyzer", "monai.data.nvimgcodec_pydicom_plugin", "radiomics.glcm")
 OWN_LOGGERS = ("radplan", "radplan_cli", "radplan_assets", "radplan_resources", "__main__")
 FORMAT = "%(levelname)s %(name)s: %(message)s"
 
