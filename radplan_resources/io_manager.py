@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import pandas as pd
+import pyarrow as pa
 from dagster import AssetIn, ConfigurableIOManager, InputContext, OutputContext
 
 from radplan_resources.lake import LakeResource
@@ -110,8 +111,9 @@ class TableLocation:
 
     def write(self, lake: LakeResource, value: Any, patient_key: str | None) -> None:
         if not self.is_dict:
-            if not isinstance(value, (pd.DataFrame,)):
-                raise TypeError(f"asset {self.asset_name} returned {type(value).__name__}; the lake stores DataFrames")
+            # An Arrow table keeps the schema the asset gave it (patient_features: nullable integer columns).
+            if not isinstance(value, (pd.DataFrame, pa.Table)):
+                raise TypeError(f"asset {self.asset_name} returned {type(value).__name__}; the lake stores DataFrames and Arrow tables")
             lake.write_table(value, self.zone, self.table, patient_key)
             return
         if not isinstance(value, Mapping):
