@@ -49,7 +49,8 @@ def display(activity: str, *, enabled: bool | None = None) -> Iterator[None]:
             return Text("") if task.fields.get("activity") else super().render(task)
 
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), CountColumn(),
-                        TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+                        # soft_wrap: what the command prints meanwhile (JSON summaries) keeps its own line breaks.
+                        TimeElapsedColumn(), console=Console(stderr=True, soft_wrap=True), transient=True)
     _live, _activity = progress, progress.add_task(activity, total=None, activity=True)
     try:
         with progress:
