@@ -9,7 +9,7 @@ export RADPLAN_HOME
 INSTALL_STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := orthanc dcmtk dicom3tools bcftools tabix samtools chromium openjdk-17-jre-headless postgresql
 
-.PHONY: install system-deps demo test test-fast fuzz ui mlflow-ui dashboard bench bench-models clean-data
+.PHONY: install system-deps demo test test-fast fuzz ui notebook mlflow-ui dashboard bench bench-models clean-data
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,10 @@ mlflow-ui: install
 # The cohort dashboard and CDS Hooks service on http://127.0.0.1:8050, reading $(RADPLAN_HOME)/lake (the demo's by default).
 dashboard: install
 	RADPLAN_DEMO=$${RADPLAN_DEMO-1} $(PY) -m radplan_dashboard serve
+
+# JupyterLab on notebooks/ with the project's kernel, on 127.0.0.1:8888, no news/update checks (after `make demo`).
+notebook: install
+	$(PY) -m radplan_cli.main notebook
 
 bench: install system-deps
 	$(PY) benchmarks/run_all.py

@@ -21,8 +21,8 @@ from _common import QUICK, RESULTS_DIR, load_average, machine, now
 
 HERE = Path(__file__).resolve().parent
 # Cheapest first: a failure late in the run still leaves the early figures.
-BENCHMARKS = ("bench_deid.py", "bench_notes.py", "bench_vcf.py", "bench_radiomics.py", "bench_memory.py", "bench_partitions.py",
-              "bench_lake_integrity.py")
+BENCHMARKS = ("bench_cli.py", "bench_deid.py", "bench_notes.py", "bench_vcf.py", "bench_radiomics.py", "bench_memory.py",
+              "bench_partitions.py", "bench_lake_integrity.py")
 BUDGET_SECONDS = 20 * 60
 
 

@@ -18,7 +18,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 # Zones and folders that hold PHI by design; everything else under a data home is scanned.
 PHI_ZONES = ("landing", "lake/raw", "lake/quarantine", "truth")
@@ -251,19 +251,28 @@ def iter_scannable_files(root: Path, *, exclude: Iterable[str] = PHI_ZONES) -> I
             yield path
 
 
-def scan_tree(root: Path, canaries: Iterable[str], *, exclude: Iterable[str] = PHI_ZONES) -> tuple[list[Hit], int]:
-    """Scan every file under root except the PHI zones; returns (hits, files scanned)."""
+def scan_tree(root: Path, canaries: Iterable[str], *, exclude: Iterable[str] = PHI_ZONES,
+              progress: Callable[[int], None] | None = None) -> tuple[list[Hit], int]:
+    """Scan every file under root except the PHI zones; returns (hits, files scanned).
+
+    ``progress(files scanned so far)`` is called after each file."""
     matcher = CanaryMatcher(canaries, public_reference_texts())
     hits, scanned = [], 0
     for path in iter_scannable_files(root, exclude=exclude):
         hits.extend(scan_file(path, matcher, display_root=root))
         scanned += 1
+        if progress is not None:
+            progress(scanned)
     return hits, scanned
 
 
 def _privacy_scan(args) -> int:
+    from radplan import progress
+
     canaries = load_canaries(Path(args.canaries))
-    hits, scanned = scan_tree(Path(args.root), canaries, exclude=() if args.include_phi_zones else PHI_ZONES)
+    with progress.task("files scanned") as bar:
+        hits, scanned = scan_tree(Path(args.root), canaries, exclude=() if args.include_phi_zones else PHI_ZONES,
+                                  progress=bar.callback)
     for hit in hits:
         print(hit.redacted())
     print(f"{scanned} files scanned for {len(CanaryMatcher(canaries).canaries)} canaries: {len(hits)} hits")

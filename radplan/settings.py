@@ -8,7 +8,7 @@ password) are read where they are used, through the functions below, and are nev
 
 | variable | default | meaning |
 | --- | --- | --- |
-| RADPLAN_HOME | ./.radplan | data home: landing/, lake/, dagster_home/ |
+| RADPLAN_HOME | nearest .radplan in the working directory or a parent, else ./.radplan | data home: landing/, lake/, dagster_home/ |
 | RADPLAN_DEMO | off | demo mode: the built-in de-identification key, synthetic data only |
 | RADPLAN_DEID_KEY | (required outside demo mode) | de-identification key, >= 32 bytes |
 | RADPLAN_RAW_ZONE_KEY | unset | 32-byte key: raw zone encrypted at rest |
@@ -136,8 +136,18 @@ class Settings:
 # --- paths ------------------------------------------------------------------------------------------------
 
 
-def radplan_home(environ: Mapping[str, str] | None = None) -> Path:
-    return Path(_environ(environ).get(HOME_ENV_VAR, Path.cwd() / ".radplan")).resolve()
+def radplan_home(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> Path:
+    """RADPLAN_HOME; else the nearest ``.radplan`` folder in the working directory or one of its parents, so
+    that a notebook started in ``notebooks/`` (or a command run in any subfolder of the clone) reads the
+    clone's data; else ``./.radplan`` (where a first ``radplan demo`` creates it)."""
+    configured = _environ(environ).get(HOME_ENV_VAR)
+    if configured:
+        return Path(configured).resolve()
+    start = (cwd or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / ".radplan").is_dir():
+            return (folder / ".radplan").resolve()
+    return start / ".radplan"
 
 
 def landing_dir(home: Path | None = None) -> Path:
@@ -183,6 +193,12 @@ def disable_telemetry() -> None:
     for name, value in TELEMETRY_OFF.items():
         os.environ[name] = value
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+
+def leave_library_logging_to_the_application() -> None:
+    """MLflow installs its own INFO-level console handler on import unless told not to; then its records reach
+    the command's console handler and its levels like every other library's (radplan_cli.logs)."""
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
 
 
 def use_home(home: Path | str) -> Path:

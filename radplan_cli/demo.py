@@ -40,36 +40,57 @@ def _runner():
     return _RUNNER
 
 
+def _init_worker(verbose: bool, main_spec) -> None:
+    """A per-patient worker: the command's console logging, and the command's ``__main__`` module spec.
+
+    A spawned worker's ``__main__`` has neither a spec nor a file; pyspark takes that for a doctest run and
+    calls ``sys.exit(0)`` while Great Expectations imports it (each data-quality check then failed with
+    ``SystemExit: 0``). With the parent's spec (``radplan_cli.main``) the worker looks like the command
+    it is, and a nested spawn skips re-running it (multiprocessing never re-imports a ``*.__main__``).
+    """
+    from radplan_cli.logs import configure_logging
+
+    configure_logging(verbose)
+    main_module = sys.modules["__main__"]
+    if main_spec is not None and getattr(main_module, "__spec__", None) is None and not hasattr(main_module, "__file__"):
+        main_module.__spec__ = main_spec
+
+
 def _run_partition(job_name: str, partition_key: str) -> tuple[str, bool]:
     """One per-patient run, in a worker process (the Dagster instance's sqlite storage takes concurrent runs)."""
     return partition_key, _runner().run(job_name, QUIET, partition_key=partition_key)
 
 
-def _run_partitions(job_name: str, keys: list[str], workers: int) -> list[str]:
+def _run_partitions(job_name: str, keys: list[str], workers: int, verbose: bool = False) -> list[str]:
     """Run a per-patient job for every key on ``workers`` processes; returns the failed keys."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
+    from radplan import progress
+
     failed: list[str] = []
+    main_spec = getattr(sys.modules["__main__"], "__spec__", None)
     # spawn: workers must not inherit the parent's threads (Spark, torch) through fork.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_worker, initargs=(verbose, main_spec)) as pool, \
+            progress.task(f"{job_name} (patients)", total=len(keys)) as bar:
         futures = [pool.submit(_run_partition, job_name, key) for key in keys]
-        for done, future in enumerate(as_completed(futures), start=1):
+        for future in as_completed(futures):
             key, success = future.result()
             if not success:
                 failed.append(key)
-            print(f"\r  {job_name}: {done}/{len(keys)} patients ({len(failed)} failed)", end="", flush=True)
-    print()
+            bar.advance()
     return failed
 
 
-def run_stages(*, segmentation_epochs: int | None = None, workers: int = 2) -> list[str]:
+def run_stages(*, segmentation_epochs: int | None = None, workers: int = 2, verbose: bool = False) -> list[str]:
     """Materialize every stage; returns the failed (stage, partition) descriptions (no PHI: keys only)."""
     from dagster import DagsterInstance
 
     import definitions  # noqa: F401  first: it refuses a bad key before the heavy imports
     from jobs import DEMO_STAGES
     from radplan_resources.instance import ensure_dagster_home
+    from radplan import progress
     from radplan_assets.partitions import PATIENTS_PARTITION_NAME
 
     ensure_dagster_home()
@@ -81,13 +102,14 @@ def run_stages(*, segmentation_epochs: int | None = None, workers: int = 2) -> l
             run_config = dict(QUIET)
             if segmentation_epochs is not None and stage.name == "segmentation_training_job":
                 run_config["ops"] = {"segmentation_model": {"config": {"max_epochs": segmentation_epochs}}}
-            success = _runner().run(stage.name, run_config)
+            with progress.task(stage.name):
+                success = _runner().run(stage.name, run_config)
             if not success:
                 failures.append(stage.name)
             status = "ok" if success else "FAILED"
         else:
             keys = instance.get_dynamic_partitions(PATIENTS_PARTITION_NAME)
-            failed = _run_partitions(stage.name, list(keys), workers)
+            failed = _run_partitions(stage.name, list(keys), workers, verbose)
             failures += [f"{stage.name}[{key}]" for key in failed]
             status = f"{len(keys) - len(failed)}/{len(keys)} patients ok"
         print(f"{stage.name}: {status} in {time.perf_counter() - started:.1f} s", flush=True)
@@ -95,6 +117,8 @@ def run_stages(*, segmentation_epochs: int | None = None, workers: int = 2) -> l
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from radplan import progress
+
     enable_demo_mode()
     if args.home:
         use_home(args.home)
@@ -104,12 +128,13 @@ def _demo(args: argparse.Namespace) -> int:
         from radplan.synth import generate_cohort
 
         print(f"generating {args.patients} synthetic patients (seed {args.seed}) into {home}/landing ...", flush=True)
-        summary = generate_cohort(home, args.patients, args.seed)
+        with progress.task("generating synthetic patients"):
+            summary = generate_cohort(home, args.patients, args.seed)
         print(f"  {summary}")
     if args.trials:
         copied = copy_trial_records(Path(args.trials), home / "landing" / "trials")
         print(f"trial catalogue: {copied} ClinicalTrials.gov records in {home / 'landing' / 'trials'}")
-    failures = run_stages(segmentation_epochs=args.segmentation_epochs, workers=args.workers)
+    failures = run_stages(segmentation_epochs=args.segmentation_epochs, workers=args.workers, verbose=args.verbose)
     exports = lake_dir(home) / "exports"
     print(f"\ndone in {time.perf_counter() - started:.0f} s. Exports: {exports}")
     print("  recommendations.parquet / recommendations.csv, fhir/<patient>.json, reports/<patient>.html, model_report.json")
@@ -121,7 +146,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _materialize(args: argparse.Namespace) -> int:
-    return 1 if run_stages(segmentation_epochs=args.segmentation_epochs, workers=args.workers) else 0
+    return 1 if run_stages(segmentation_epochs=args.segmentation_epochs, workers=args.workers, verbose=args.verbose) else 0
 
 
 def copy_trial_records(source: Path, target: Path) -> int:

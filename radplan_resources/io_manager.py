@@ -111,6 +111,7 @@ class TableLocation:
 
     def write(self, lake: LakeResource, value: Any, patient_key: str | None) -> None:
         if not self.is_dict:
+            # An Arrow table keeps the schema the asset gave it (patient_features: nullable integer columns).
             if not isinstance(value, (pd.DataFrame, pa.Table)):
                 raise TypeError(f"asset {self.asset_name} returned {type(value).__name__}; the lake stores DataFrames and Arrow tables")
             lake.write_table(value, self.zone, self.table, patient_key)

@@ -39,6 +39,8 @@ class SparkResource(ConfigurableResource):
             .config("spark.driver.host", host)
             .config("spark.driver.bindAddress", bind)
             .config("spark.ui.enabled", "false")
+            # Spark draws "[Stage n:>  (k + m) / t]" bars on stderr even into a file or a pipe; radplan's own show progress.
+            .config("spark.ui.showConsoleProgress", "false")
             .config("spark.sql.shuffle.partitions", str(self.shuffle_partitions))
             .config("spark.sql.session.timeZone", "UTC")
             .getOrCreate()

@@ -2,7 +2,7 @@
 
 One session-scoped run (``demo_home`` in conftest.py) feeds the checks below: exports exist and validate, nothing past
 de-identification (Dagster's own storage and MLflow included) contains a planted canary,
-every planted bad input is quarantined with a reason, and the notebook runs on the lake.
+every planted bad input is quarantined with a reason, and the notebook runs on the lake and draws.
 """
 
 from __future__ import annotations
@@ -103,19 +103,38 @@ def test_every_planted_bad_input_is_quarantined_with_a_reason(demo_home):
     assert {(r["table"], r["line"]) for r in rejected} >= {("conditions", b["line"]) for b in bad_inputs if "line" in b}
 
 
-def test_notebook_runs_on_the_lake(demo_home):
+def test_notebook_run_from_notebooks_folder_finds_the_data_through_settings_and_draws(demo_home, tmp_path):
+    """As `make notebook` runs it: the kernel starts in the clone's notebooks/ with no RADPLAN_HOME, finds the
+    clone's .radplan/ through radplan.settings, runs every cell without an error and draws its plots inline."""
+    import base64
+
     import nbformat
     from nbclient import NotebookClient
 
+    clone = tmp_path / "clone"
+    (clone / "notebooks").mkdir(parents=True)
+    (clone / ".radplan").symlink_to(demo_home, target_is_directory=True)
     notebook = nbformat.read(REPO_ROOT / "notebooks" / "cohort_overview.ipynb", as_version=4)
-    os.environ["RADPLAN_LAKE"] = str(demo_home / "lake")
+    saved_home = os.environ.pop("RADPLAN_HOME", None)
     try:
-        NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO_ROOT)}}).execute()
+        # allow_errors=False: the first cell error raises CellExecutionError and fails the test.
+        NotebookClient(notebook, timeout=300, kernel_name="python3", allow_errors=False,
+                       resources={"metadata": {"path": str(clone / "notebooks")}}).execute()
     finally:
-        os.environ.pop("RADPLAN_LAKE")
-    outputs = [o.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs if o.get("name") == "stdout"]
-    summary = json.loads(next(line for text in outputs for line in text.splitlines() if line.startswith("{")))
+        if saved_home is not None:
+            os.environ["RADPLAN_HOME"] = saved_home
+    code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert not [o for cell in code_cells for o in cell.outputs if o.output_type == "error"]
+    stdout = "".join(o.get("text", "") for cell in code_cells for o in cell.outputs if o.get("name") == "stdout")
+    assert f"{DEMO_PATIENTS} patients in {demo_home.resolve() / 'lake'}" in stdout
+    summary = json.loads(next(line for line in stdout.splitlines() if line.startswith("{")))
     assert summary["patients"] == DEMO_PATIENTS
+    plotting_cells = [cell for cell in code_cells if "plt.subplots" in cell.source]
+    assert len(plotting_cells) == 2
+    for cell in plotting_cells:
+        images = [o["data"]["image/png"] for o in cell.outputs if "image/png" in o.get("data", {})]
+        assert images, f"no inline plot from cell {cell.get('id')}"
+        assert all(base64.b64decode(image).startswith(b"\x89PNG\r\n\x1a\n") for image in images)
 
 
 def test_one_patient_has_one_key_and_one_date_shift_across_dicom_vcf_and_ehr(demo_home):

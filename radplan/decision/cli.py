@@ -14,11 +14,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
-from radplan.decision import export, interactions, recommend, rules, trials
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     check = subparsers.add_parser("decision-rules", help="validate a decision rule base and the interaction knowledge base, and summarise them")
@@ -37,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_check_rules(args: argparse.Namespace) -> int:
+    from radplan.decision import interactions, rules
+
     try:
         rule_base = rules.load_rule_base(args.rules)
     except rules.RuleBaseError as exc:
@@ -54,6 +51,9 @@ def run_check_rules(args: argparse.Namespace) -> int:
 
 
 def _read_facts(path: Path) -> list[dict]:
+    import numpy as np
+    import pandas as pd
+
     if path.suffix.lower() == ".parquet":
         records = pd.read_parquet(path).to_dict(orient="records")
     else:
@@ -63,6 +63,11 @@ def _read_facts(path: Path) -> list[dict]:
 
 
 def run_recommend(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from radplan import progress
+    from radplan.decision import export, recommend, rules, trials
+
     try:
         rule_base = rules.load_rule_base(args.rules)
     except rules.RuleBaseError as exc:
@@ -75,7 +80,9 @@ def run_recommend(args: argparse.Namespace) -> int:
         predictions = reader(args.predictions)
     versions = {"trial_catalog": trials.catalog_version(catalogue)}
     tables, bundles, reports = [], {}, {}
-    for facts in _read_facts(args.facts):
+    patients = _read_facts(args.facts)
+    bar = progress.task("recommendations (patients)", total=len(patients))
+    for facts in patients:
         table = recommend.recommend_for_patient(facts, rule_base, model_predictions=predictions, trials=catalogue,
                                                 versions=versions)
         key = str(facts["patient_key"])
@@ -88,6 +95,8 @@ def run_recommend(args: argparse.Namespace) -> int:
             variants=None, pgx=None,
             radiomics_highlights={k: v for k, v in facts.items() if k.startswith("rad_")},
         )
+        bar.advance()
+    bar.close()
     non_empty = [t for t in tables if not t.empty] or tables
     if not non_empty:
         print("no patients in the facts file", file=sys.stderr)

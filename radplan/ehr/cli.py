@@ -12,6 +12,7 @@ from radplan.lake import atomic_path
 
 
 def _deid_text(args: argparse.Namespace) -> int:
+    from radplan import progress
     from radplan.ehr.extracts import parse_fhir_line
     from radplan.ehr.identifiers import patient_identifiers
     from radplan.ehr.notes import NoteDeidentifier
@@ -33,8 +34,10 @@ def _deid_text(args: argparse.Namespace) -> int:
                 identifiers[patient.id] = patient_identifiers(patient)
     deidentifier = NoteDeidentifier()
     count = errors = 0
-    with open(args.input, encoding="utf-8") as source, atomic_path(args.output) as tmp, open(tmp, "w", encoding="utf-8") as sink:
+    with open(args.input, encoding="utf-8") as source, atomic_path(args.output) as tmp, open(tmp, "w", encoding="utf-8") as sink, \
+            progress.task("de-identifying notes") as bar:
         for line_number, line in enumerate(source, start=1):
+            bar.advance()
             if not line.strip():
                 continue
             try:

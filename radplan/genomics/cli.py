@@ -31,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_vcf_to_parquet(args: argparse.Namespace) -> int:
+    from radplan import progress
     from radplan.genomics.vcf import vcf_to_parquet
 
     pseudonym = None
@@ -38,12 +39,14 @@ def run_vcf_to_parquet(args: argparse.Namespace) -> int:
         from radplan.pseudonym import Pseudonymizer
 
         pseudonym = Pseudonymizer.from_environment().patient_key
+
     def report(record) -> None:  # the user's own shell: the file name is theirs to see
         print(f"quarantined: {record.file}:{record.line}: {record.reason} ({record.caller})", file=sys.stderr)
 
     try:
-        summary = vcf_to_parquet(args.vcf, args.out, sample_pseudonym=pseudonym, batch_size=args.batch_size,
-                                 genome_build=args.build, on_quarantine=report)
+        with progress.task("VCF records") as bar:
+            summary = vcf_to_parquet(args.vcf, args.out, sample_pseudonym=pseudonym, batch_size=args.batch_size,
+                                     genome_build=args.build, progress=bar.callback, on_quarantine=report)
     except RadplanInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

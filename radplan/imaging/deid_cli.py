@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 
 from radplan.errors import MissingKeyError
-from radplan.imaging.deid import DeidOptions, deidentify_folder
-from radplan.pseudonym import Pseudonymizer
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,6 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from radplan import progress
+    from radplan.imaging.deid import DeidOptions, deidentify_folder
+    from radplan.pseudonym import Pseudonymizer
+
     if not args.in_dir.is_dir():
         print(f"error: input folder {args.in_dir} does not exist", file=sys.stderr)
         return 2
@@ -40,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     quarantine_dir = args.quarantine or args.out_dir.resolve().parent / "quarantine"
     options = DeidOptions(burned_in_policy=args.burned_in)
-    summary = deidentify_folder(args.in_dir, args.out_dir, pseudonymizer, quarantine_dir, options)
+    with progress.task("de-identifying DICOM files") as bar:
+        summary = deidentify_folder(args.in_dir, args.out_dir, pseudonymizer, quarantine_dir, options, progress=bar.callback)
     summary["key_fingerprint"] = pseudonymizer.key_fingerprint
     print(json.dumps(summary, indent=2, sort_keys=True))
     return 0

@@ -19,20 +19,22 @@ import argparse
 import json
 import sys
 from pathlib import Path
-
-import numpy as np
-import SimpleITK as sitk
+from typing import TYPE_CHECKING
 
 from radplan.errors import RadplanInputError
-from radplan.imaging.masks import label_lesions, mask_from_rtstruct, mask_from_seg
-from radplan.imaging.ibsi_conformance import CONFIGURATIONS, run_conformance
-from radplan.imaging.radiomics import MODES, extract_lesion_features, extraction_settings, load_params
-from radplan.imaging.series import group_series, read_instance_header
-from radplan.imaging.volumes import load_series_volume, resample_mask_to
-from radplan.lake import atomic_path, atomic_write_json
+
+if TYPE_CHECKING:  # SimpleITK, numpy and pyradiomics load inside the commands: `radplan --help` stays instant
+    import SimpleITK as sitk
+
+# The choices the parser offers, spelled here so that building it imports nothing heavy; a test checks they equal
+# radplan.imaging.radiomics.MODES and radplan.imaging.ibsi_conformance.CONFIGURATIONS.
+MODES = ("pyradiomics", "ibsi")
+CONFIGURATIONS = ("A", "B", "C", "D", "E")
 
 
 def _dicom_series_paths(folder: Path) -> list[Path]:
+    from radplan.imaging.series import group_series, read_instance_header
+
     headers = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         headers.append(read_instance_header(path))
@@ -44,6 +46,10 @@ def _dicom_series_paths(folder: Path) -> list[Path]:
 
 def read_image(path: Path) -> tuple[sitk.Image, list[Path] | None]:
     """The image, and its DICOM instance paths when it came from a DICOM folder."""
+    import SimpleITK as sitk
+
+    from radplan.imaging.volumes import load_series_volume
+
     if path.is_dir():
         paths = _dicom_series_paths(path)
         return load_series_volume(paths), paths
@@ -58,6 +64,13 @@ def read_image(path: Path) -> tuple[sitk.Image, list[Path] | None]:
 def read_label_map(path: Path, image: sitk.Image, image_dicom_paths: list[Path] | None, *,
                    fractional_threshold: float = 0.5) -> sitk.Image:
     """Label map on the image grid from a label file, a DICOM folder, or a SEG/RTSTRUCT."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from radplan.imaging.masks import mask_from_rtstruct, mask_from_seg
+    from radplan.imaging.series import read_instance_header
+    from radplan.imaging.volumes import resample_mask_to
+
     if path.is_file() and image_dicom_paths is not None:
         try:
             modality = read_instance_header(path).modality
@@ -80,17 +93,19 @@ def read_label_map(path: Path, image: sitk.Image, image_dicom_paths: list[Path] 
 
 
 def run(args: argparse.Namespace) -> int:
+    from radplan import progress
+    from radplan.imaging.masks import label_lesions
+    from radplan.imaging.radiomics import extract_lesion_features, extraction_settings, load_params
+    from radplan.lake import atomic_path, atomic_write_json
+
     try:
         params = load_params(args.params)
         image, dicom_paths = read_image(Path(args.image))
         label_map = read_label_map(Path(args.mask), image, dicom_paths, fractional_threshold=args.seg_fractional_threshold)
         if args.split_lesions:
             label_map = label_lesions(label_map, min_voxels=args.min_voxels)
-
-        def report(done: int, total: int) -> None:
-            print(f"radiomics: lesion {done}/{total}", file=sys.stderr)
-
-        table = extract_lesion_features(image, label_map, params, n_workers=args.workers, progress=report, mode=args.mode)
+        with progress.task("radiomics (lesions)") as bar:
+            table = extract_lesion_features(image, label_map, params, n_workers=args.workers, progress=bar.callback, mode=args.mode)
     except RadplanInputError as error:
         print(f"radplan radiomics: {error}", file=sys.stderr)
         return 2
@@ -131,11 +146,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     conformance.add_argument("directory", help="folder with phantom.nii.gz, mask.nii.gz, ibsi_1_reference_values_config_{A..E}.csv")
     conformance.add_argument("--configurations", default="".join(CONFIGURATIONS), help="which of A-E to run (default: all)")
     conformance.add_argument("--min-share", type=float, default=0.95, help="share of features that must conform (exit 1 below it)")
-    conformance.add_argument("--verbose", action="store_true", help="list every feature outside its tolerance")
+    conformance.add_argument("--show-failures", action="store_true", help="list every feature outside its tolerance")
     conformance.set_defaults(func=run_conformance_report)
 
 
 def run_conformance_report(args: argparse.Namespace) -> int:
+    from radplan.imaging.ibsi_conformance import run_conformance
+
     configurations = tuple(args.configurations.upper())
     try:
         results = run_conformance(Path(args.directory), configurations)
@@ -146,7 +163,7 @@ def run_conformance_report(args: argparse.Namespace) -> int:
     for result in results:
         print(result.line())
         below |= result.conforming < args.min_share * len(result.checks)
-        if args.verbose:
+        if args.show_failures:
             for check in result.checks:
                 if not check.conforms:
                     print(f"  {check.tag}: {check.value} (reference {check.reference} +/- {check.tolerance})")
