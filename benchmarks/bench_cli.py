@@ -1,7 +1,7 @@
 """Benchmark: how fast `radplan --help` and every `radplan <command> --help` answer, and whether progress shows.
 
 Help: wall time (and CPU time, user + system, which other load on the machine disturbs less) of a fresh
-interpreter running ``python -m radplan_cli [command] --help``, median of ``--runs`` runs, against the
+interpreter running ``python -m radplan_cli.main [command] --help``, median of ``--runs`` runs, against the
 floor every Python command pays (``python -c pass`` in the same venv); target < 0.5 s wall. Progress: ``radplan deid-dicom`` on the shared IBSI CT/MR/PET series, once with stdout
 and stderr on a pseudo-terminal (a bar counting the files must be drawn) and once into pipes (stdout
 must be exactly the JSON summary, with no bar and no terminal codes on either stream).
@@ -49,7 +49,7 @@ def _median_seconds(command: list[str], runs: int) -> tuple[float, float]:
 
 
 def _subcommands() -> list[str]:
-    code = "import json, radplan_cli; print(json.dumps(sorted(radplan_cli.build_parser()._subparsers._group_actions[0].choices)))"
+    code = "import json, radplan_cli.main; print(json.dumps(sorted(radplan_cli.main.build_parser()._subparsers._group_actions[0].choices)))"
     return json.loads(subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True, text=True, check=True).stdout)
 
 
@@ -77,7 +77,7 @@ def _on_terminal(command: list[str]) -> tuple[int, str]:
 def progress_behaviour() -> dict:
     files = sum(1 for p in SHARED_DICOM.rglob("*") if p.is_file() and not p.name.startswith("."))
     with tempfile.TemporaryDirectory(prefix="radplan-bench-cli-") as work:
-        command = [sys.executable, "-m", "radplan_cli", "deid-dicom", str(SHARED_DICOM)]
+        command = [sys.executable, "-m", "radplan_cli.main", "deid-dicom", str(SHARED_DICOM)]
         code, terminal = _on_terminal([*command, str(Path(work) / "tty")])
         piped = subprocess.run([*command, str(Path(work) / "pipe")], cwd=REPO, env=_env(), capture_output=True, text=True)
     try:
@@ -103,7 +103,7 @@ def main() -> int:
     floor, floor_cpu = _median_seconds([sys.executable, "-c", "pass"], args.runs)
     rows = []
     for command in [None, *_subcommands()]:
-        argv = [sys.executable, "-m", "radplan_cli", *([command] if command else []), "--help"]
+        argv = [sys.executable, "-m", "radplan_cli.main", *([command] if command else []), "--help"]
         seconds, cpu = _median_seconds(argv, args.runs)
         rows.append(result_row(f"cli_help_{command or 'radplan'}", radplan=round(seconds, 3), peer=round(floor, 3),
                                unit="s (median wall time; peer: bare `python -c pass`)", ratio=round(seconds / floor, 2),

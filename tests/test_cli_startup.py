@@ -29,7 +29,7 @@ def _env() -> dict[str, str]:
 
 
 def test_radplan_help_imports_no_heavy_module():
-    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "radplan_cli", "--help"], cwd=REPO_ROOT,
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "radplan_cli.main", "--help"], cwd=REPO_ROOT,
                             env=_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "deid-dicom" in result.stdout and "--verbose" in result.stdout
@@ -43,7 +43,7 @@ def test_radplan_help_imports_no_heavy_module():
 # modules it had to import. Imports accumulate, so any one help that pulls in a heavy library shows here.
 EVERY_SUBCOMMAND_HELP = """
 import json, sys
-import radplan_cli
+import radplan_cli.main as radplan_cli
 commands = sorted(radplan_cli.build_parser()._subparsers._group_actions[0].choices)
 for command in commands:
     try:
@@ -65,7 +65,7 @@ def test_every_subcommand_help_imports_no_heavy_module():
 
 
 def test_verbose_is_accepted_before_and_after_the_subcommand():
-    import radplan_cli
+    import radplan_cli.main as radplan_cli
 
     parser = radplan_cli.build_parser()
     assert parser.parse_args(["--verbose", "decision-rules"]).verbose is True
@@ -80,7 +80,7 @@ def shared_dicom_series(shared_data) -> Path:
 
 def test_no_progress_bar_or_library_chatter_when_output_is_not_a_terminal(shared_dicom_series, tmp_path):
     # A real CT series from the shared data (IBSI STS), de-identified with stdout and stderr captured (pipes).
-    result = subprocess.run([sys.executable, "-m", "radplan_cli", "deid-dicom", str(shared_dicom_series), str(tmp_path / "out")],
+    result = subprocess.run([sys.executable, "-m", "radplan_cli.main", "deid-dicom", str(shared_dicom_series), str(tmp_path / "out")],
                             cwd=REPO_ROOT, env={**_env(), "RADPLAN_DEMO": "1"}, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout)  # stdout is exactly the JSON summary
@@ -117,7 +117,7 @@ def run_on_terminal(command: list[str], env: dict[str, str], timeout: float = 30
 
 
 def test_progress_bar_on_a_terminal(shared_dicom_series, tmp_path):
-    code, output = run_on_terminal([sys.executable, "-m", "radplan_cli", "deid-dicom", str(shared_dicom_series), str(tmp_path / "out")],
+    code, output = run_on_terminal([sys.executable, "-m", "radplan_cli.main", "deid-dicom", str(shared_dicom_series), str(tmp_path / "out")],
                                    {**_env(), "RADPLAN_DEMO": "1"})
     assert code == 0, output[-2000:]
     files = sum(1 for p in shared_dicom_series.rglob("*") if p.is_file() and not p.name.startswith("."))

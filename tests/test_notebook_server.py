@@ -29,7 +29,7 @@ def test_jupyterlab_serves_notebooks_on_loopback_without_phoning_home(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
            "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
            "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces")}
-    command = [sys.executable, "-m", "radplan_cli", "notebook", "--no-browser", "--port", str(port), "--",
+    command = [sys.executable, "-m", "radplan_cli.main", "notebook", "--no-browser", "--port", str(port), "--",
                f"--IdentityProvider.token={token}"]
     server = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               start_new_session=True)
