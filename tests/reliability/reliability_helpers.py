@@ -101,9 +101,12 @@ def _snapshot_name(path: Path, lake: Path) -> str:
 
 def _compared(relative: Path) -> bool:
     """Not compared: ``audit/``, a log of who read what and when (every run, a killed one too, appends
-    to it), and MLflow's own store under ``models/`` (its run ids and timestamps), which radplan does not write."""
+    to it), MLflow's own store under ``models/`` (its run ids and timestamps), which radplan does not write, and
+    the zones' ``.manifests``: they hash the files' bytes, which legitimately differ in what the comparison
+    normalizes away (run ids in lineage columns, the home folder in paths); their own test is `lake verify`."""
     parts = relative.parts
-    return parts[0] != "audit" and not (parts[0] == "models" and (parts[1:2] == ("artifacts",) or parts[-1].startswith("mlflow.db")))
+    return (parts[0] != "audit" and MANIFEST_FOLDER not in parts
+            and not (parts[0] == "models" and (parts[1:2] == ("artifacts",) or parts[-1].startswith("mlflow.db"))))
 
 
 def lake_snapshot(home: Path) -> dict[str, object]:

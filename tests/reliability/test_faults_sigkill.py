@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from radplan.lake_integrity import verify_local_lake
 from radplan.synth import generate_cohort
 from reliability_helpers import lake_snapshot, run_stages, snapshot_differences, staging_leftovers, start_stages
 
@@ -61,5 +62,6 @@ def test_sigkilled_materialization_reruns_to_the_uninterrupted_result(tmp_path):
     reference, rerun = lake_snapshot(home_a), lake_snapshot(home_b)
     assert len(reference) > 100
     assert snapshot_differences(reference, rerun) == []
+    assert verify_local_lake(home_b / "lake").ok  # the rerun's manifests describe its files (a killed write left none stale)
     print(f"\nkilled after {killed_at:.1f} s with {len(left_by_kill)} staging entries; rerun and compare done after {total:.1f} s; "
           f"{len(reference)} lake files identical")
