@@ -15,12 +15,13 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # Re-runs only when a requirements file or pyproject.toml changes.
-$(INSTALL_STAMP): $(PY) pyproject.toml requirements/lock.txt requirements/extra.txt requirements/test.txt
+$(INSTALL_STAMP): $(PY) pyproject.toml requirements/lock.txt requirements/extra.txt requirements/test.txt requirements/data-packages.txt
 	$(PY) -m pip install --quiet pip==26.3 setuptools==84.2.1 wheel==0.48.0
 	$(PY) -m pip install --quiet -r requirements/lock.txt
 	# pyradiomics 3.1 has no buildable sdist; 3.0.1 builds against the installed numpy.
 	$(PY) -m pip install --quiet --no-build-isolation pyradiomics==3.0.1
 	$(PY) -m pip install --quiet -r requirements/extra.txt -r requirements/test.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements/data-packages.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
