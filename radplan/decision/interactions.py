@@ -23,7 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import yaml
+from radplan.decision.yaml_files import load_yaml_mapping
 
 DATA_DIR = Path(__file__).with_name("data")
 DEFAULT_KB_PATH = DATA_DIR / "interactions.yaml"
@@ -37,7 +37,6 @@ SALT_WORDS = frozenset({
     "sulfate", "bisulfate", "bitartrate", "tartrate", "mesylate", "dimesylate", "besylate", "maleate", "citrate",
     "succinate", "fumarate", "acetate", "phosphate", "tosylate", "malate", "propionate", "monohydrate", "anhydrous",
 })
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class InteractionKnowledgeBaseError(ValueError):
@@ -110,17 +109,7 @@ def _packaged_kb() -> InteractionKnowledgeBase:
 
 
 def _load(path: Path) -> InteractionKnowledgeBase:
-    raw_bytes = path.read_bytes()
-    try:
-        payload = yaml.load(raw_bytes, Loader=_YAML_LOADER)
-    except yaml.YAMLError as exc:
-        raise InteractionKnowledgeBaseError(f"interaction KB {path.name}: not valid YAML ({exc})") from exc
-    if not isinstance(payload, dict):
-        raise InteractionKnowledgeBaseError(f"interaction KB {path.name}: top level must be a mapping")
-    unknown = sorted(set(payload) - set(TOP_LEVEL_FIELDS))
-    missing = [k for k in TOP_LEVEL_FIELDS if k not in payload]
-    if unknown or missing:
-        raise InteractionKnowledgeBaseError(f"interaction KB {path.name}: unknown top-level fields {unknown}, missing {missing}")
+    payload, raw_bytes = load_yaml_mapping(path, TOP_LEVEL_FIELDS, "interaction KB", InteractionKnowledgeBaseError)
     version = payload["kb_version"]
     if not isinstance(version, str) or not version:
         raise InteractionKnowledgeBaseError("interaction KB: kb_version must be a non-empty string")

@@ -28,6 +28,7 @@ import pandas as pd
 import yaml
 
 from radplan.decision.interactions import load_interaction_kb
+from radplan.decision.yaml_files import YAML_LOADER, load_yaml_mapping
 from radplan.errors import RadplanInputError
 
 DATA_DIR = Path(__file__).with_name("data")
@@ -55,7 +56,6 @@ OPERATOR_FACT_TYPES: dict[str, tuple[str, ...]] = {
     "contains": ("list",),
     "contains_any": ("list",),
 }
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available: same safety, faster
 PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_]+)\}")
 
 
@@ -125,7 +125,7 @@ class RuleMatch:
 
 
 def load_fact_schema(path: Path = FACT_SCHEMA_PATH) -> dict[str, str]:
-    payload = yaml.load(path.read_bytes(), Loader=_YAML_LOADER)
+    payload = yaml.load(path.read_bytes(), Loader=YAML_LOADER)
     facts = payload.get("facts") if isinstance(payload, dict) else None
     if not isinstance(facts, dict) or any(t not in FACT_TYPES for t in facts.values()):
         raise RuleBaseError(f"fact schema {path.name}: 'facts' must map names to one of {FACT_TYPES}")
@@ -135,17 +135,7 @@ def load_fact_schema(path: Path = FACT_SCHEMA_PATH) -> dict[str, str]:
 def load_rule_base(path: Path | None = None) -> RuleBase:
     """Load and validate the rule base (the packaged one when ``path`` is None)."""
     path = Path(path) if path is not None else DEFAULT_RULES_PATH
-    raw_bytes = path.read_bytes()
-    try:
-        payload = yaml.load(raw_bytes, Loader=_YAML_LOADER)
-    except yaml.YAMLError as exc:
-        raise RuleBaseError(f"rule base {path.name}: not valid YAML ({exc})") from exc
-    if not isinstance(payload, dict):
-        raise RuleBaseError(f"rule base {path.name}: top level must be a mapping")
-    unknown = sorted(set(payload) - set(TOP_LEVEL_FIELDS))
-    missing = [k for k in TOP_LEVEL_FIELDS if k not in payload]
-    if unknown or missing:
-        raise RuleBaseError(f"rule base {path.name}: unknown top-level fields {unknown}, missing {missing}")
+    payload, raw_bytes = load_yaml_mapping(path, TOP_LEVEL_FIELDS, "rule base", RuleBaseError)
     version = payload["rule_base_version"]
     if not isinstance(version, str) or not version:
         raise RuleBaseError("rule base: rule_base_version must be a non-empty string")
