@@ -9,8 +9,6 @@ processes; a failing patient is reported and the others go on.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import os
 import sys
 import time

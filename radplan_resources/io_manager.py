@@ -97,8 +97,8 @@ def table_metadata(asset_name: str) -> dict[str, Any]:
 class TableLocation:
     """Where one asset's table(s) live, from its definition metadata."""
 
-    def __init__(self, asset_name: str, metadata: Mapping[str, Any] | None = None):
-        metadata = table_metadata(asset_name) if metadata is None else metadata
+    def __init__(self, asset_name: str):
+        metadata = table_metadata(asset_name)
         self.asset_name = asset_name
         self.zone = str(metadata.get(ZONE, DEFAULT_ZONE))
         self.table = str(metadata.get(TABLE, asset_name))
