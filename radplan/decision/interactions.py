@@ -23,7 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from radplan.decision.yaml_files import load_yaml_mapping
+from radplan.decision.yaml_files import is_str_list, load_yaml_mapping
 
 DATA_DIR = Path(__file__).with_name("data")
 DEFAULT_KB_PATH = DATA_DIR / "interactions.yaml"
@@ -123,7 +123,7 @@ def _load(path: Path) -> InteractionKnowledgeBase:
         raise InteractionKnowledgeBaseError("interaction KB: drug_classes must be a mapping")
     classes: dict[str, dict[str, Any]] = {}
     for name, spec in classes_raw.items():
-        if not (isinstance(spec, dict) and isinstance(spec.get("source"), str) and _is_str_list(spec.get("members"))
+        if not (isinstance(spec, dict) and isinstance(spec.get("source"), str) and is_str_list(spec.get("members"))
                 and spec["members"]):
             raise InteractionKnowledgeBaseError(f"drug class {name!r}: needs a 'source' and a non-empty list of 'members'")
         classes[name] = {"source": spec["source"], "members": [m.casefold() for m in spec["members"]]}
@@ -133,7 +133,7 @@ def _load(path: Path) -> InteractionKnowledgeBase:
                                                  for k, v in reviewed.items()):
         raise InteractionKnowledgeBaseError("interaction KB: reviewed_drugs must map each drug to its review note")
     without_entries = payload["known_without_entries"]
-    if not _is_str_list(without_entries):
+    if not is_str_list(without_entries):
         raise InteractionKnowledgeBaseError("interaction KB: known_without_entries must be a list of drug names")
 
     entries_raw = payload["interactions"]
@@ -158,10 +158,6 @@ def _load(path: Path) -> InteractionKnowledgeBase:
         reviewed_drugs={k.casefold(): v for k, v in reviewed.items()}, known_drugs=frozenset(known),
         interactions=tuple(entries), sha256=hashlib.sha256(raw_bytes).hexdigest(),
     )
-
-
-def _is_str_list(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def _validate_entry(raw: Any, index: int, classes: Mapping[str, Mapping[str, Any]]) -> Interaction:
@@ -195,7 +191,7 @@ def _validate_entry(raw: Any, index: int, classes: Mapping[str, Mapping[str, Any
             sides.append((tuple(classes[side]["members"]), side.replace("_", " ")))
         elif isinstance(side, str):
             sides.append(((side.casefold(),), side.casefold()))
-        elif _is_str_list(side) and side:
+        elif is_str_list(side) and side:
             members = tuple(s.casefold() for s in side)
             sides.append((members, " or ".join(members)))
         else:

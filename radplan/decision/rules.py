@@ -28,7 +28,7 @@ import pandas as pd
 import yaml
 
 from radplan.decision.interactions import load_interaction_kb
-from radplan.decision.yaml_files import YAML_LOADER, load_yaml_mapping
+from radplan.decision.yaml_files import YAML_LOADER, is_str_list, load_yaml_mapping
 from radplan.errors import RadplanInputError
 
 DATA_DIR = Path(__file__).with_name("data")
@@ -172,10 +172,6 @@ def load_rule_base(path: Path | None = None) -> RuleBase:
     )
 
 
-def _is_str_list(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(v, str) for v in value)
-
-
 def _validate_rule(raw: Any, index: int, fact_types: Mapping[str, str], evidence_levels: Mapping,
                    drug_classes: Mapping) -> Rule:
     rule_id = raw.get("id") if isinstance(raw, dict) else None
@@ -205,7 +201,7 @@ def _validate_rule(raw: Any, index: int, fact_types: Mapping[str, str], evidence
         raise fail(f"unknown category {raw['category']!r} (allowed: {', '.join(CATEGORIES)})")
     if str(raw["evidence_level"]) not in evidence_levels:
         raise fail(f"unknown evidence_level {raw['evidence_level']!r}")
-    if not _is_str_list(raw["drugs"]):
+    if not is_str_list(raw["drugs"]):
         raise fail("drugs must be a list of ingredient names")
     try:
         _validate_condition(raw["condition"], "condition", fact_types, drug_classes)
@@ -269,7 +265,7 @@ def _validate_condition(node: Any, where: str, fact_types: Mapping[str, str], dr
                 raise RuleBaseError(f"{where}: unknown drug class {value!r}")
             ok = True
         else:
-            ok = _is_str_list(value) and bool(value)
+            ok = is_str_list(value) and bool(value)
     if not ok:
         raise RuleBaseError(f"{where}: bad value {value!r} for operator {op!r} on {fact_type} fact {fact!r}")
 

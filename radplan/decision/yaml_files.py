@@ -11,6 +11,10 @@ import yaml
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+def is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
 def load_yaml_mapping(path: Path, fields: Sequence[str], what: str, error: type[Exception]) -> tuple[dict[str, Any], bytes]:
     """The file's top-level mapping and its bytes; ``error`` names ``what`` and the file when it is not valid YAML,
     not a mapping, or its top-level fields differ from ``fields``."""
