@@ -1,11 +1,13 @@
 """Imaging chain: PACS studies -> de-identified DICOM -> series metadata, normalized volumes, lesion masks, radiomics."""
 
 import json
+from typing import Literal
 
 import pandas as pd
 import pydicom
 import SimpleITK as sitk
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+from pydantic import Field
 
 from radplan.errors import InvalidDicomError, RadplanInputError
 from radplan.imaging import masks as mask_ops
@@ -275,15 +277,22 @@ def lesion_masks(context: AssetExecutionContext, normalized_volumes: pd.DataFram
 
 
 class RadiomicsConfig(Config):
-    workers: int = 2
+    workers: int = Field(default=2, description="Processes extracting the patient's lesions (1: in this process).")
+    mode: Literal["pyradiomics", "ibsi"] = Field(
+        default="pyradiomics",
+        description="pyradiomics: output identical to bare pyradiomics with the modality's parameter file. ibsi: the IBSI "
+        "preprocessing (rounding, range + outlier re-segmentation, FBS from the range's lower bound) in front; the "
+        "volumes are resampled upstream by normalized_volumes, not on the IBSI grid (recorded in extraction_settings).",
+    )
 
 
 @asset(
     group_name="imaging",
     partitions_def=patient_partitions,
     ins={"predicted_lesion_masks": optional_input()},
-    description="pyradiomics features per lesion (IBSI-aligned parameter file per modality), one row per lesion, with "
-    "the extraction settings and pyradiomics version stored beside every row.",
+    description="pyradiomics features per lesion (IBSI-aligned parameter file per modality; pyradiomics-compatible or "
+    "IBSI preprocessing, config mode), one row per lesion, with the mode, every extraction setting, the upstream "
+    "resampling and the pyradiomics version stored beside every row.",
 )
 def radiomic_features(
     context: AssetExecutionContext,
@@ -293,27 +302,12 @@ def radiomic_features(
     predicted_lesion_masks: pd.DataFrame,
     lake: LakeResource,
 ) -> MaterializeResult:
-    vols = normalized_volumes
     masks = mask_ops.preferred_masks(lesion_masks, predicted_lesion_masks)
-    frames = []
-    for item in masks.itertuples():
-        volume = vols[vols["series_uid"] == item.image_series_uid].iloc[0]
-        image = sitk.ReadImage(str(lake.root_path / volume["volume_path"]))
-        labels = sitk.ReadImage(str(lake.root_path / item.mask_path))
-        params = radiomics.load_params(volume["modality"])
-        # normalized_volumes already resampled to an isotropic grid: interpolate once, not twice.
-        params["setting"]["resampledPixelSpacing"] = None
 
-        def report(done: int, total: int) -> None:
-            context.log.info(f"radiomics: lesion {done}/{total} of series {item.Index + 1}/{len(masks)}")
+    def report(done: int, total: int) -> None:
+        context.log.info(f"radiomics: lesion {done}/{total} of {len(masks)} series")
 
-        features = radiomics.extract_lesion_features(image, labels, params, n_workers=config.workers, progress=report)
-        features.insert(0, "image_series_uid", item.image_series_uid)
-        features.insert(1, "study_uid", volume["study_uid"])
-        features.insert(2, "study_date_shifted", volume["study_date_shifted"])
-        features.insert(3, "modality", volume["modality"])
-        features.insert(4, "mask_source", item.source)
-        features["extraction_settings"] = json.dumps(radiomics.extraction_settings(params), sort_keys=True, default=str)
-        frames.append(features)
-    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return MaterializeResult(value=frame, metadata={"lesions": len(frame), "series": len(frames), "features_per_lesion": int(frame.shape[1]) if len(frame) else 0})
+    frame, series = radiomics.lesion_feature_table(normalized_volumes, masks, lake.root_path, mode=config.mode,
+                                                   n_workers=config.workers, progress=report)
+    return MaterializeResult(value=frame, metadata={"lesions": len(frame), "series": series, "mode": config.mode,
+                                                    "features_per_lesion": int(frame.shape[1]) if len(frame) else 0})

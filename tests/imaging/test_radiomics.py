@@ -235,7 +235,8 @@ def test_small_cropped_lesions_are_extracted_without_a_process_pool(brain1, monk
     def no_pool(*args, **kwargs):
         raise AssertionError("a process pool was started")
 
-    monkeypatch.setattr(radiomics, "ProcessPoolExecutor", no_pool)
+    radiomics.shutdown_worker_pool()  # a running pool is used whatever the size (tested in test_radiomics_parallel)
+    monkeypatch.setattr(radiomics, "_worker_pool", no_pool)
     assert len(extract_lesion_features(image, label_map, params, n_workers=2, min_parallel_voxels=voxels + 1)) == 2
     with pytest.raises(AssertionError, match="process pool"):
         extract_lesion_features(image, label_map, params, n_workers=2, min_parallel_voxels=voxels)
