@@ -491,7 +491,8 @@ def extract_series_features(
     total = sum(len(by_label) for by_label in sizes)
     results: dict[int, dict[int, tuple]] = {index: {} for index in range(len(items))}
     cropped = mode == "ibsi" or all(_crops_are_exact(item.params) for item in items)
-    # Starting the pool is what costs (a running pool costs ~1 ms a lesion): worth it for enough work only.
+    # Starting the pool is what costs (forkserver, worker imports): worth it for enough work only; a running
+    # pool is used whatever the work.
     pool_running = _POOL.get("workers") == n_workers
     small = cropped and not pool_running and sum(sum(by_label.values()) for by_label in sizes) < min_parallel_voxels
 
