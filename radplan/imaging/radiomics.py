@@ -167,6 +167,16 @@ def _crops_are_exact(params: dict) -> bool:
     return image_types == {"Original"} and not setting.get("resampledPixelSpacing") and not setting.get("normalize")
 
 
+def _cut(image: sitk.Image, extent: list, origin: list) -> sitk.Image:
+    """``sitk.RegionOfInterest`` on one thread: a lesion's box is too small to share (a 30^3 crop: 0.26 ms wall on
+    one thread, 0.47 ms on ITK's default pool, measured), and while a pool runs its workers own the cores."""
+    region = sitk.RegionOfInterestImageFilter()
+    region.SetNumberOfThreads(1)
+    region.SetSize(extent)
+    region.SetIndex(origin)
+    return region.Execute(image)
+
+
 def _crop_box(label_map: sitk.Image, label: int, shape: sitk.LabelShapeStatisticsImageFilter | None = None) -> tuple[list, list]:
     """(extent, start index) of a label's bounding box plus a 2-voxel rim, within the image."""
     if shape is None:
@@ -291,6 +301,7 @@ def _read_series(item: SeriesInput, mode: str) -> _Series:
         label_map = _integer_labels(label_map)
         boxes = sitk.LabelShapeStatisticsImageFilter()
         boxes.SetComputePerimeter(False)  # only sizes and bounding boxes are read
+        boxes.SetNumberOfThreads(1)  # while a pool runs, its workers own the cores
         boxes.Execute(label_map)
         if not boxes.GetLabels():
             raise RadplanInputError("label map contains no lesion (all zero)")
@@ -320,11 +331,11 @@ def _lesion_input(series: _Series, label: int) -> tuple[tuple | None, str | None
                   "ibsi_intensity_voxels": int(np.count_nonzero(sitk.GetArrayViewFromImage(intensity_mask)))}
         lower_bound = fixed_bin_width_lower_bound(settings, interpolated, intensity_mask)
         extent, origin = _crop_box(morphology, 1)
-        crops = tuple(sitk.RegionOfInterest(item, extent, origin) for item in (interpolated, morphology, intensity_mask))
+        crops = tuple(_cut(item, extent, origin) for item in (interpolated, morphology, intensity_mask))
         return (*crops, lower_bound, counts["ibsi_intensity_voxels"]), None, counts
     if _crops_are_exact(series.params):
         extent, origin = _crop_box(series.label_map, label, series.boxes)
-        image, label_map = (sitk.RegionOfInterest(item, extent, origin) for item in (series.loaded_image(), series.label_map))
+        image, label_map = (_cut(item, extent, origin) for item in (series.loaded_image(), series.label_map))
         return (image, label_map, label), None, {}
     return (None, None, label), None, {}
 
