@@ -46,6 +46,7 @@ def _on_disk(folder: Path, name: str, image: sitk.Image, label_map: sitk.Image) 
     return paths
 
 
+@pytest.mark.slow  # starts a pool from cold: 6.7 s at a load average of 13 on 2 cores
 def test_series_batch_on_two_workers_is_bit_identical_and_in_order(tmp_path):
     first, second, third = _series(1, 3), _series(2, 2), _series(3, 3)
     params = dict(FIRSTORDER_GLCM)
