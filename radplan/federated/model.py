@@ -130,7 +130,7 @@ class LocalTrainer:
                     loss = loss + config.fedprox_mu / 2 * sum(((p - a) ** 2).sum() for p, a in zip(net.parameters(), anchor))
                 loss.backward()
                 optimizer.step()
-                total, batches = total + float(loss), batches + 1
+                total, batches = total + float(loss.detach()), batches + 1
         metrics = {"train_loss": total / max(batches, 1), "n_train": float(len(self.y))}
         if self.accountant is not None:
             metrics["dp_epsilon"] = float(self.accountant.get_epsilon(delta=config.dp_delta))
