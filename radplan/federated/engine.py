@@ -2,8 +2,9 @@
 
 :class:`FlareDeployment` provisions a FLARE project (the engine's POC provisioning: a server, one client per
 site, an admin identity, each with its own certificates; every connection is mutual TLS with those
-certificates), starts the server and client processes with FLARE's own start scripts, waits until every site
-has connected, and stops them on exit. Clients reach the server at ``localhost``. :meth:`FlareDeployment.run`
+certificates), points every startup kit at 127.0.0.1 on a free port (so the server listens on loopback only),
+starts the server and client processes with FLARE's own start scripts, waits until every site has connected,
+and stops them on exit. :meth:`FlareDeployment.run`
 submits a job (the :class:`radplan.federated.flare_server.RadplanFedAvg` controller, and
 :mod:`radplan.federated.site_script` at each site with that site's own lake folder), waits for it and
 downloads what the server kept (:class:`FederatedRun`).
@@ -15,6 +16,7 @@ host, in its own process, reading only its own folder.
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import shutil
 import socket
@@ -30,6 +32,7 @@ import numpy as np
 from radplan import settings
 from radplan.federated import flare_server
 
+LOGGER = logging.getLogger(__name__)
 ADMIN_USER = "admin@nvidia.com"  # the admin identity FLARE's POC provisioning creates
 CODE_ROOT = Path(__file__).resolve().parents[2]
 SITE_SCRIPT = Path(__file__).resolve().with_name("site_script.py")
@@ -50,11 +53,12 @@ class FederatedJobConfig:
     dp_delta: float = 1e-5
     seed: int = 0
     faults: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)  # site -> (fault, rounds), see flare_client
+    model: str = "response"  # or "segmentation" (the lesion segmentation network on the sites' CT images)
 
     def site_arguments(self, site: str, site_dir: Path) -> str:
         arguments = ["--site-dir", str(site_dir), "--local-epochs", str(self.local_epochs), "--learning-rate", str(self.learning_rate),
                      "--batch-size", str(self.batch_size), "--dp-noise-multiplier", str(self.dp_noise_multiplier),
-                     "--dp-max-grad-norm", str(self.dp_max_grad_norm), "--dp-delta", str(self.dp_delta), "--seed", str(self.seed)]
+                     "--dp-max-grad-norm", str(self.dp_max_grad_norm), "--dp-delta", str(self.dp_delta), "--seed", str(self.seed), "--model", self.model]
         if site in self.faults:
             fault, rounds = self.faults[site]
             arguments += ["--fault", fault, "--fault-rounds", ",".join(str(r) for r in rounds)]
@@ -96,6 +100,7 @@ class FlareDeployment:
         self.workspace.mkdir(parents=True, exist_ok=True)
         prepare_poc_provision(clients=self.sites, number_of_clients=len(self.sites), workspace=str(self.workspace),
                               docker_image=None, use_he=False, project_conf_path=str(self._project_file()), examples_dir=None)
+        self._loopback_only()
         try:
             _start_poc(poc_workspace=str(self.workspace), gpu_ids=[], excluded=[ADMIN_USER], services_list=[])
             self._wait_for_sites()
@@ -112,10 +117,29 @@ class FlareDeployment:
         server = next(p for p in config["participants"] if p["type"] == "server")
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
-            server["fed_learn_port"] = probe.getsockname()[1]
+            self.port = server["fed_learn_port"] = probe.getsockname()[1]
         project_file = self.workspace / "radplan_project.yml"
         save_project_config(config, str(project_file))
         return project_file
+
+    def _loopback_only(self) -> None:
+        """Point every startup kit at 127.0.0.1:<port>. FLARE's server binds its listener to the host of its service
+        target when that host is a loopback address, and to every interface otherwise (the provisioned target is
+        ``server:<port>``). The POC kits carry no signature manifest, so editing them is what provisioning
+        with that host would have written."""
+        for config_file in self.workspace.glob("*/prod_00/*/startup/fed_*.json"):
+            config = json.loads(config_file.read_text())
+            text = json.dumps(config, indent=2)
+            for host in ("server", "localhost"):
+                text = text.replace(f'"{host}:{self.port}"', f'"127.0.0.1:{self.port}"')
+            config = json.loads(text)
+            for server in config.get("servers", []):
+                if server.get("admin_server") in ("server", "localhost"):
+                    server["admin_server"] = "127.0.0.1"
+            admin = config.get("admin", {})
+            if admin.get("host") in ("server", "localhost"):
+                admin["host"] = "127.0.0.1"
+            config_file.write_text(json.dumps(config, indent=2))
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
@@ -150,16 +174,22 @@ class FlareDeployment:
                 raise TimeoutError(f"FLARE sites {sorted(set(self.sites) - connected)} did not connect within {self.connect_timeout_s:.0f} s")
             time.sleep(0.5)
 
-    def stop(self) -> None:
+    def stop(self, wait_s: float = 180.0) -> None:
+        """Ask FLARE to shut its processes down and wait until they are gone (a loaded machine can take minutes)."""
         from nvflare.tool.poc.poc_commands import _stop_poc, is_poc_running, setup_service_config
 
         try:
             project_config, service_config = setup_service_config(str(self.workspace))
         except Exception:
             return
-        _stop_poc(poc_workspace=str(self.workspace), excluded=[ADMIN_USER], services_list=[])
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and is_poc_running(str(self.workspace), service_config, project_config):
+        try:
+            _stop_poc(poc_workspace=str(self.workspace), excluded=[ADMIN_USER], services_list=[])
+        except TimeoutError as error:  # FLARE's own 30 s wait for the server; keep waiting below
+            LOGGER.warning("FLARE shutdown still in progress in %s: %s", self.workspace, error)
+        deadline = time.monotonic() + wait_s
+        while is_poc_running(str(self.workspace), service_config, project_config):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"FLARE processes of {self.workspace} still running {wait_s:.0f} s after shutdown was requested")
             time.sleep(0.5)
 
     def run(self, site_dirs: dict[str, Path], config: FederatedJobConfig, job_name: str = "radplan-fedavg",
@@ -176,7 +206,7 @@ class FlareDeployment:
         job = FedJob(name=job_name, min_clients=len(site_dirs))
         job.to_server(flare_server.RadplanFedAvg(num_rounds=config.num_rounds, min_sites=config.min_sites,
                                                  round_timeout_s=config.round_timeout_s, grace_s=config.grace_s,
-                                                 fedprox_mu=config.fedprox_mu,
+                                                 fedprox_mu=config.fedprox_mu, model_kind=config.model, seed=config.seed,
                                                  champion_parameters=None if champion_parameters is None else
                                                  {k: np.asarray(v).tolist() for k, v in champion_parameters.items()}))
         for site, site_dir in site_dirs.items():

@@ -35,6 +35,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dp-max-grad-norm", type=float, default=1.0)
     parser.add_argument("--dp-delta", type=float, default=1e-5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", choices=("response", "segmentation"), default="response")
     parser.add_argument("--fault", choices=FAULTS, default="none")
     parser.add_argument("--fault-rounds", default="1", help="comma-separated round numbers (0-based)")
     return parser.parse_args(argv)
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     from nvflare.app_common.abstract.fl_model import FLModel
 
     args = parse_arguments(argv)
+    if args.model == "segmentation":
+        return segmentation_main(args)
     site = read_site(args.site_dir)
     train_features, train_labels = site.train
     test_features, test_labels = site.held_out
@@ -102,3 +105,34 @@ def main(argv: list[str] | None = None) -> None:
             parameters = {name: np.asarray(value) * 1e6 + 1e3 for name, value in parameters.items()}
         flare.send(FLModel(params=parameters, metrics=_finite_metrics(metrics),
                            meta={"NUM_STEPS_CURRENT_ROUND": float(len(y_train)), "eligible_patients": int(len(y_train))}))
+
+
+def segmentation_main(args: argparse.Namespace) -> None:
+    """The site loop for the lesion segmentation network (weights in, weights and Dice out)."""
+    import nvflare.client as flare
+    from nvflare.app_common.abstract.fl_model import FLModel
+
+    from radplan.federated.segmentation_site import federated_segmentation_config, held_out_dice, site_pairs, train_locally
+
+    train_pairs, test_pairs = site_pairs(args.site_dir)
+    config = federated_segmentation_config(seed=args.seed)
+    flare.init()
+    while flare.is_running():
+        received = flare.receive()
+        if received is None:
+            break
+        if flare.is_evaluate():
+            metrics = {"n_held_out": float(len(test_pairs))}
+            for prefix in ("global", "champion"):
+                weights = {k.split(".", 1)[1]: v for k, v in (received.params or {}).items() if k.startswith(prefix + ".")}
+                if weights and test_pairs:
+                    metrics[f"{prefix}_held_out_dice"] = float(held_out_dice(weights, test_pairs, config).mean())
+            flare.send(FLModel(params={}, metrics=_finite_metrics(metrics)))
+            continue
+        if not train_pairs:
+            flare.send(FLModel(params={}, meta={"eligible_patients": 0}, metrics={}))
+            continue
+        round_number = received.current_round or 0
+        parameters, metrics = train_locally(received.params, train_pairs, config, args.local_epochs, seed=args.seed + round_number)
+        flare.send(FLModel(params=parameters, metrics=_finite_metrics(metrics),
+                           meta={"NUM_STEPS_CURRENT_ROUND": float(len(train_pairs)), "eligible_patients": len(train_pairs)}))

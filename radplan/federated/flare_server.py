@@ -9,8 +9,8 @@ accepted updates ends the run as *incomplete*.
 
 What the server keeps, all in its run folder (downloaded with the job result):
 
-- ``received_updates.jsonl``: every result as received (site, round, parameter names/shapes/values, meta,
-  metrics), so that what left each site can be audited;
+- ``received_updates.jsonl``: every result as received (site, round, parameters - values, or for large models
+  names, shapes and digests -, meta, metrics), so that what left each site can be audited;
 - ``federated_events.jsonl``: dropped-out, zero-patient, rejected sites, and the run's end;
 - ``federated_summary.json``: status (complete/incomplete), rounds, per-round per-site and global metrics;
 - ``global_model.npz``: the global weights, written only when every round completed.
@@ -20,6 +20,7 @@ No patient data reaches the server: sites send weights and aggregate metrics onl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -31,13 +32,27 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.workflows.model_controller import ModelController
 
 from radplan.federated.aggregation import SiteUpdate, screen_updates, weighted_average
-from radplan.federated.model import initial_parameters
+
+
+def initial_parameters(model_kind: str, seed: int) -> dict[str, np.ndarray]:
+    """Round 0 weights: the response model's (zeros) or the segmentation network's (seeded initialization)."""
+    if model_kind == "response":
+        from radplan.federated.model import initial_parameters as response_parameters
+
+        return response_parameters()
+    if model_kind == "segmentation":
+        from radplan.federated.segmentation_site import federated_segmentation_config
+        from radplan.federated.segmentation_site import initial_parameters as segmentation_parameters
+
+        return segmentation_parameters(federated_segmentation_config(seed=seed))
+    raise ValueError(f"unknown model kind {model_kind!r} (response or segmentation)")
 
 SUMMARY_FILE = "federated_summary.json"
 EVENTS_FILE = "federated_events.jsonl"
 RECEIVED_FILE = "received_updates.jsonl"
 GLOBAL_MODEL_FILE = "global_model.npz"
 ELIGIBLE_META = "eligible_patients"
+AUDIT_ALL_VALUES_UP_TO = 10_000
 
 
 def _jsonable(value: Any) -> Any:
@@ -54,9 +69,18 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
+def _audited(params: Any) -> Any:
+    """What the audit file keeps of received weights: every value for small models; names, shapes and a SHA-256 of
+    the bytes for large ones (a segmentation network's weights would make a file of tens of MB per round)."""
+    if not isinstance(params, dict) or sum(np.size(v) for v in params.values()) <= AUDIT_ALL_VALUES_UP_TO:
+        return params
+    return {name: {"shape": list(np.shape(value)), "sha256": hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()}
+            for name, value in params.items()}
+
+
 class RadplanFedAvg(ModelController):
     def __init__(self, num_rounds: int = 2, min_sites: int = 2, round_timeout_s: int = 120, grace_s: int = 10,
-                 fedprox_mu: float = 0.0, champion_parameters: dict | None = None) -> None:
+                 fedprox_mu: float = 0.0, champion_parameters: dict | None = None, model_kind: str = "response", seed: int = 0) -> None:
         # resilient: a site's error result is left out of the round; this controller decides if the round holds
         super().__init__(ignore_result_error=True, allow_empty_global_weights=True)
         self.num_rounds = num_rounds
@@ -66,6 +90,8 @@ class RadplanFedAvg(ModelController):
         self.fedprox_mu = fedprox_mu
         # the registered champion's weights (name -> nested lists), evaluated beside the new model on the same sites
         self.champion_parameters = champion_parameters
+        self.model_kind = model_kind
+        self.seed = seed
 
     def _run_dir(self) -> Path:
         return Path(self.engine.get_workspace().get_run_dir(self.fl_ctx.get_job_id()))
@@ -79,7 +105,7 @@ class RadplanFedAvg(ModelController):
         self.warning(f"federated event {kind}: {details}")
 
     def run(self) -> None:
-        global_parameters = initial_parameters()
+        global_parameters = initial_parameters(self.model_kind, self.seed)
         sites = sorted(client.name for client in self.engine.get_clients())
         rounds: list[dict] = []
         status, reason = "complete", ""
@@ -95,7 +121,7 @@ class RadplanFedAvg(ModelController):
             for result in results:
                 site = result.meta.get("client_name", "?")
                 answered.add(site)
-                self._append(RECEIVED_FILE, {"round": round_number, "site": site, "params": result.params,
+                self._append(RECEIVED_FILE, {"round": round_number, "site": site, "params": _audited(result.params),
                                              "params_type": str(result.params_type), "meta": {k: v for k, v in result.meta.items() if k != "props"},
                                              "metrics": result.metrics})
                 site_metrics[site] = dict(result.metrics or {})
@@ -116,8 +142,9 @@ class RadplanFedAvg(ModelController):
                 self._event("round_failed", round=round_number, reason=reason)
                 break
             global_parameters = weighted_average(accepted)
+            shared = set.intersection(*(set(site_metrics.get(u.site, {})) for u in accepted)) - {"n_train"}
             record["global_metrics"] = {name: float(np.average([site_metrics[u.site][name] for u in accepted], weights=[u.n_samples for u in accepted]))
-                                        for name in ("local_auc", "train_loss") if all(name in site_metrics.get(u.site, {}) for u in accepted)}
+                                        for name in sorted(shared) if not name.startswith("dp_")}
             rounds.append(record)
             self.info(f"round {round_number}: averaged {len(accepted)} of {len(sites)} sites")
         evaluation: dict[str, dict] = {}

@@ -57,6 +57,7 @@ class SiteSpec:
     # acceptance weight per cancer type (relative; a type absent here is accepted with weight 1)
     case_mix: dict[str, float] = field(default_factory=dict)
     scanner: ScannerSettings = ScannerSettings(2.5, 10.0, 0.0)
+    n_held_out: int | None = None  # exactly this many held-out patients; None: HELD_OUT_FRACTION of them at random
 
 
 def default_site_specs(sizes: tuple[int, ...] = (120, 80, 50), base_seed: int = 5100) -> list[SiteSpec]:
@@ -101,7 +102,11 @@ def write_site_lake(spec: SiteSpec, root: str | os.PathLike) -> Path:
         rows.append(row)
         labels.append({"patient_key": pseudonym, "therapy": " + ".join(sorted(d.lower() for d in plan.therapy)),
                        "responded": int(plan.responder)})
-    held_out = np.random.default_rng(spec.seed + 1).random(len(labels)) < HELD_OUT_FRACTION
+    if spec.n_held_out is None:
+        held_out = np.random.default_rng(spec.seed + 1).random(len(labels)) < HELD_OUT_FRACTION
+    else:
+        held_out = np.zeros(len(labels), bool)
+        held_out[np.random.default_rng(spec.seed + 1).permutation(len(labels))[:spec.n_held_out]] = True
     label_table = pd.DataFrame(labels, columns=["patient_key", "therapy", "responded"])
     label_table["held_out"] = held_out
     features = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame({"patient_key": pd.Series(dtype=str)})

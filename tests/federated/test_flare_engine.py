@@ -15,6 +15,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 
 from radplan.federated.engine import FederatedJobConfig, FlareDeployment, server_process_files
@@ -40,6 +41,7 @@ def federation(tmp_path_factory):
     site_dirs = write_site_lakes(specs, root / "sites")
     tracking = {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "artifact_root": root / "mlartifacts"}
     with FlareDeployment(root / "flare", list(SITES)) as deployment:
+        listening = sorted({c.laddr.ip for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == deployment.port})
         healthy_config = FederatedJobConfig(num_rounds=2, min_sites=2, grace_s=20, round_timeout_s=90)
         healthy = deployment.run({s: site_dirs[s] for s in SITES[:3]}, healthy_config, job_name="healthy", timeout_s=240)
         fault_config = FederatedJobConfig(num_rounds=4, min_sites=2, grace_s=6, round_timeout_s=90, faults={
@@ -48,10 +50,11 @@ def federation(tmp_path_factory):
     server_files = server_process_files(deployment)  # after the stop: what the server left on disk
     yield {"specs": specs, "site_dirs": site_dirs, "healthy": healthy, "faulty": faulty, "tracking": tracking,
            "server_files": server_files + [p for run in (healthy, faulty) for p in run.server_files.rglob("*") if p.is_file()],
-           "configs": (healthy_config, fault_config)}
+           "configs": (healthy_config, fault_config), "listening": listening}
 
 
 def test_three_site_processes_complete_two_fedavg_rounds_and_the_model_is_registered(federation):
+    assert federation["listening"] == ["127.0.0.1"]  # the engine's server port, loopback only
     run = federation["healthy"]
     assert run.complete, (run.job_status, run.summary.get("reason"), run.events)
     rounds = run.summary["rounds"]
