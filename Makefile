@@ -9,7 +9,7 @@ export RADPLAN_HOME
 INSTALL_STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := orthanc dcmtk dicom3tools bcftools tabix samtools chromium openjdk-17-jre-headless postgresql
 
-.PHONY: install system-deps demo test test-fast fuzz ui notebook mlflow-ui dashboard bench bench-models clean-data
+.PHONY: install system-deps demo test test-fast fuzz ui notebook mlflow-ui dashboard bench bench-models bench-federated federated-demo clean-data
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,14 @@ bench: install system-deps
 # Response-model quality on 1,000 + 1,000 synthetic patients (tabular path, no rendering): benchmarks/results/models.json.
 bench-models: install
 	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_models.py
+
+# The response model trained across three synthetic hospitals on NVIDIA FLARE (server + one process per site, 127.0.0.1).
+federated-demo: install
+	OMP_NUM_THREADS=1 $(PY) -m radplan_cli.main federated-demo
+
+# Federated vs pooled vs site-alone response AUC on each site's held-out patients: benchmarks/results/federated.json.
+bench-federated: install
+	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_federated.py
 
 clean-data:
 	rm -rf $(RADPLAN_HOME)

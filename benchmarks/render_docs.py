@@ -18,7 +18,7 @@ ORDER = ("deid.json", "vcf.json", "radiomics.json", "memory.json", "e2e.json", "
          "incremental.json", "sensor_latency.json")
 DEMO_ORDER = ("ingest_job", "patient_preparation_job", "segmentation_training_job", "patient_features_job", "cohort_job",
               "recommendation_job", "export_job", "monitoring_job")  # jobs.DEMO_STAGES, without importing Dagster here
-TARGET = re.compile(r"^\s*(>=|<=)\s*([0-9.]+)")
+TARGET = re.compile(r"^\s*(>=|<=)\s*(-?[0-9.]+)")
 
 INTRO = """\
 # Benchmarks
@@ -102,6 +102,8 @@ def _as_rows(name: str, payload) -> list[dict]:
         return []
     if "name" in payload:
         return [payload]
+    if "federated.auc" in payload or "federated.dice" in payload:
+        return _federated_rows(payload)
     common = {"runs": 1, "load_average": payload.get("load_average_1m"), "note": payload.get("note")}
     if "incremental_s" in payload:
         return [{"name": "incremental_rematerialization", "radplan": payload["incremental_s"], "peer": payload["full_s"],
@@ -112,6 +114,22 @@ def _as_rows(name: str, payload) -> list[dict]:
                  "ratio": round(payload["latency_s"] / payload["target_s"], 3), "target": "<= 1",
                  "peer_tool": "the latency target", **common}]
     return [{"name": name, "radplan": None, "peer": None, "unit": "", "ratio": None, **common}]
+
+
+def _federated_rows(payload: dict) -> list[dict]:
+    """bench_federated.py: federated vs pooled (AUC, Dice; ratio = federated - pooled) and transfer vs scratch Dice."""
+    rows = []
+    for name, new, peer, peer_tool, target, part in (
+        ("federated_response_auc", "federated.auc", "pooled.auc", "pooled training", ">= -0.02", "response"),
+        ("federated_segmentation_dice", "federated.dice", "pooled.dice", "pooled training", ">= -0.02", "segmentation"),
+        ("transfer_segmentation_dice", "transfer.dice", "scratch.dice", "training from scratch at the new site", ">= 0.1", "segmentation"),
+    ):
+        a, b = (payload.get(new) or {}).get("value"), (payload.get(peer) or {}).get("value")
+        rows.append({"name": name, "radplan": a, "peer": b, "unit": new.split(".")[1], "peer_tool": peer_tool, "target": target,
+                     "ratio": None if a is None or b is None else round(a - b, 4), "runs": 1, "quick": payload.get("quick"),
+                     "load_average": (payload.get(f"{part}.timing") or {}).get("load_average"),
+                     "note": (payload.get(new) or {}).get("missing")})
+    return rows
 
 
 def _fmt(value) -> str:

@@ -102,7 +102,14 @@ DEMO_STAGES = (
     export_job,
     monitoring_job,
 )
-ALL_JOBS = [*DEMO_STAGES, patient_refresh_job, cohort_refresh_job, retraining_job, lake_verify_job]
+federated_training_job = define_asset_job(
+    "federated_training_job",
+    selection=AssetSelection.assets("federated_response_model"),
+    description="One federated round set: FLARE server + one process per hospital site; per-site/global metrics in MLflow; "
+    "the global model registered only when every round completed.",
+)
+
+ALL_JOBS = [*DEMO_STAGES, patient_refresh_job, cohort_refresh_job, retraining_job, lake_verify_job, federated_training_job]
 
 
 def _utc_schedule(name: str, job, cron_schedule: str, description: str) -> ScheduleDefinition:

@@ -46,6 +46,7 @@ TELEMETRY_OFF = {
     "HF_HUB_OFFLINE": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "SPACY_DISABLE_TELEMETRY": "1",
+    "FLWR_TELEMETRY_ENABLED": "0",
 }
 
 
@@ -233,3 +234,13 @@ def never_fetch_cram_references() -> None:
 
 def spark_local_ip(bind_address: str) -> None:
     os.environ.setdefault("SPARK_LOCAL_IP", bind_address)
+
+
+def federated_engine_environment(poc_workspace: Path, code_root: Path) -> None:
+    """Environment of the NVIDIA FLARE processes this process starts (they inherit it): the POC workspace
+    FLARE provisions into, ``code_root`` on PYTHONPATH so its server and clients import radplan, telemetry off."""
+    disable_telemetry()
+    os.environ["NVFLARE_POC_WORKSPACE"] = str(poc_workspace)
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if str(code_root) not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(code_root), *paths])

@@ -28,6 +28,7 @@ SUBCOMMAND_MODULES = (
     "radplan_cli.lake",
     "radplan_cli.architecture",
     "radplan_cli.notebook",
+    "radplan_cli.federated",
 )
 VERBOSE_HELP = "show the libraries' informational log lines too (default: radplan's messages and all warnings)"
 

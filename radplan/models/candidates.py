@@ -26,7 +26,7 @@ from sklearn.preprocessing import StandardScaler
 
 from radplan.errors import RadplanInputError
 from radplan.models.evaluation import THRESHOLD
-from radplan.models.features import encodings
+from radplan.models.features import LOG_SCALED_COVARIATES, PROGNOSTIC_COVARIATES, encodings  # noqa: F401 (re-exported)
 
 CANDIDATES = ("rules_baseline", "prognostic_logistic", "gradient_boosting", "lightning_mlp", "soft_voting_ensemble")
 LEARNED_CANDIDATES = CANDIDATES[1:]
@@ -177,12 +177,6 @@ def calibration_method(n_patients: int) -> str:
     return "isotonic" if n_patients >= 1000 else "sigmoid"
 
 
-# Established prognostic factors for objective response, fixed before any outcome is seen: baseline tumour
-# burden, ECOG performance status, stage, and whether the first-line drug targets the patient's driver.
-# With tens of patients, estimating four coefficients generalizes where ~60 free features overfit.
-PROGNOSTIC_COVARIATES = ("total_lesion_volume_ml", "ecog", "stage_ordinal", "therapy_targets_driver")
-# Tumour volume spans orders of magnitude; response depends on it roughly log-linearly.
-LOG_SCALED_COVARIATES = frozenset({"total_lesion_volume_ml"})
 
 
 class PrespecifiedCovariates(BaseEstimator, TransformerMixin):

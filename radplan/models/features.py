@@ -21,6 +21,13 @@ import pandas as pd
 from radplan.errors import RadplanInputError
 
 THERAPY_CLASSES = ("targeted", "immunotherapy", "chemotherapy", "endocrine", "other")
+# Established prognostic factors for objective response, fixed before any outcome is seen: baseline tumour
+# burden, ECOG performance status, stage, and whether the first-line drug targets the patient's driver.
+# (Here rather than in candidates.py so that federated site processes need not import Lightning.)
+# With tens of patients, estimating four coefficients generalizes where ~60 free features overfit.
+PROGNOSTIC_COVARIATES = ("total_lesion_volume_ml", "ecog", "stage_ordinal", "therapy_targets_driver")
+# Tumour volume spans orders of magnitude; response depends on it roughly log-linearly.
+LOG_SCALED_COVARIATES = frozenset({"total_lesion_volume_ml"})
 
 
 @lru_cache(maxsize=1)

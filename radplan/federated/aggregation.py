@@ -1,0 +1,81 @@
+"""Server-side checks of site updates and weighted averaging (FedAvg), in plain numpy.
+
+An update is *malformed* when its parameter names or shapes differ from the global model's, a value is not
+finite, or its sample count is not a positive number; it is *diverging* when its distance from the global
+model is more than :data:`DIVERGENCE_FACTOR` times the median distance of the round's well-formed updates
+(only judged with at least three well-formed updates, where the median is another site's). Rejected updates
+are left out of the average, with the reason recorded; they never touch the global model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+DIVERGENCE_FACTOR = 10.0
+
+
+@dataclass
+class SiteUpdate:
+    site: str
+    parameters: dict
+    n_samples: float
+
+
+def malformed_reason(global_parameters: dict[str, np.ndarray], update: SiteUpdate) -> str | None:
+    """Why the update cannot be averaged with the global model, or None."""
+    if not isinstance(update.parameters, dict):
+        return f"parameters are a {type(update.parameters).__name__}, not a name -> array mapping"
+    if set(update.parameters) != set(global_parameters):
+        return f"parameter names {sorted(update.parameters)} differ from the global model's {sorted(global_parameters)}"
+    for name, reference in global_parameters.items():
+        try:
+            value = np.asarray(update.parameters[name], dtype=float)
+        except (TypeError, ValueError):
+            return f"parameter {name!r} is not numeric"
+        if value.shape != np.shape(reference):
+            return f"parameter {name!r} has shape {value.shape}, the global model {np.shape(reference)}"
+        if not np.isfinite(value).all():
+            return f"parameter {name!r} has non-finite values"
+    if not isinstance(update.n_samples, (int, float)) or not math.isfinite(update.n_samples) or update.n_samples <= 0:
+        return f"sample count {update.n_samples!r} is not a positive number"
+    return None
+
+
+def distance(global_parameters: dict[str, np.ndarray], parameters: dict) -> float:
+    return float(math.sqrt(sum(float(((np.asarray(parameters[n], float) - np.asarray(g, float)) ** 2).sum()) for n, g in global_parameters.items())))
+
+
+def screen_updates(global_parameters: dict[str, np.ndarray], updates: list[SiteUpdate]) -> tuple[list[SiteUpdate], dict[str, str]]:
+    """(accepted updates, {site: reason} of the rejected)."""
+    rejected: dict[str, str] = {}
+    well_formed = []
+    for update in updates:
+        reason = malformed_reason(global_parameters, update)
+        if reason:
+            rejected[update.site] = f"malformed update: {reason}"
+        else:
+            well_formed.append(update)
+    distances = {u.site: distance(global_parameters, u.parameters) for u in well_formed}
+    accepted = well_formed
+    if len(well_formed) >= 3:
+        median = float(np.median(list(distances.values())))
+        accepted = []
+        for update in well_formed:
+            if median > 0 and distances[update.site] > DIVERGENCE_FACTOR * median:
+                rejected[update.site] = (f"diverging update: distance {distances[update.site]:.3g} from the global model is more than "
+                                         f"{DIVERGENCE_FACTOR:g} x the round's median {median:.3g}")
+            else:
+                accepted.append(update)
+    return accepted, rejected
+
+
+def weighted_average(updates: list[SiteUpdate]) -> dict[str, np.ndarray]:
+    """FedAvg: parameters averaged with weights proportional to each site's training sample count."""
+    if not updates:
+        raise ValueError("no accepted update to average")
+    total = sum(u.n_samples for u in updates)
+    names = list(updates[0].parameters)
+    return {n: sum(np.asarray(u.parameters[n], float) * (u.n_samples / total) for u in updates) for n in names}

@@ -1,0 +1,245 @@
+"""Running federated jobs on NVIDIA FLARE: its server and one client process per site, on this machine.
+
+:class:`FlareDeployment` provisions a FLARE project (the engine's POC provisioning: a server, one client per
+site, an admin identity, each with its own certificates; every connection is mutual TLS with those
+certificates), points every startup kit at 127.0.0.1 on a free port (so the server listens on loopback only),
+starts the server and client processes with FLARE's own start scripts, waits until every site has connected,
+and stops them on exit. :meth:`FlareDeployment.run`
+submits a job (the :class:`radplan.federated.flare_server.RadplanFedAvg` controller, and
+:mod:`radplan.federated.site_script` at each site with that site's own lake folder), waits for it and
+downloads what the server kept (:class:`FederatedRun`).
+
+Site lake folders are handed to each client as a path on its own machine; here every site runs on this
+host, in its own process, reading only its own folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import shutil
+import socket
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from radplan import settings
+from radplan.federated import flare_server
+
+LOGGER = logging.getLogger(__name__)
+ADMIN_USER = "admin@nvidia.com"  # the admin identity FLARE's POC provisioning creates
+CODE_ROOT = Path(__file__).resolve().parents[2]
+SITE_SCRIPT = Path(__file__).resolve().with_name("site_script.py")
+
+
+@dataclass(frozen=True)
+class FederatedJobConfig:
+    num_rounds: int = 2
+    min_sites: int = 2
+    round_timeout_s: int = 120
+    grace_s: int = 10
+    fedprox_mu: float = 0.0
+    local_epochs: int = 5
+    learning_rate: float = 0.1
+    batch_size: int = 32
+    dp_noise_multiplier: float = 0.0
+    dp_max_grad_norm: float = 1.0
+    dp_delta: float = 1e-5
+    seed: int = 0
+    faults: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)  # site -> (fault, rounds), see flare_client
+    model: str = "response"  # or "segmentation" (the lesion segmentation network on the sites' CT images)
+
+    def site_arguments(self, site: str, site_dir: Path) -> str:
+        arguments = ["--site-dir", str(site_dir), "--local-epochs", str(self.local_epochs), "--learning-rate", str(self.learning_rate),
+                     "--batch-size", str(self.batch_size), "--dp-noise-multiplier", str(self.dp_noise_multiplier),
+                     "--dp-max-grad-norm", str(self.dp_max_grad_norm), "--dp-delta", str(self.dp_delta), "--seed", str(self.seed), "--model", self.model]
+        if site in self.faults:
+            fault, rounds = self.faults[site]
+            arguments += ["--fault", fault, "--fault-rounds", ",".join(str(r) for r in rounds)]
+        return shlex.join(arguments)
+
+
+@dataclass
+class FederatedRun:
+    """What the server kept of one job, read back from the downloaded server workspace."""
+
+    job_id: str
+    job_status: str
+    summary: dict[str, Any]
+    events: list[dict[str, Any]]
+    global_parameters: dict[str, np.ndarray] | None
+    server_files: Path
+
+    @property
+    def complete(self) -> bool:
+        return self.summary.get("status") == "complete" and self.global_parameters is not None and self.job_status.startswith("FINISHED:COMPLETED")
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+class FlareDeployment:
+    """A running FLARE project (server + one client per site) in ``workspace``; use as a context manager."""
+
+    def __init__(self, workspace: str | Path, sites: list[str], connect_timeout_s: float = 120.0) -> None:
+        self.workspace = Path(workspace).resolve()
+        self.sites = list(sites)
+        self.connect_timeout_s = connect_timeout_s
+
+    def __enter__(self) -> "FlareDeployment":
+        from nvflare.tool.poc.poc_commands import _start_poc, prepare_poc_provision
+
+        settings.federated_engine_environment(self.workspace, CODE_ROOT)
+        self.workspace.mkdir(parents=True, exist_ok=True)
+        prepare_poc_provision(clients=self.sites, number_of_clients=len(self.sites), workspace=str(self.workspace),
+                              docker_image=None, use_he=False, project_conf_path=str(self._project_file()), examples_dir=None)
+        self._loopback_only()
+        try:
+            _start_poc(poc_workspace=str(self.workspace), gpu_ids=[], excluded=[ADMIN_USER], services_list=[])
+            self._wait_for_sites()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _project_file(self) -> Path:
+        """FLARE's default POC project with these sites as clients and a free port (not the fixed 8002)."""
+        from nvflare.tool.poc.poc_commands import gen_project_config_file, load_yaml, save_project_config, update_clients, update_server_name
+
+        config = update_clients(self.sites, len(self.sites), update_server_name(load_yaml(gen_project_config_file(str(self.workspace)))))
+        server = next(p for p in config["participants"] if p["type"] == "server")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = server["fed_learn_port"] = probe.getsockname()[1]
+        project_file = self.workspace / "radplan_project.yml"
+        save_project_config(config, str(project_file))
+        return project_file
+
+    def _loopback_only(self) -> None:
+        """Point every startup kit at 127.0.0.1:<port>. FLARE's server binds its listener to the host of its service
+        target when that host is a loopback address, and to every interface otherwise (the provisioned target is
+        ``server:<port>``). The POC kits carry no signature manifest, so editing them is what provisioning
+        with that host would have written."""
+        for config_file in self.workspace.glob("*/prod_00/*/startup/fed_*.json"):
+            config = json.loads(config_file.read_text())
+            text = json.dumps(config, indent=2)
+            for host in ("server", "localhost"):
+                text = text.replace(f'"{host}:{self.port}"', f'"127.0.0.1:{self.port}"')
+            config = json.loads(text)
+            for server in config.get("servers", []):
+                if server.get("admin_server") in ("server", "localhost"):
+                    server["admin_server"] = "127.0.0.1"
+            admin = config.get("admin", {})
+            if admin.get("host") in ("server", "localhost"):
+                admin["host"] = "127.0.0.1"
+            config_file.write_text(json.dumps(config, indent=2))
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def _admin_kit(self) -> str:
+        from nvflare.tool.poc.poc_commands import get_prod_dir, setup_service_config
+
+        project_config, _ = setup_service_config(str(self.workspace))
+        return str(Path(get_prod_dir(str(self.workspace), project_config.get("name"))) / ADMIN_USER)
+
+    @contextmanager
+    def session(self) -> Iterator[Any]:
+        from nvflare.fuel.flare_api.flare_api import new_secure_session
+
+        session = new_secure_session(username=ADMIN_USER, startup_kit_location=self._admin_kit(), timeout=30)
+        try:
+            yield session
+        finally:
+            session.close()
+
+    def _wait_for_sites(self) -> None:
+        deadline = time.monotonic() + self.connect_timeout_s
+        while True:
+            try:
+                with self.session() as session:
+                    connected = {client.name for client in session.get_connected_client_list()}
+            except Exception:  # the server is still starting
+                connected = set()
+            if set(self.sites) <= connected:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"FLARE sites {sorted(set(self.sites) - connected)} did not connect within {self.connect_timeout_s:.0f} s")
+            time.sleep(0.5)
+
+    def stop(self, wait_s: float = 180.0) -> None:
+        """Ask FLARE to shut its processes down and wait until they are gone (a loaded machine can take minutes)."""
+        from nvflare.tool.poc.poc_commands import _stop_poc, is_poc_running, setup_service_config
+
+        try:
+            project_config, service_config = setup_service_config(str(self.workspace))
+        except Exception:
+            return
+        try:
+            _stop_poc(poc_workspace=str(self.workspace), excluded=[ADMIN_USER], services_list=[])
+        except TimeoutError as error:  # FLARE's own 30 s wait for the server; keep waiting below
+            LOGGER.warning("FLARE shutdown still in progress in %s: %s", self.workspace, error)
+        deadline = time.monotonic() + wait_s
+        while is_poc_running(str(self.workspace), service_config, project_config):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"FLARE processes of {self.workspace} still running {wait_s:.0f} s after shutdown was requested")
+            time.sleep(0.5)
+
+    def run(self, site_dirs: dict[str, Path], config: FederatedJobConfig, job_name: str = "radplan-fedavg",
+            timeout_s: float = 600.0, champion_parameters: dict[str, np.ndarray] | None = None) -> FederatedRun:
+        """Submit one job over ``site_dirs`` (site name -> its lake folder), wait for it, read what the server kept."""
+        from nvflare.fuel.flare_api.flare_api import MonitorReturnCode
+        from nvflare.fuel.utils.constants import FrameworkType
+        from nvflare.job_config.api import FedJob
+        from nvflare.job_config.script_runner import ScriptRunner
+
+        unknown = sorted(set(site_dirs) - set(self.sites))
+        if unknown:
+            raise ValueError(f"sites {unknown} are not part of this FLARE deployment ({self.sites})")
+        job = FedJob(name=job_name, min_clients=len(site_dirs))
+        job.to_server(flare_server.RadplanFedAvg(num_rounds=config.num_rounds, min_sites=config.min_sites,
+                                                 round_timeout_s=config.round_timeout_s, grace_s=config.grace_s,
+                                                 fedprox_mu=config.fedprox_mu, model_kind=config.model, seed=config.seed,
+                                                 champion_parameters=None if champion_parameters is None else
+                                                 {k: np.asarray(v).tolist() for k, v in champion_parameters.items()}))
+        for site, site_dir in site_dirs.items():
+            job.to(ScriptRunner(script=str(SITE_SCRIPT), script_args=config.site_arguments(site, Path(site_dir).resolve()),
+                                framework=FrameworkType.NUMPY), site)
+        with tempfile.TemporaryDirectory() as exported, self.session() as session:
+            job.export_job(exported)
+            job_id = session.submit_job(str(Path(exported) / job_name))
+            returned, job_meta = session.monitor_job_and_return_job_meta(job_id, timeout=timeout_s, poll_interval=0.5)
+            if returned != MonitorReturnCode.JOB_FINISHED:
+                session.abort_job(job_id)
+                raise TimeoutError(f"federated job {job_id} did not finish within {timeout_s:.0f} s")
+            job_status = str(job_meta.get("status", ""))
+            downloaded = Path(session.download_job_result(job_id))
+        server_files = downloaded / "workspace"
+        summary_path = server_files / flare_server.SUMMARY_FILE
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"status": "incomplete", "reason": f"{summary_path} missing"}
+        model_path = server_files / flare_server.GLOBAL_MODEL_FILE
+        global_parameters = None
+        if model_path.exists() and summary.get("status") == "complete":
+            with np.load(model_path) as stored:
+                global_parameters = {name: stored[name] for name in stored.files}
+        return FederatedRun(job_id, job_status, summary, _read_jsonl(server_files / flare_server.EVENTS_FILE), global_parameters, server_files)
+
+
+def server_process_files(deployment: FlareDeployment) -> list[Path]:
+    """Every file of the server's own folder (its logs, job workspaces, stored jobs): what the server keeps."""
+    from nvflare.tool.poc.poc_commands import get_prod_dir, setup_service_config
+
+    project_config, _ = setup_service_config(str(deployment.workspace))
+    server_dir = Path(get_prod_dir(str(deployment.workspace), project_config.get("name"))) / "server"
+    return [p for p in server_dir.rglob("*") if p.is_file()]
+
+
+def remove_workspace(workspace: str | Path) -> None:
+    shutil.rmtree(workspace, ignore_errors=True)
