@@ -14,8 +14,10 @@ from _common import REPO, RESULTS_DIR
 
 DOC = REPO / "docs" / "benchmarks.md"
 # Result files in the order the page shows them; others found in results/ follow.
-ORDER = ("deid.json", "vcf.json", "radiomics.json", "memory.json", "e2e.json", "partitions.json",
-         "incremental.json", "sensor_latency.json")
+ORDER = ("deid.json", "vcf.json", "radiomics.json", "memory.json", "e2e.json", "partitions.json", "scale.json",
+         "cohort_read.json", "incremental.json", "sensor_latency.json")
+# One flat object of named figures written by several benchmarks (scale.*, daemon.*): a table of its own, not rows.
+OPERATIONS = "operations.json"
 DEMO_ORDER = ("ingest_job", "patient_preparation_job", "segmentation_training_job", "patient_features_job", "cohort_job",
               "recommendation_job", "export_job", "monitoring_job")  # jobs.DEMO_STAGES, without importing Dagster here
 TARGET = re.compile(r"^\s*(>=|<=)\s*(-?[0-9.]+)")
@@ -60,6 +62,20 @@ METHODS = """\
   asset's status queries and one tick of every ticking sensor in `sensors.ALL_SENSORS`; then 40k keys
   added in one call to a separate definition (the reported ~36k sqlite failure, dagster-io/dagster#16260,
   is one SQL `IN` list over all new keys, past sqlite's 32766-variable limit).
+* **Partition scale on Postgres** (`bench_scale.py`): a throwaway PostgreSQL on loopback holds the Dagster
+  instance (`RADPLAN_DAGSTER_PG_URL`), grown from 1,000 to 100,000 patients: partitions added in batches of
+  1000, and one `patient_features` and one `patient_recommendations` materialization per patient written in
+  batches (what the measured operations read; runs are not seeded per patient). At each size, median of 3:
+  one steady-state tick of every ticking sensor right after an intake that changed one patient (cursors from
+  the previous tick, the daemon's run-key check included); launching the refresh sensor's run as the daemon
+  does (code location's execution plan, `create_run`, `submit_run` to the run queue); the
+  `patient_features` asset page (partitions view) in headless Chromium against dagster-webserver on the same
+  instance, from navigation until "N Partitions" is rendered; one real patient's EHR and notes chain up to
+  its feature row materialized. Ratios: 100,000 / 1,000 (target <= 2). Figures in `operations.json`
+  (`scale.<N>.<measure>`, `scale.100000.<measure>_ratio_to_1000`, `scale.100000.ratio_to_1000` = the largest).
+* **Cohort reads** (`bench_cohort_read.py`): `patient_features` (real schema, one row per patient) as 1,000
+  and 100,000 hive partitions; every partition read as one frame by `radplan.lake.read_hive_dataset` (one
+  Arrow dataset read) vs the per-partition Python loop it replaced, and by `cohort_table_spark` on local[2].
 
 ## Why some targets are missed (read with the figures above)
 
@@ -80,6 +96,12 @@ METHODS = """\
   machine other processes take the second core (see the load average). Rerun on a quiet machine with
   `PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_radiomics.py --parallel-only` (~1 minute; replaces only
   the speed-up row).
+* **Asset page at 100,000 partitions (Postgres)**: the partitions view of a per-patient asset asks Dagster's
+  GraphQL `PartitionHealthQuery`, which returns every partition key of the dynamic partitions definition with
+  its status: 4.0 MB at 100,000 patients against 40 KB at 1,000 (23 s of the 29 s page load, on a machine at
+  load ~20). That is Dagster's UI and API for dynamic partitions; no radplan code runs in it. radplan's own
+  paths (sensor ticks, run launch, one patient's refresh) do not grow with the partition count: the same SQL
+  statements and rows at 200 and 2,000 patients (`tests/production/test_partition_scale.py`).
 * **End to end at 100 patients**: `make bench` runs 20 and 50 patients to stay within 20 minutes on 2 cores.
   `python benchmarks/bench_e2e.py --sizes 100 --merge` measures the 100-patient point on its own (about
   11 minutes) and keeps the sizes measured before on the same machine (`make bench` merges the same way);
@@ -96,6 +118,8 @@ def _load(path: Path):
 
 def _as_rows(name: str, payload) -> list[dict]:
     """Rows in the common schema; the single-object files of bench_incremental / bench_sensor_latency adapted."""
+    if name == OPERATIONS.removesuffix(".json"):
+        return []  # rendered by _operations_table
     if isinstance(payload, list):
         return [row for row in payload if isinstance(row, dict) and "name" in row]
     if not isinstance(payload, dict):
@@ -204,6 +228,22 @@ def _details(rows: list[dict]) -> list[str]:
             if last.get("sensor_ticks_s"):
                 lines += ["", f"Per sensor at {last['partitions']:,} partitions (s): " + ", ".join(
                     f"`{name}` {_fmt(value)}" for name, value in last["sensor_ticks_s"].items()) + "."]
+        elif row["name"].startswith("partition_scale_postgres") and row.get("steps"):
+            lines += ["", "### Partition scale (Postgres)", "",
+                      "| partitions | sensor tick s | run launch s | asset page s | refresh s | tick SQL statements / rows | load before / after |",
+                      "| --- | --- | --- | --- | --- | --- | --- |"]
+            for m in row["steps"]:
+                queries = m.get("sensor_tick_queries", {})
+                lines.append(f"| {m['partitions']:,} | {_fmt(m.get('sensor_tick_s'))} | {_fmt(m.get('run_launch_s'))} | "
+                             f"{_fmt(m.get('asset_page_s'))} | {_fmt(m.get('refresh_s'))} | {queries.get('statements', '—')} / "
+                             f"{queries.get('rows', '—')} | {_fmt(m.get('load_average_before'))} / {_fmt(m.get('load_average_after'))} |")
+        elif row["name"] == "cohort_read":
+            lines += ["", "### Cohort reads", "",
+                      "| partitions | Arrow dataset s | former Python loop s | Spark local[2] s | load before / after |",
+                      "| --- | --- | --- | --- | --- |"]
+            for m in row["steps"]:
+                lines.append(f"| {m['partitions']:,} | {_fmt(m.get('arrow_dataset_s'))} | {_fmt(m.get('python_loop_s'))} | "
+                             f"{_fmt(m.get('spark_s'))} | {_fmt(m.get('load_average_before'))} / {_fmt(m.get('load_average_after'))} |")
         elif row["name"] == "ct_series_peak_memory":
             lines += ["", f"### Peak memory, {row['series']}", "", "| step | seconds | process ru_maxrss MiB |", "| --- | --- | --- |"]
             for step, values in row["steps"].items():
@@ -222,9 +262,21 @@ def _details(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _operations_table(figures) -> list[str]:
+    """operations.json: every named figure (keys such as scale.100000.sensor_tick_s), the *.meta objects apart."""
+    if not isinstance(figures, dict) or not figures:
+        return []
+    lines = ["", f"### Named figures (`benchmarks/results/{OPERATIONS}`)", "", "| key | value |", "| --- | --- |"]
+    lines += [f"| `{key}` | {_fmt(value)} |" for key, value in figures.items() if not isinstance(value, dict)]
+    for key, value in figures.items():
+        if isinstance(value, dict):
+            lines += ["", f"`{key}`: " + "; ".join(f"{k}: {_fmt(v) if not isinstance(v, dict) else v}" for k, v in value.items())]
+    return lines
+
+
 def render() -> str:
     files = [RESULTS_DIR / name for name in ORDER if (RESULTS_DIR / name).exists()]
-    files += sorted(p for p in RESULTS_DIR.glob("*.json") if p.name not in ORDER and p.name != "run_all.json")
+    files += sorted(p for p in RESULTS_DIR.glob("*.json") if p.name not in ORDER and p.name not in ("run_all.json", OPERATIONS))
     rows = [row for path in files for row in _as_rows(path.stem, _load(path))]
     run = _load(RESULTS_DIR / "run_all.json") or {}
     machines = sorted({row.get("machine", "") for row in rows} - {""})
@@ -245,7 +297,7 @@ def render() -> str:
                   "figures, not the benchmark's.**"]
     lines += ["", "## Results", "", "Ratios: radplan / peer for rates (higher is better); for times, memory and scaling, lower is better.", ""]
     lines += _summary_table(rows)
-    lines += ["", "## Details"] + _details(rows)
+    lines += ["", "## Details"] + _details(rows) + _operations_table(_load(RESULTS_DIR / OPERATIONS))
     notes = [f"* `{row['name']}`: {row['note']}" for row in rows if row.get("note")]
     if notes:
         lines += ["", "### Notes", "", *notes]

@@ -214,11 +214,22 @@ def add_cohort_columns_pandas(features: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values("patient_key").reset_index(drop=True)
 
 
-def cohort_table_spark(spark, patient_features_dir: str) -> pd.DataFrame:
-    """Read every patient's partition as one hive-partitioned dataset and derive the cohort columns on Spark."""
+def cohort_table_spark(spark, patient_features: str) -> pd.DataFrame:
+    """Every patient's feature row on Spark, with the cohort columns derived there.
+
+    ``patient_features`` is the table's compacted snapshot (one Parquet file, ``radplan.lake.refresh_compacted_snapshot``)
+    or its hive-partitioned folder (one ``patient_key=`` folder per patient, read as one dataset).
+    """
+    from pathlib import Path
+
     from pyspark.sql import functions as F
 
-    frame = spark.read.option("basePath", patient_features_dir).parquet(patient_features_dir)
+    from radplan.lake import SNAPSHOT_FINGERPRINT_COLUMNS
+
+    if Path(patient_features).is_file():
+        frame = spark.read.parquet(patient_features).drop(*SNAPSHOT_FINGERPRINT_COLUMNS)
+    else:
+        frame = spark.read.option("basePath", patient_features).parquet(patient_features)
     modality_count = sum(F.col(c).cast("int") for c in ("has_ehr", "has_imaging", "has_genomics", "has_notes"))
     pgx_count = sum(F.col(f"pgx_{g}_phenotype").isNotNull().cast("int") for g in PGX_GENES)
     result = (

@@ -30,7 +30,17 @@ from pydantic import Field
 
 from radplan import crypto
 from radplan.audit import AUDIT_FOLDER, AuditLog, AuditRecord, process_identity
-from radplan.lake import PARTITION_COLUMN, ZONES, QuarantineRecord, atomic_path, quarantine_file, read_hive_dataset, rebuild_dir
+from radplan.lake import (
+    COMPACTED_DIR,
+    PARTITION_COLUMN,
+    ZONES,
+    QuarantineRecord,
+    atomic_path,
+    quarantine_file,
+    read_hive_dataset_compacted,
+    rebuild_dir,
+    refresh_compacted_snapshot,
+)
 from radplan.lake_integrity import IntegrityReport, build_manifest, record_manifest, verify_local_lake
 
 ENCRYPTED_ZONES = ("raw",)
@@ -350,10 +360,30 @@ class LakeResource(ConfigurableResource):
                 key = _bare_patient_key(partition.name)
                 parts.append(part.append_column(PARTITION_COLUMN, pa.array([key] * part.num_rows, pa.string())))
         else:
-            return read_hive_dataset(folder)
+            # Through the table's compacted snapshot: at 100,000 patients only the changed partitions' files are opened.
+            return read_hive_dataset_compacted(folder, self.compacted_snapshot_path(zone, table))
         if not parts:
             return pd.DataFrame(columns=[PARTITION_COLUMN])
         return pa.concat_tables(parts, promote_options="permissive").to_pandas()
+
+    def compacted_snapshot_path(self, zone: str, table: str) -> Path:
+        """Where the compacted snapshot of a per-patient table lives (hidden: a cache rebuilt from the partitions)."""
+        return self.zone(zone) / COMPACTED_DIR / f"{table}.parquet"
+
+    def compacted_table(self, zone: str, table: str) -> Path:
+        """One Parquet file with every partition of a per-patient table (``patient_key`` a column), brought up to date
+        by reading only the partitions changed since the last call: what Spark reads for a cohort."""
+        folder = self.zone(zone) / table
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{zone}/{table} has not been materialized")
+        if zone in ENCRYPTED_ZONES:
+            raise ValueError(f"{zone}/{table} is encrypted at rest: no plaintext snapshot of it is written")
+        snapshot = self.compacted_snapshot_path(zone, table)
+        rows = refresh_compacted_snapshot(folder, snapshot)
+        if rows is None:
+            raise FileNotFoundError(f"{zone}/{table} has no partition yet")
+        self.audit("read", zone, table, rows=rows.num_rows, files=1)
+        return snapshot
 
     def read_table_if_present(self, zone: str, table: str, patient_key: str | None = None) -> pd.DataFrame:
         """Like read_table, but an empty frame where nothing was materialized (an optional input)."""

@@ -54,3 +54,10 @@ def test_spark_cohort_table_equals_pandas(tmp_path):
     assert on_spark["modalities_present"].tolist() == [3, 2, 3]
     assert on_spark["actionable_count"].tolist() == [1, 1, 0]
     assert on_spark["pgx_calls"].tolist() == [1, 1, 0]
+
+    # cohort_features reads the compacted snapshot (one file): the same table; a patient rewritten afterwards is seen.
+    via_snapshot = cohort.cohort_table_spark(session, str(lake.compacted_table("features", "patient_features")))
+    pd.testing.assert_frame_equal(via_snapshot, on_spark)
+    lake.write_table(cohort.patient_features_table(_patient("p0000000000000002")), "features", "patient_features", "p0000000000000002")
+    refreshed = cohort.cohort_table_spark(session, str(lake.compacted_table("features", "patient_features")))
+    assert refreshed["modalities_present"].tolist() == [3, 3, 3] and refreshed["cancer_type"].tolist() == ["nsclc"] * 3

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 
 import pandas as pd
 import pytest
 
 from radplan.errors import InvalidVcfError
-from radplan.lake import atomic_path, atomic_write_text
+from radplan.lake import atomic_path, atomic_write_text, read_hive_dataset
 from radplan_resources import LakeResource
 
 
@@ -34,6 +36,50 @@ def test_partitioned_tables_read_back_per_patient_and_as_one_dataset(tmp_path):
     assert everything["x"].tolist() == [1, 2, 9]
     assert everything["patient_key"].tolist() == ["p0000000000000001", "p0000000000000001", "p0000000000000002"]
     assert not [p for p in (tmp_path / "features" / "t").iterdir() if p.name.startswith(".")]
+
+
+def test_one_dataset_read_unifies_a_column_that_is_all_null_in_some_partitions(tmp_path):
+    # A patient without notes writes an all-null column (Arrow type null); whichever file comes first, the
+    # column reads back with the other partitions' type, and an empty folder reads as no rows.
+    lake = LakeResource(root=str(tmp_path))
+    lake.write_table(pd.DataFrame({"finding": [None, None], "n": [1, 2]}), "features", "t", "p0000000000000001")
+    lake.write_table(pd.DataFrame({"finding": ["EGFR"], "n": [3], "extra": [0.5]}), "features", "t", "p0000000000000002")
+    everything = lake.read_table("features", "t").sort_values("n")
+    assert everything["finding"].tolist() == [None, None, "EGFR"]
+    assert everything["extra"].isna().tolist() == [True, True, False]
+    assert everything["patient_key"].tolist() == ["p0000000000000001"] * 2 + ["p0000000000000002"]
+    (tmp_path / "features" / "empty").mkdir()
+    assert read_hive_dataset(tmp_path / "features" / "empty").columns.tolist() == ["patient_key"]
+
+
+def test_cohort_reads_go_through_a_snapshot_that_rereads_only_changed_partitions(tmp_path):
+    lake = LakeResource(root=str(tmp_path))
+    for index in range(4):
+        lake.write_table(pd.DataFrame({"x": [index]}), "features", "t", f"p{index:016x}")
+    folder, snapshot = tmp_path / "features" / "t", lake.compacted_snapshot_path("features", "t")
+    assert lake.read_table("features", "t")["x"].tolist() == [0, 1, 2, 3] and snapshot.exists()
+    report = lake.verify_integrity(["features"])
+    assert report.ok and not report.unrecorded  # the snapshot is a hidden cache, not lake data
+
+    # An unchanged partition is served from the snapshot: bytes altered behind its back (same size and mtime) stay unseen.
+    untouched = folder / f"patient_key=p{0:016x}" / "part-0.parquet"
+    stat = untouched.stat()
+    original = untouched.read_bytes()
+    untouched.write_bytes(original[:-8] + b"\0" * 4 + original[-4:])  # footer length zeroed: unreadable if opened
+    os.utime(untouched, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    # A rewritten, a new and a removed partition are all seen.
+    lake.write_table(pd.DataFrame({"x": [10, 11]}), "features", "t", f"p{1:016x}")
+    lake.write_table(pd.DataFrame({"x": [4]}), "features", "t", f"p{4:016x}")
+    shutil.rmtree(folder / f"patient_key=p{3:016x}")
+    again = lake.read_table("features", "t")
+    assert again["x"].tolist() == [0, 10, 11, 2, 4]
+    assert again["patient_key"].tolist() == [f"p{i:016x}" for i in (0, 1, 1, 2, 4)]
+
+    # A damaged snapshot is a cache miss: rebuilt from the partitions.
+    snapshot.write_bytes(b"not parquet")
+    untouched.write_bytes(original)
+    os.utime(untouched, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert lake.read_table("features", "t")["x"].tolist() == [0, 10, 11, 2, 4]
 
 
 def test_failed_partition_rebuild_keeps_the_previous_version(tmp_path):
