@@ -1,4 +1,4 @@
-"""Lesion segmentation quality on held-out synthetic patients, trained on 2 CPU threads within a wall-clock cap.
+"""Lesion segmentation quality on held-out synthetic patients, trained on 2 CPU threads within a CPU-time budget.
 
 Cohort (benchmarks/seg_cohort.py): the generator's CT phantom and lesions (radplan.synth), normalised and
 resampled to 1.5 mm by the pipeline's own functions. Training patients and held-out patients are disjoint
@@ -6,8 +6,9 @@ patient indices of one cohort seed; every study of a patient goes to the same si
 
 Training is the asset's code path: ``radplan.models.segmentation.train_segmentation`` with the CPU default
 config (``SegmentationTrainingConfig.for_device(False)``), MLflow in a temporary sqlite store, torch limited
-to 2 threads, ``max_train_seconds`` = the cap (the fit stops there even if epochs remain). Its own
-validation split (``val_fraction``) comes out of the training patients.
+to 2 threads, ``max_train_cpu_seconds`` = minutes x 60 x threads (what a dedicated machine gives in that
+time; the fit stops there even if epochs remain) and ``max_train_seconds`` = a wall-clock cap for a shared
+machine. Its own validation split (``val_fraction``) comes out of the training patients.
 
 Evaluation on the held-out images: sliding-window inference + post-processing (``postprocess_mask``), then
 - per image: Dice and HD95 (mm) of all lesions together (MONAI ``compute_dice`` / ``compute_hausdorff_distance``);
