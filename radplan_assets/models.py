@@ -40,9 +40,10 @@ class SegmentationTrainingRunConfig(Config):
 
 @asset(
     group_name="models",
-    description="MONAI 3-D UNet trained with PyTorch Lightning on CT volumes that have reference masks (SEG/RTSTRUCT); "
-    "held-out Dice with sliding-window inference; logged and registered in MLflow as radplan-lesion-seg, promoted to "
-    "`champion` only if it beats the current champion on the same validation data.",
+    description="MONAI 3-D UNet trained with PyTorch Lightning on CT volumes that have reference masks (SEG/RTSTRUCT): "
+    "lesion-centred crops, Dice+CE, small components removed after sliding-window inference; held-out Dice; logged and "
+    "registered in MLflow as radplan-lesion-seg, promoted to `champion` only if it beats the current champion on the same "
+    "validation data.",
 )
 def segmentation_model(
     context: AssetExecutionContext,

@@ -4,19 +4,30 @@ Inputs are (CT image, lesion label) NIfTI pairs already resampled to the
 training spacing (``normalized_volumes`` + ``lesion_masks``). Labels may hold
 several lesion ids; the model learns lesion vs. background (any label > 0).
 
-Pipeline
+Pipeline (the recipe; benchmarks/bench_segmentation.py measures it on held-out synthetic patients)
 - MONAI dictionary transforms: load (nibabel), channel first, CT soft-tissue
   HU window scaled to [0, 1], crop to the body (voxels above the window
-  floor), pad to the ROI, positive/negative balanced random ROI crops, random
-  flips on all three axes, small intensity jitter; ``CacheDataset`` caches the
-  deterministic part.
+  floor), pad to the ROI, random ROI crops centred on lesion voxels and on
+  body voxels outside lesions in the ratio ``pos_samples : neg_samples``
+  (2 : 1; candidate centres cached per volume), random flips on all three
+  axes, small intensity jitter; ``CacheDataset`` caches the deterministic part.
 - MONAI ``UNet`` (or ``SegResNet``) in a ``LightningModule`` trained with
-  Dice + cross-entropy; seeds fixed through ``monai.utils.set_determinism``
-  and ``lightning.seed_everything``.
+  Dice (over the batch) + cross-entropy, AdamW and a cosine learning rate over
+  the epochs, or over a time budget (``max_train_seconds`` wall clock,
+  ``max_train_cpu_seconds`` process CPU time) when one is set; seeds fixed
+  through ``monai.utils.set_determinism`` and ``lightning.seed_everything``.
+  Mixed precision where CUDA runs it (``for_device(True)``).
+- Inference: sliding-window logits (Gaussian-weighted overlapping tiles),
+  argmax, then :func:`postprocess_mask` drops connected components below
+  ``min_lesion_volume_mm3`` (a pure function the ONNX path calls too).
 - Held-out validation split by image (never by patch); validation Dice is
-  MONAI ``DiceMetric`` (foreground only) on sliding-window predictions of the
-  whole image. The same function scores the new model and the current
-  champion on the same validation images for the champion/challenger decision.
+  MONAI Dice (foreground only) of post-processed whole-image predictions,
+  every ``val_every_n_epochs`` epochs and once after training. The same
+  function scores the new model and the current champion on the same
+  validation images for the champion/challenger decision.
+  :func:`overlap_metrics` (Dice, HD95 in mm), :func:`lesion_metrics` (per
+  true lesion) and :func:`bootstrap_mean_ci` (patient-clustered bootstrap)
+  serve the benchmark.
 - MLflow: parameters, per-epoch ``train_loss`` / ``val_dice``, the network via
   ``mlflow.pytorch`` with a tensor signature, registration through
   :mod:`radplan.models.registry`.
@@ -48,14 +59,16 @@ from mlflow.models import infer_signature
 from monai.data import CacheDataset, DataLoader, Dataset
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
-from monai.metrics import DiceMetric
+from monai.metrics import DiceMetric, compute_dice, compute_hausdorff_distance
 from monai.networks.nets import SegResNet, UNet
 from monai.networks.utils import one_hot
 from monai.transforms import (
     Compose,
     CropForegroundd,
+    DeleteItemsd,
     EnsureChannelFirstd,
     EnsureTyped,
+    FgBgToIndicesd,
     Lambdad,
     LoadImaged,
     RandCropByPosNegLabeld,
@@ -67,10 +80,12 @@ from monai.transforms import (
 )
 from monai.utils import set_determinism
 from pydicom.sr.codedict import codes
+from scipy import ndimage
 
 from radplan.errors import RadplanInputError
 from radplan.lake import atomic_path
 from radplan.models import registry
+from radplan.models.evaluation import bootstrap_weights
 
 IMAGE_KEY = "image"
 LABEL_KEY = "label"
@@ -89,24 +104,43 @@ class SegmentationTrainingConfig:
     hu_max: float = 300.0
     max_epochs: int = 10
     batch_size: int = 2
-    samples_per_volume: int = 2
+    samples_per_volume: int = 4
+    # Crop centres: pos_samples : neg_samples between lesion voxels and body voxels outside lesions.
+    pos_samples: float = 2.0
+    neg_samples: float = 1.0
     learning_rate: float = 2e-3
     seed: int = 0
     val_fraction: float = 0.25
+    # Whole-image sliding-window validation is the costly part of a CPU epoch; the final Dice is always computed.
+    val_every_n_epochs: int = 5
     cache_rate: float = 1.0
     network: str = "unet"
-    channels: tuple[int, ...] = (8, 16, 32, 64)
+    channels: tuple[int, ...] = (16, 32, 64, 128)
     strides: tuple[int, ...] = (2, 2, 2)
     num_res_units: int = 1
-    sw_batch_size: int = 2
+    sw_batch_size: int = 4
     sw_overlap: float = 0.25
     num_workers: int = 0
+    # Lightning precision: "16-mixed" only where CUDA runs it (for_device); CPU stays "32-true".
+    precision: str = "32-true"
+    # Budgets that end the fit before max_epochs (None: none): wall-clock seconds, and CPU seconds of this process
+    # (all threads; a dedicated 2-core machine gives 2 per wall second, a shared one fewer). With a budget the
+    # cosine learning rate anneals over the budget's elapsed fraction instead of over the epochs.
+    max_train_seconds: float | None = None
+    max_train_cpu_seconds: float | None = None
+    # Post-processing: predicted connected components (26-connectivity) below this volume are dropped.
+    # The generator's smallest lesion (radius 6 mm x 0.8 shrunk to 0.55 at follow-up) is ~75 mm3.
+    min_lesion_volume_mm3: float = 30.0
 
     def __post_init__(self) -> None:
         if self.network not in ("unet", "segresnet"):
             raise ValueError(f"network must be 'unet' or 'segresnet', not {self.network!r}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError("val_fraction must be in (0, 1)")
+        if self.precision not in ("32-true", "16-mixed", "bf16-mixed"):
+            raise ValueError(f"precision must be '32-true', '16-mixed' or 'bf16-mixed', not {self.precision!r}")
+        if self.min_lesion_volume_mm3 < 0 or self.pos_samples < 0 or self.neg_samples < 0 or self.pos_samples + self.neg_samples == 0:
+            raise ValueError("min_lesion_volume_mm3, pos_samples and neg_samples must be >= 0, pos + neg > 0")
         # Sliding-window tiles must survive every down-sampling step.
         factor = int(np.prod(self.strides)) if self.network == "unet" else 8
         if any(size % factor for size in self.roi_size):
@@ -114,7 +148,7 @@ class SegmentationTrainingConfig:
 
     @classmethod
     def for_device(cls, cuda: bool) -> "SegmentationTrainingConfig":
-        """CPU: small UNet, few epochs (minutes on a laptop). CUDA: larger ROI, wider UNet, more epochs."""
+        """CPU: the defaults, sized for 2 cores (minutes). CUDA: larger ROI, wider UNet, more epochs, mixed precision."""
         if not cuda:
             return cls()
         return cls(
@@ -123,12 +157,14 @@ class SegmentationTrainingConfig:
             batch_size=4,
             samples_per_volume=4,
             learning_rate=1e-3,
+            val_every_n_epochs=5,
             channels=(16, 32, 64, 128, 256),
             strides=(2, 2, 2, 2),
             num_res_units=2,
             sw_batch_size=8,
             sw_overlap=0.5,
             num_workers=4,
+            precision="16-mixed",
         )
 
     def to_params(self) -> dict[str, str]:
@@ -178,15 +214,20 @@ def training_transforms(config: SegmentationTrainingConfig):
         + [
             CropForegroundd(keys=keys, source_key=IMAGE_KEY, select_fn=_inside_window, allow_smaller=True),
             SpatialPadd(keys=keys, spatial_size=config.roi_size),
+            # Crop-centre candidates computed once per volume (cached with the volume), not per crop.
+            FgBgToIndicesd(keys=LABEL_KEY, image_key=IMAGE_KEY, image_threshold=0.0),
             RandCropByPosNegLabeld(
                 keys=keys,
                 label_key=LABEL_KEY,
                 spatial_size=config.roi_size,
-                pos=1.0,
-                neg=1.0,
+                pos=config.pos_samples,
+                neg=config.neg_samples,
                 num_samples=config.samples_per_volume,
-                # Negatives from anywhere (air included): inference runs on the whole image.
+                # Negative centres inside the body (tissue that resembles lesions, image > 0); patches still reach air.
+                fg_indices_key=f"{LABEL_KEY}_fg_indices",
+                bg_indices_key=f"{LABEL_KEY}_bg_indices",
             ),
+            DeleteItemsd(keys=[f"{LABEL_KEY}_fg_indices", f"{LABEL_KEY}_bg_indices"]),
             RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
             RandFlipd(keys=keys, prob=0.5, spatial_axis=1),
             RandFlipd(keys=keys, prob=0.5, spatial_axis=2),
@@ -218,10 +259,34 @@ def build_network(config: SegmentationTrainingConfig) -> torch.nn.Module:
 
 
 def sliding_window_logits(network: torch.nn.Module, image: torch.Tensor, config: SegmentationTrainingConfig) -> torch.Tensor:
-    """Logits (B, 2, *spatial) for a whole image batch via overlapping ROI tiles."""
-    return sliding_window_inference(
-        image, roi_size=config.roi_size, sw_batch_size=config.sw_batch_size, predictor=network, overlap=config.sw_overlap, mode="gaussian"
-    )
+    """Logits (B, 2, *spatial) for a whole image batch via overlapping ROI tiles (float32; autocast on CUDA when the
+    config trains in mixed precision)."""
+    mixed = config.precision != "32-true" and image.device.type == "cuda"
+    dtype = torch.bfloat16 if config.precision == "bf16-mixed" else torch.float16
+    with torch.autocast(device_type=image.device.type, dtype=dtype, enabled=mixed):
+        logits = sliding_window_inference(
+            image, roi_size=config.roi_size, sw_batch_size=config.sw_batch_size, predictor=network, overlap=config.sw_overlap, mode="gaussian"
+        )
+    return logits.float()
+
+
+def postprocess_mask(mask: np.ndarray, spacing_mm: Sequence[float], min_volume_mm3: float) -> np.ndarray:
+    """Binary lesion mask without the connected components (26-connectivity) smaller than ``min_volume_mm3``.
+
+    ``mask``: any array whose nonzero voxels are lesion; ``spacing_mm``: voxel size along the array's axes.
+    Returns uint8 (1 = lesion). Pure function: the Torch and ONNX inference paths both call it.
+    """
+    foreground = np.asarray(mask) != 0
+    if len(spacing_mm) != foreground.ndim:
+        raise ValueError(f"spacing {tuple(spacing_mm)} has {len(spacing_mm)} values for a {foreground.ndim}-D mask")
+    components, count = ndimage.label(foreground, structure=np.ones((3,) * foreground.ndim, dtype=bool))
+    if count == 0:
+        return foreground.astype(np.uint8)
+    voxel_mm3 = float(np.prod(spacing_mm))
+    sizes = np.bincount(components.ravel(), minlength=count + 1) * voxel_mm3
+    keep = sizes >= min_volume_mm3
+    keep[0] = False
+    return keep[components].astype(np.uint8)
 
 
 class LesionSegmentationModule(L.LightningModule):
@@ -231,7 +296,8 @@ class LesionSegmentationModule(L.LightningModule):
         super().__init__()
         self.network = network
         self.config = config
-        self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
+        # Batch Dice: crops without lesion voxels (the negatives) do not each pull the loss towards 1.
+        self.loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
         self.dice = DiceMetric(include_background=False, reduction="mean", ignore_empty=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -244,24 +310,64 @@ class LesionSegmentationModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         logits = sliding_window_logits(self.network, batch[IMAGE_KEY], self.config)
-        self.dice(y_pred=_one_hot_prediction(logits), y=_one_hot(batch[LABEL_KEY]))
+        self.dice(y_pred=_one_hot(_postprocessed_labels(logits, batch[IMAGE_KEY], self.config)), y=_one_hot(batch[LABEL_KEY]))
 
     def on_validation_epoch_end(self) -> None:
         self.log("val_dice", self.dice.aggregate().item())
         self.dice.reset()
 
+    def on_train_start(self) -> None:
+        self.budget = TrainingBudget(self.config)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.budget.used() >= 1.0:
+            self.trainer.should_stop = True
+
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.config.learning_rate, weight_decay=1e-5)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.config.max_epochs, 1))
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+        if not TrainingBudget(self.config).limited:
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.config.max_epochs, 1))
+            return {"optimizer": optimizer, "lr_scheduler": scheduler}
+        # The cosine runs over the budget's elapsed fraction, so the rate has annealed when the budget ends the fit
+        # however many epochs the machine allowed. Not reproducible step for step (it depends on timing).
+        cosine = lambda _: 0.5 * (1.0 + np.cos(np.pi * (self.budget.used() if hasattr(self, "budget") else 0.0)))  # noqa: E731
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class TrainingBudget:
+    """Fraction of the config's time budgets spent since creation (the larger of wall clock and process CPU time)."""
+
+    def __init__(self, config: SegmentationTrainingConfig) -> None:
+        self.wall_seconds, self.cpu_seconds = config.max_train_seconds, config.max_train_cpu_seconds
+        self.limited = self.wall_seconds is not None or self.cpu_seconds is not None
+        self.wall_started, self.cpu_started = time.perf_counter(), time.process_time()
+
+    def used(self) -> float:
+        fractions = [0.0]
+        if self.wall_seconds is not None:
+            fractions.append((time.perf_counter() - self.wall_started) / self.wall_seconds)
+        if self.cpu_seconds is not None:
+            fractions.append((time.process_time() - self.cpu_started) / self.cpu_seconds)
+        return min(1.0, max(fractions))
 
 
 def _one_hot(label: torch.Tensor) -> torch.Tensor:
     return one_hot(label.long(), num_classes=2)
 
 
-def _one_hot_prediction(logits: torch.Tensor) -> torch.Tensor:
-    return _one_hot(torch.argmax(logits, dim=1, keepdim=True))
+def _voxel_spacing(image: torch.Tensor) -> tuple[float, ...]:
+    """Spacing (mm) along the spatial axes from a MONAI MetaTensor's affine (NIfTI i, j, k order)."""
+    affine = np.asarray(image.affine[0] if image.affine.ndim == 3 else image.affine, dtype=float)
+    return tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+
+
+def _postprocessed_labels(logits: torch.Tensor, image: torch.Tensor, config: SegmentationTrainingConfig) -> torch.Tensor:
+    """Argmax labels (B, 1, *spatial) after :func:`postprocess_mask` on each image of the batch."""
+    labels = torch.argmax(logits, dim=1).cpu().numpy()
+    spacing = _voxel_spacing(image)
+    cleaned = np.stack([postprocess_mask(item, spacing, config.min_lesion_volume_mm3) for item in labels])
+    return torch.as_tensor(cleaned, device=logits.device).unsqueeze(1)
 
 
 class MlflowEpochMetrics(L.Callback):
@@ -271,14 +377,21 @@ class MlflowEpochMetrics(L.Callback):
         self.client = client
         self.run_id = run_id
         self.progress = progress
+        self.validated = False
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.validated = True
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # val_dice stays in callback_metrics between validation epochs; log it only for the epoch that computed it.
         metrics = trainer.callback_metrics
-        for key in ("train_loss", "val_dice"):
+        keys = ("train_loss", "val_dice") if self.validated else ("train_loss",)
+        self.validated = False
+        for key in keys:
             if key in metrics:
                 self.client.log_metric(self.run_id, key, float(metrics[key]), step=trainer.current_epoch)
         if self.progress is not None:
-            shown = ", ".join(f"{k}={float(metrics[k]):.3f}" for k in ("train_loss", "val_dice") if k in metrics)
+            shown = ", ".join(f"{k}={float(metrics[k]):.3f}" for k in keys if k in metrics)
             self.progress(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {shown}")
 
 
@@ -328,19 +441,66 @@ def split_by_image(n_images: int, val_fraction: float, seed: int) -> tuple[list[
 # ---------------------------------------------------------------- evaluation and inference
 
 
-def dice_per_image(network: torch.nn.Module, pairs: Sequence[tuple[Path, Path]], config: SegmentationTrainingConfig, device: torch.device | None = None) -> np.ndarray:
-    """Foreground Dice (MONAI DiceMetric) of sliding-window predictions, one value per whole image."""
+def predicted_and_true_masks(
+    network: torch.nn.Module, pairs: Sequence[tuple[Path, Path]], config: SegmentationTrainingConfig, device: torch.device | None = None
+):
+    """Per image: (post-processed prediction uint8, true label map with its lesion ids, spacing mm), NIfTI (i, j, k) order."""
     device = device or torch.device("cpu")
     network = network.to(device).eval()
-    loader = DataLoader(
-        Dataset([{IMAGE_KEY: str(i), LABEL_KEY: str(l)} for i, l in pairs], evaluation_transforms(config)), batch_size=1
-    )
-    dice = DiceMetric(include_background=False, reduction="none", ignore_empty=False)
-    with torch.no_grad():
-        for batch in loader:
-            logits = sliding_window_logits(network, batch[IMAGE_KEY].to(device), config)
-            dice(y_pred=_one_hot_prediction(logits), y=_one_hot(batch[LABEL_KEY].to(device)))
-    return np.nanmean(dice.aggregate().cpu().numpy(), axis=1)
+    transforms = evaluation_transforms(config, with_label=False)
+    for image_path, label_path in pairs:
+        data = transforms({IMAGE_KEY: str(image_path)})
+        truth = LoadImaged(keys=LABEL_KEY, reader="NibabelReader", image_only=True)({LABEL_KEY: str(label_path)})[LABEL_KEY]
+        image = data[IMAGE_KEY].unsqueeze(0).to(device)
+        with torch.no_grad():
+            prediction = _postprocessed_labels(sliding_window_logits(network, image, config), image, config)
+        yield prediction[0, 0].cpu().numpy().astype(np.uint8), np.asarray(truth).astype(np.int32), _voxel_spacing(data[IMAGE_KEY])
+
+
+def overlap_metrics(prediction: np.ndarray, truth: np.ndarray, spacing_mm: Sequence[float]) -> dict[str, float]:
+    """Dice and 95th-percentile symmetric Hausdorff distance (mm) of two binary masks (MONAI metrics).
+
+    Both empty: Dice 1, HD95 0. Exactly one empty: Dice 0 and HD95 NaN (no surface to measure; callers
+    report how many were undefined instead of inventing a distance).
+    """
+    predicted, expected = np.asarray(prediction) != 0, np.asarray(truth) != 0
+    if predicted.shape != expected.shape:
+        raise ValueError(f"masks have different shapes {predicted.shape} and {expected.shape}")
+    if not predicted.any() and not expected.any():
+        return {"dice": 1.0, "hd95_mm": 0.0}
+    if not predicted.any() or not expected.any():
+        return {"dice": 0.0, "hd95_mm": float("nan")}
+    as_one_hot = lambda mask: _one_hot(torch.as_tensor(mask[None, None].astype(np.uint8)))  # noqa: E731
+    y_pred, y = as_one_hot(predicted), as_one_hot(expected)
+    dice = compute_dice(y_pred, y, include_background=False, ignore_empty=False)
+    hd95 = compute_hausdorff_distance(y_pred, y, include_background=False, percentile=95, spacing=list(spacing_mm))
+    return {"dice": float(dice.item()), "hd95_mm": float(hd95.item())}
+
+
+def lesion_metrics(prediction: np.ndarray, truth_labels: np.ndarray, spacing_mm: Sequence[float]) -> dict[int, dict[str, float]]:
+    """Per true lesion id: Dice and HD95 of the predicted voxels nearest to that lesion against the lesion.
+
+    Every predicted voxel is attributed to the true lesion closest to it (Euclidean, mm), so false
+    positives count against their nearest lesion and a lesion's score does not depend on how its
+    neighbours were segmented. Lesion ids absent from ``truth_labels`` are not reported.
+    """
+    truth_labels = np.asarray(truth_labels)
+    ids = [int(v) for v in np.unique(truth_labels) if v > 0]
+    if not ids:
+        return {}
+    _, nearest_index = ndimage.distance_transform_edt(truth_labels == 0, sampling=spacing_mm, return_indices=True)
+    nearest_lesion = truth_labels[tuple(nearest_index)]
+    predicted = np.asarray(prediction) != 0
+    return {
+        lesion: {**overlap_metrics(predicted & (nearest_lesion == lesion), truth_labels == lesion, spacing_mm),
+                 "volume_mm3": float((truth_labels == lesion).sum() * np.prod(spacing_mm))}
+        for lesion in ids
+    }
+
+
+def dice_per_image(network: torch.nn.Module, pairs: Sequence[tuple[Path, Path]], config: SegmentationTrainingConfig, device: torch.device | None = None) -> np.ndarray:
+    """Foreground Dice of post-processed sliding-window predictions, one value per whole image."""
+    return np.array([overlap_metrics(p, t, s)["dice"] for p, t, s in predicted_and_true_masks(network, pairs, config, device)])
 
 
 def evaluate_dice(network: torch.nn.Module, pairs: Sequence[tuple[Path, Path]], config: SegmentationTrainingConfig, device: torch.device | None = None) -> float:
@@ -348,12 +508,29 @@ def evaluate_dice(network: torch.nn.Module, pairs: Sequence[tuple[Path, Path]], 
     return float(np.mean(dice_per_image(network, pairs, config, device)))
 
 
+def bootstrap_mean_ci(values: Sequence[float], clusters: Sequence | None = None, *, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Mean with a percentile bootstrap 95% CI; NaN values are left out and counted as ``n_undefined``.
+
+    ``clusters`` (e.g. the patient of each lesion): whole clusters are resampled, since values of one
+    patient are not independent. Without it each value is its own cluster.
+    """
+    values = np.asarray(values, dtype=float)
+    groups = np.arange(len(values)) if clusters is None else np.unique(np.asarray(clusters), return_inverse=True)[1]
+    defined = ~np.isnan(values)
+    if not defined.any():
+        return {"mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0, "n_undefined": int(len(values))}
+    n_groups = int(groups.max()) + 1
+    draws = bootstrap_weights(n_groups, n_bootstrap, seed)[:, groups[defined]]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = (draws @ values[defined]) / draws.sum(axis=1)
+    return {"mean": float(values[defined].mean()), "ci_low": float(np.nanpercentile(means, 2.5)),
+            "ci_high": float(np.nanpercentile(means, 97.5)), "n": int(defined.sum()), "n_undefined": int((~defined).sum())}
+
+
 def dice_confidence_interval(per_image: np.ndarray, *, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, float]:
     """Mean Dice with a percentile bootstrap 95% CI over validation images (images resampled, fixed seed)."""
-    values = np.asarray(per_image, dtype=float)
-    draws = np.random.default_rng(seed).integers(0, len(values), size=(n_bootstrap, len(values)))
-    means = values[draws].mean(axis=1)
-    return {"value": float(values.mean()), "ci_low": float(np.percentile(means, 2.5)), "ci_high": float(np.percentile(means, 97.5)), "n_images": len(values)}
+    interval = bootstrap_mean_ci(per_image, n_bootstrap=n_bootstrap, seed=seed)
+    return {"value": interval["mean"], "ci_low": interval["ci_low"], "ci_high": interval["ci_high"], "n_images": interval["n"]}
 
 
 def predict_mask(model: torch.nn.Module, image_path: Path, config: SegmentationTrainingConfig) -> sitk.Image:
@@ -367,7 +544,7 @@ def predict_mask(model: torch.nn.Module, image_path: Path, config: SegmentationT
     with torch.no_grad():
         logits = sliding_window_logits(model, data[IMAGE_KEY].unsqueeze(0).to(device), config)
     # MONAI arrays are indexed (i, j, k) like the NIfTI voxel array; SimpleITK's numpy view is (k, j, i).
-    labels = torch.argmax(logits, dim=1)[0].cpu().numpy().astype(np.uint8)
+    labels = postprocess_mask(torch.argmax(logits, dim=1)[0].cpu().numpy(), info.GetSpacing(), config.min_lesion_volume_mm3)
     mask = sitk.GetImageFromArray(np.ascontiguousarray(labels.transpose(2, 1, 0)))
     if mask.GetSize() != info.GetSize():
         raise RuntimeError(f"prediction grid {mask.GetSize()} differs from image grid {info.GetSize()}")
@@ -430,6 +607,8 @@ def train_segmentation(
         mlflow.set_tags({"radplan.model": "lesion-segmentation", "radplan.device": device.type})
         trainer = L.Trainer(
             max_epochs=config.max_epochs,
+            check_val_every_n_epoch=config.val_every_n_epochs,
+            precision=config.precision if cuda else "32-true",
             accelerator="gpu" if cuda else "cpu",
             devices=1,
             deterministic="warn",
@@ -440,16 +619,20 @@ def train_segmentation(
             num_sanity_val_steps=0,
             callbacks=[MlflowEpochMetrics(client, run_id, progress)],
         )
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
-        train_seconds = time.perf_counter() - started
+        train_seconds, train_cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+        # Fewer than max_epochs when a time budget ended the fit (possibly inside an epoch: see the steps).
+        epochs_trained, steps_trained = int(trainer.current_epoch), int(trainer.global_step)
 
         network = module.network.to(device).eval()
         val_dice_ci = dice_confidence_interval(dice_per_image(network, val_pairs, config, device), seed=config.seed)
         val_dice = val_dice_ci["value"]
         champion_dice, champion_version = _champion_dice_on(client, model_name, val_pairs, device)
         mlflow.log_metrics({"final_val_dice": val_dice, "final_val_dice_ci_low": val_dice_ci["ci_low"],
-                            "final_val_dice_ci_high": val_dice_ci["ci_high"], "train_seconds": train_seconds})
+                            "final_val_dice_ci_high": val_dice_ci["ci_high"], "train_seconds": train_seconds,
+                            "train_cpu_seconds": train_cpu_seconds, "steps_trained": steps_trained,
+                            "epochs_trained": epochs_trained})
         if champion_dice is not None:
             mlflow.log_metric("champion_val_dice_same_images", champion_dice)
 
@@ -485,8 +668,10 @@ def train_segmentation(
         "champion_version_evaluated": champion_version,
         "n_train_images": len(train_pairs),
         "n_val_images": len(val_pairs),
-        "epochs": config.max_epochs,
+        "epochs": epochs_trained,
+        "steps": steps_trained,
         "train_seconds": round(train_seconds, 2),
+        "train_cpu_seconds": round(train_cpu_seconds, 2),
         "device": device.type,
     }
 
