@@ -9,8 +9,10 @@ Contours: on every slice, the outline of each label is traced with marching squa
 outlines touching the image border close). The outline passes half-way between inside and
 outside pixel centres, so filling it by pixel centres (the even-odd rule of
 :func:`radplan.imaging.masks.mask_from_rtstruct`) gives back the mask; a hole is a contour
-inside another, which the even-odd rule keeps empty. Points are in patient coordinates (mm)
-from each slice's Image Position and Orientation.
+inside another, which the even-odd rule keeps empty. Points on a straight run are dropped; an
+outline whose Contour Data would exceed the 64 KB of one DS value is simplified (Douglas-Peucker,
+0.25 px, then up to 2 px) until it fits. Points are in patient coordinates (mm, 3 decimals) from
+each slice's Image Position and Orientation.
 
 UIDs derive from the source SOP Instance UIDs, the algorithm and the mask content, like the
 SEG written by :func:`radplan.models.segmentation.write_seg_dicom`: the same input gives the
@@ -29,7 +31,9 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
-from skimage.measure import find_contours
+from pydicom.dataelem import RawDataElement
+from pydicom.tag import Tag
+from skimage.measure import approximate_polygon, find_contours
 
 from radplan.imaging.derived import RADPLAN_MANUFACTURER
 from radplan.lake import atomic_path
@@ -46,19 +50,36 @@ _PATIENT_AND_STUDY = (
 )
 _TYPE2_DEFAULTS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                    "ReferringPhysicianName", "StudyID", "AccessionNumber")
+CONTOUR_DATA = 0x30060050
+# An explicit-VR DS value holds at most 65534 bytes; a longer outline is simplified until it fits.
+_MAX_VALUE_BYTES = 65534
+_SIMPLIFY_TOLERANCES_PX = (0.0, 0.25, 0.5, 1.0, 2.0)
 _COLOURS = ((255, 0, 0), (0, 200, 0), (0, 0, 255), (255, 200, 0), (200, 0, 255), (0, 200, 255))
 
 
-def slice_contours(binary_slice: np.ndarray) -> list[np.ndarray]:
-    """Closed outlines of a 2-D boolean slice as (n, 2) arrays of (row, column) pixel indices."""
+def slice_contours(binary_slice: np.ndarray, tolerance_px: float = 0.0) -> list[np.ndarray]:
+    """Closed outlines of a 2-D boolean slice as (n, 2) arrays of (row, column) pixel indices.
+
+    Collinear points are always dropped; ``tolerance_px`` > 0 also simplifies the outline (Douglas-Peucker).
+    """
     padded = np.pad(binary_slice.astype(np.float32), 1)
     outlines = []
     for contour in find_contours(padded, 0.5):
+        contour = approximate_polygon(contour, tolerance=tolerance_px)
         if len(contour) > 1 and np.allclose(contour[0], contour[-1]):
             contour = contour[:-1]  # closed: DICOM closes CLOSED_PLANAR contours implicitly
         if len(contour) >= 3:
             outlines.append(contour - 1.0)
     return outlines
+
+
+def _contour_data(points_mm: np.ndarray) -> RawDataElement:
+    """Contour Data (DS) encoded once, as pydicom would write it: building a DSfloat per value costs seconds per study."""
+    text = "\\".join(f"{value:.3f}".rstrip("0").rstrip(".") for value in points_mm.ravel())
+    encoded = text.encode("ascii")
+    if len(encoded) % 2:
+        encoded += b" "
+    return RawDataElement(Tag(CONTOUR_DATA), "DS", len(encoded), encoded, 0, False, True)
 
 
 def _to_patient(points_rc: np.ndarray, source: Dataset) -> np.ndarray:
@@ -163,12 +184,20 @@ def write_rtstruct(
             if not inside.any():
                 continue
             for outline in slice_contours(inside):
+                data = _contour_data(_to_patient(outline, source))
+                for tolerance in _SIMPLIFY_TOLERANCES_PX[1:]:
+                    if data.length <= _MAX_VALUE_BYTES:
+                        break
+                    outline = approximate_polygon(np.vstack([outline, outline[:1]]), tolerance=tolerance)[:-1]
+                    data = _contour_data(_to_patient(outline, source))
+                if data.length > _MAX_VALUE_BYTES or len(outline) < 3:
+                    raise ValueError(f"ROI {number}: an outline on slice {slice_index + 1} is too intricate for one RTSTRUCT contour")
                 contour = Dataset()
                 contour.ContourImageSequence = Sequence([_reference(str(source.SOPClassUID), str(source.SOPInstanceUID))])
                 contour.ContourGeometricType = "CLOSED_PLANAR"
                 contour.NumberOfContourPoints = len(outline)
                 contour.ContourNumber = len(contours) + 1
-                contour.ContourData = [f"{v:.3f}" for v in _to_patient(outline, source).ravel()]
+                contour[CONTOUR_DATA] = data
                 contours.append(contour)
         roi_contour = Dataset()
         roi_contour.ReferencedROINumber = number
