@@ -91,6 +91,13 @@ lake_verify_job = define_asset_job(
     description="Re-read the whole lake against the content manifests recorded at write time (radplan lake verify).",
 )
 
+pacs_segmentation_job = define_asset_job(
+    "pacs_segmentation_job",
+    selection=AssetSelection.assets("pacs_lesion_segmentations"),
+    description="The champion lesion model's SEG and RTSTRUCT for newly stable PACS studies, stored back into Orthanc "
+    "(requested by pacs_segmentation_sensor).",
+)
+
 # The order `make demo` runs them in: partitioned stages run once per patient.
 DEMO_STAGES = (
     ingest_job,
@@ -109,7 +116,8 @@ federated_training_job = define_asset_job(
     "the global model registered only when every round completed.",
 )
 
-ALL_JOBS = [*DEMO_STAGES, patient_refresh_job, cohort_refresh_job, retraining_job, lake_verify_job, federated_training_job]
+ALL_JOBS = [*DEMO_STAGES, patient_refresh_job, cohort_refresh_job, retraining_job, lake_verify_job, federated_training_job,
+            pacs_segmentation_job]
 
 
 def _utc_schedule(name: str, job, cron_schedule: str, description: str) -> ScheduleDefinition:

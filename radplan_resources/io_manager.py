@@ -85,6 +85,7 @@ FILE_PRODUCTS: dict[str, str] = {
     "clinical_notes": "raw/ehr/{patient}/notes.parquet (written by ehr_extracts; counted here)",
     "variants": "features/variants/patient_key={patient}/part-*.parquet (streamed by the asset; loaded as a table)",
     "segmentation_model": "MLflow registry radplan-lesion-seg; exports/model_report.json",
+    "pacs_lesion_segmentations": "the hospital's Orthanc (SEG and RTSTRUCT beside the source study); ONNX export in the champion's MLflow run",
     "recommendation_export": "exports/ (recommendations.parquet/.csv, fhir/, reports/)",
 }
 

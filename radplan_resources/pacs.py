@@ -16,6 +16,7 @@ from dagster import Backoff, ConfigurableResource, Jitter, RetryPolicy
 from pydantic import Field
 
 from radplan.errors import InvalidDicomError, PacsUnavailableError
+from radplan.imaging.derived import is_radplan_output
 from radplan.imaging.series import read_instance_header
 from radplan.inventory import landing_files
 from radplan.lake import atomic_path
@@ -124,7 +125,7 @@ def redacted_url(url: str) -> str:
 
 
 class OrthancPacs(PacsResource):
-    """An Orthanc server over its REST API (study listing, instance download, /changes feed)."""
+    """An Orthanc server over its REST API (study listing, instance download, /changes feed, storing radplan's SEG/RTSTRUCT)."""
 
     url: str = Field(description="Orthanc base URL, e.g. http://127.0.0.1:8042")
     username: str | None = Field(default=None, description="HTTP basic auth user (from a secret store in production)")
@@ -135,12 +136,15 @@ class OrthancPacs(PacsResource):
     max_backoff_s: float = Field(default=30.0, description="Longest wait between two tries")
 
     def _get(self, path: str, **params) -> requests.Response:
-        """GET with retries on transient failures; PacsUnavailableError after the last, HTTPError at once on 4xx."""
+        return self._request("GET", path, params=params or None)
+
+    def _request(self, method: str, path: str, *, params: dict | None = None, data: bytes | None = None) -> requests.Response:
+        """A request with retries on transient failures; PacsUnavailableError after the last, HTTPError at once on 4xx."""
         auth = (self.username, self.password) if self.username else None
         attempts = self.max_retries + 1
         for attempt in range(1, attempts + 1):
             try:
-                response = requests.get(f"{self.url.rstrip('/')}{path}", params=params or None, auth=auth, timeout=self.timeout_s)
+                response = requests.request(method, f"{self.url.rstrip('/')}{path}", params=params, data=data, auth=auth, timeout=self.timeout_s)
             except TRANSIENT_ERRORS as error:
                 # The class name only: requests' messages repeat the path, whose Orthanc ids hash patient identifiers.
                 failure = type(error).__name__
@@ -165,7 +169,7 @@ class OrthancPacs(PacsResource):
 
     def _location(self, study: dict) -> StudyLocation:
         # Orthanc's instance ids are hashes of the UIDs: a re-sent identical study keeps its fingerprint.
-        instances = self._get(f"/studies/{study['ID']}/instances").json()
+        instances = self.source_instances(study["ID"])
         return StudyLocation(
             source_patient_id=study["PatientMainDicomTags"].get("PatientID", ""),
             study_ref=study["ID"],
@@ -173,8 +177,10 @@ class OrthancPacs(PacsResource):
         )
 
     def fetch_study(self, study: StudyLocation, dest: Path) -> list[Path]:
+        return self._download(self.source_instances(study.study_ref), dest)
+
+    def _download(self, instances: list[dict], dest: Path) -> list[Path]:
         dest.mkdir(parents=True, exist_ok=True)
-        instances = self._get(f"/studies/{study.study_ref}/instances").json()
         written = []
         for index, instance in enumerate(sorted(instances, key=lambda i: i["ID"])):
             target = dest / f"{index:06d}.dcm"
@@ -183,6 +189,38 @@ class OrthancPacs(PacsResource):
                 tmp.write_bytes(response.content)
             written.append(target)
         return written
+
+    def study_series(self, orthanc_study_id: str) -> list[dict]:
+        """The study's series as Orthanc lists them (``ID``, ``MainDicomTags`` with Modality and Manufacturer, ...)."""
+        return self._get(f"/studies/{orthanc_study_id}/series").json()
+
+    def source_series(self, orthanc_study_id: str) -> list[dict]:
+        """The study's series without those radplan wrote back (its predicted SEG and RTSTRUCT)."""
+        return [
+            series for series in self.study_series(orthanc_study_id)
+            if not is_radplan_output(series.get("MainDicomTags", {}).get("Modality"), series.get("MainDicomTags", {}).get("Manufacturer"))
+        ]
+
+    def source_instances(self, orthanc_study_id: str) -> list[dict]:
+        """The study's instances, without radplan's own SEG/RTSTRUCT: what arrived from the hospital.
+
+        The inventory's content fingerprint and the fetched study are built from these, so storing a
+        prediction back changes neither, and a predicted SEG never becomes a reference mask.
+        """
+        sources = {series["ID"] for series in self.source_series(orthanc_study_id)}
+        instances = self._get(f"/studies/{orthanc_study_id}/instances").json()
+        return [instance for instance in instances if instance.get("ParentSeries") in sources]
+
+    def fetch_series(self, orthanc_series_id: str, dest: Path) -> list[Path]:
+        """One series' instances as files ``dest/000000.dcm``... (PHI: a temporary or raw-zone folder only)."""
+        return self._download(self._get(f"/series/{orthanc_series_id}/instances").json(), dest)
+
+    def study_ids(self) -> list[str]:
+        return [str(study_id) for study_id in self._get("/studies").json()]
+
+    def store_instance(self, path: Path) -> dict:
+        """Store one DICOM file through the REST API (POST /instances); Orthanc's answer (ID, ParentSeries, Status)."""
+        return self._request("POST", "/instances", data=Path(path).read_bytes()).json()
 
     def changes(self, since: int, limit: int = 100) -> dict:
         """One page of Orthanc's change feed: {'Changes': [...], 'Done': bool, 'Last': int}."""
