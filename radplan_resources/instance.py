@@ -56,11 +56,15 @@ RUN_QUEUE = (
 # A run whose worker died (kill -9, lost container, the out-of-memory killer) or that never started is failed by
 # Dagster (the code server sees the dead worker; run monitoring fails a run stuck in STARTING) and relaunched up to
 # twice by the daemon. Runs that failed in an asset are not retried: bad input is reported, not retried.
+# A loaded host takes minutes to import the code location: Dagster's 180 s for a run to start, or for a code server
+# the daemon or webserver starts itself, failed healthy runs and locations (seen at load 30 on 2 cores).
 RUN_RETRIES = (
     "run_monitoring:\n"
     "  enabled: true\n"
-    "  start_timeout_seconds: 180\n"
+    "  start_timeout_seconds: 600\n"
     "  poll_interval_seconds: 10\n"
+    "code_servers:\n"
+    "  local_startup_timeout: 600\n"
     "run_retries:\n"
     "  enabled: true\n"
     "  max_retries: 2\n"
