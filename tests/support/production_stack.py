@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -149,8 +150,18 @@ class ProductionStack:
             f"{self.webserver_url}/graphql", data=json.dumps({"query": query, "variables": variables or {}}).encode(),
             headers={"Content-Type": "application/json"},
         )  # fmt: skip
-        with urllib.request.urlopen(request, timeout=60) as response:
-            answer = json.loads(response.read())
+        for attempt in range(3):
+            try:
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    answer = json.loads(response.read())
+                break
+            except urllib.error.HTTPError as error:
+                # Seen once right after a Postgres restart: HTTP 500 from a stale database connection of the webserver.
+                body = error.read().decode(errors="replace")[:2000]
+                print(f"GraphQL answered HTTP {error.code} (try {attempt + 1}): {body}", file=sys.stderr)
+                if error.code < 500 or attempt == 2:
+                    raise RuntimeError(f"GraphQL HTTP {error.code}: {body}") from error
+                time.sleep(2)
         if answer.get("errors"):
             raise RuntimeError(f"GraphQL errors: {answer['errors']}")
         return answer["data"]
