@@ -10,9 +10,9 @@ their upstream tables as parameters through the lake IO manager.
 
 from __future__ import annotations
 
-from dagster import Definitions, EnvVar, load_asset_checks_from_modules, load_assets_from_modules
+from dagster import Definitions, EnvVar, in_process_executor, load_asset_checks_from_modules, load_assets_from_modules
 
-from radplan.settings import ORTHANC_PASSWORD_ENV_VAR, Settings, disable_telemetry
+from radplan.settings import ORTHANC_PASSWORD_ENV_VAR, Settings, disable_telemetry, name_a_bare_main_module
 from radplan_resources import (
     DeidKeyResource,
     LakeResource,
@@ -24,6 +24,7 @@ from radplan_resources import (
 )
 
 disable_telemetry()
+name_a_bare_main_module()  # before the asset modules import Great Expectations (and with it pyspark)
 SETTINGS = Settings.from_env()
 # The key is checked once, here, before the asset modules (torch, MONAI, Spark) are imported: a misconfigured
 # start-up fails in about two seconds instead of after the whole import (the message never shows the key).
@@ -77,4 +78,8 @@ defs = Definitions(
     schedules=ALL_SCHEDULES,
     sensors=ALL_SENSORS,
     resources=build_resources(SETTINGS),
+    # Every step of a run in the run's own process. Dagster's default (a subprocess per step) imports the code
+    # location again for each step, ~14 s on two busy cores, several times per patient refresh; per-patient runs
+    # already spread over processes (the run queue, the demo's workers).
+    executor=in_process_executor,
 )

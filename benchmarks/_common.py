@@ -73,7 +73,7 @@ def write_results(filename: str, rows: list[dict]) -> Path:
     return path
 
 
-def merge_operations(prefix: str, values: dict, owned=None) -> Path:
+def merge_operations(prefix: str, values: dict, owned=None, path: Path | None = None) -> Path:
     """Read-modify-write benchmarks/results/operations.json, one flat object of named figures shared by several
     benchmarks (``scale.*``, ``daemon.*``, ...): the keys under ``prefix`` that ``owned`` accepts (all under
     ``prefix`` when None) are replaced by ``values``; every other key is kept."""
@@ -81,7 +81,7 @@ def merge_operations(prefix: str, values: dict, owned=None) -> Path:
 
     from radplan.lake import atomic_write_json
 
-    path = RESULTS_DIR / "operations.json"
+    path = path or RESULTS_DIR / "operations.json"
     current = json.loads(path.read_text()) if path.exists() else {}
     mine = owned or (lambda key: True)
     kept = {key: value for key, value in current.items() if not (key.startswith(prefix) and mine(key))}

@@ -87,6 +87,8 @@ class Settings:
     raw_zone_encryption: bool
     pacs_retry_delay_s: float
     cohort_batch_quiet_s: float
+    # Seconds between ticks of the sensors on a new study's path (PACS -> patient refresh -> export).
+    sensor_interval_s: int
 
     @property
     def landing_dir(self) -> Path:
@@ -131,6 +133,7 @@ class Settings:
             raw_zone_encryption=bool(env.get(RAW_ZONE_KEY_ENV_VAR, "").strip()),
             pacs_retry_delay_s=float(env.get("RADPLAN_PACS_RETRY_DELAY_S", "5")),
             cohort_batch_quiet_s=float(env.get("RADPLAN_COHORT_BATCH_QUIET_S", "600")),
+            sensor_interval_s=int(env.get("RADPLAN_SENSOR_INTERVAL_S", "5")),
         )
 
 
@@ -194,6 +197,21 @@ def disable_telemetry() -> None:
     for name, value in TELEMETRY_OFF.items():
         os.environ[name] = value
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+
+def name_a_bare_main_module() -> None:
+    """Give a spawned process's bare ``__main__`` (no spec, no file: ``python -c`` from multiprocessing's spawn, as
+    Dagster's code server starts every run worker) the spec name ``__main__``.
+
+    pyspark's Spark Connect check takes such a ``__main__`` for a doctest run and calls ``sys.exit(0)`` while Great
+    Expectations imports it: every data-quality check of a daemon-launched run failed with ``SystemExit: 0``. A
+    child spawned from here re-imports nothing for a main named ``__main__`` (multiprocessing skips it)."""
+    import importlib.machinery
+    import sys
+
+    main = sys.modules.get("__main__")
+    if main is not None and getattr(main, "__spec__", None) is None and not hasattr(main, "__file__") and not hasattr(sys, "ps1"):
+        main.__spec__ = importlib.machinery.ModuleSpec("__main__", None)
 
 
 def leave_library_logging_to_the_application() -> None:

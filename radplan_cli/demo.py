@@ -18,9 +18,9 @@ from radplan.settings import HOME_ENV_VAR, enable_demo_mode, lake_dir, radplan_h
 
 
 # Progress is printed per stage; Dagster's own console log shows only warnings and errors. Steps run in the
-# run's process (the run config says so, visible in the UI): per-patient runs are already spread over worker
+# run's process (the code location's executor, definitions.py): per-patient runs are already spread over worker
 # processes, and a subprocess per step would import the code location again for every step.
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}, "execution": {"config": {"in_process": {}}}}
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 _RUNNER = None

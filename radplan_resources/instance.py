@@ -1,5 +1,5 @@
 """The Dagster instance: sqlite under RADPLAN_HOME/dagster_home by default, PostgreSQL when configured; telemetry off;
-a run queue that runs one run per patient partition at a time.
+a run queue that runs one run per patient partition at a time; crashed runs retried twice.
 
 PostgreSQL is switched on by ``RADPLAN_DAGSTER_PG_URL`` (``postgresql+psycopg2://user:password@host:port/db``) or by
 ``RADPLAN_DAGSTER_PG_HOST`` with ``..._PORT``, ``..._DB``, ``..._USER`` and ``..._PASSWORD``. The dagster.yaml
@@ -33,22 +33,49 @@ TELEMETRY_OFF = "telemetry:\n  enabled: false\nnux:\n  enabled: false\n"
 # sensor run of the same patient never interleave their writes (the second waits in the queue). Dagster tags every
 # partitioned run, backfills included, with dagster/partition; every partitioned job here is per patient. Intake
 # runs (tag radplan/intake, jobs.INTAKE_TAGS) run one at a time.
+# Each run is a process that imports the code location (torch, MONAI, Spark: ~1 GB, ~14 s of CPU): Dagster's
+# default of 10 runs at once only thrashes a small host. RADPLAN_MAX_CONCURRENT_RUNS overrides it.
+MAX_CONCURRENT_RUNS_ENV = "RADPLAN_MAX_CONCURRENT_RUNS"
+DEFAULT_MAX_CONCURRENT_RUNS = 4
 RUN_QUEUE = (
     "run_coordinator:\n"
     "  module: dagster._core.run_coordinator\n"
     "  class: QueuedRunCoordinator\n"
     "  config:\n"
+    "    max_concurrent_runs: {max_concurrent_runs}\n"
     "    tag_concurrency_limits:\n"
     "      - key: dagster/partition\n"
-    "        value: {applyLimitPerUniqueValue: true}\n"
+    "        value: {{applyLimitPerUniqueValue: true}}\n"
     "        limit: 1\n"
     "      - key: radplan/intake\n"
     "        limit: 1\n"
+    # The daemon looks at the queue every second, not every 5 s: a queued run is one hop of the sensor chain
+    # (study -> intake -> patient refresh -> export), and each hop waited for the queue (benchmarks/bench_operations.py).
+    "    dequeue_interval_seconds: 1\n"
+)
+# A run whose worker died (kill -9, lost container, the out-of-memory killer) or that never started is failed by
+# Dagster (the code server sees the dead worker; run monitoring fails a run stuck in STARTING) and relaunched up to
+# twice by the daemon. Runs that failed in an asset are not retried: bad input is reported, not retried.
+# A loaded host takes minutes to import the code location: Dagster's 180 s for a run to start, or for a code server
+# the daemon or webserver starts itself, failed healthy runs and locations (seen at load 30 on 2 cores).
+RUN_RETRIES = (
+    "run_monitoring:\n"
+    "  enabled: true\n"
+    "  start_timeout_seconds: 600\n"
+    "  poll_interval_seconds: 10\n"
+    "code_servers:\n"
+    "  local_startup_timeout: 600\n"
+    "run_retries:\n"
+    "  enabled: true\n"
+    "  max_retries: 2\n"
+    "  retry_on_asset_or_op_failure: false\n"
 )
 
 
 def dagster_yaml(environ: Mapping[str, str]) -> str:
-    """The dagster.yaml for this environment: sqlite in the folder, or Postgres run/event/schedule storage; the run queue."""
+    """The dagster.yaml for this environment: sqlite in the folder, or Postgres run/event/schedule storage; the run queue
+    and run retries."""
+    queue = RUN_QUEUE.format(max_concurrent_runs=int(environ.get(MAX_CONCURRENT_RUNS_ENV, DEFAULT_MAX_CONCURRENT_RUNS)))
     url = environ.get(PG_URL_ENV)
     if url:
         if url.split("://", 1)[0] != PG_SCHEME:
@@ -58,7 +85,7 @@ def dagster_yaml(environ: Mapping[str, str]) -> str:
             )
         return (
             f"{MARKER} from {PG_URL_ENV}: Postgres run, event-log and schedule storage (credentials stay in the environment).\n"
-            f"storage:\n  postgres:\n    postgres_url:\n      env: {PG_URL_ENV}\n{RUN_QUEUE}{TELEMETRY_OFF}"
+            f"storage:\n  postgres:\n    postgres_url:\n      env: {PG_URL_ENV}\n{queue}{RUN_RETRIES}{TELEMETRY_OFF}"
         )
     if environ.get(PG_PART_ENVS["hostname"]):
         missing = [name for name in PG_PART_ENVS.values() if not environ.get(name)]
@@ -67,11 +94,11 @@ def dagster_yaml(environ: Mapping[str, str]) -> str:
         fields = "".join(f"      {key}:\n        env: {name}\n" for key, name in PG_PART_ENVS.items()) + f"      scheme: {PG_SCHEME}\n"
         return (
             f"{MARKER} from RADPLAN_DAGSTER_PG_*: Postgres run, event-log and schedule storage (credentials stay in the environment).\n"
-            f"storage:\n  postgres:\n    postgres_db:\n{fields}{RUN_QUEUE}{TELEMETRY_OFF}"
+            f"storage:\n  postgres:\n    postgres_db:\n{fields}{queue}{RUN_RETRIES}{TELEMETRY_OFF}"
         )
     return (
         f"{MARKER} for the embedded default (sqlite storage in this folder).\n"
-        f"# Production: set {PG_URL_ENV} for Postgres storage; run launchers in docs/deploy.md.\n{RUN_QUEUE}{TELEMETRY_OFF}"
+        f"# Production: set {PG_URL_ENV} for Postgres storage; run launchers in docs/deploy.md.\n{queue}{RUN_RETRIES}{TELEMETRY_OFF}"
     )
 
 

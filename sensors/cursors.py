@@ -84,6 +84,9 @@ class SensorCursor:
     def with_value(self, name: str, value) -> "SensorCursor":
         return SensorCursor({**self.values, name: value})
 
+    def without(self, name: str) -> "SensorCursor":
+        return SensorCursor({key: value for key, value in self.values.items() if key != name})
+
     def dump(self) -> str:
         return json.dumps(self.values, sort_keys=True)
 
@@ -144,3 +147,28 @@ def cohort_batch_due(
     if waited < quiet_s:
         return False, f"last patient update {waited:.0f} s ago; batching for {quiet_s:.0f} s"
     return True, "patient rows newer than the cohort table"
+
+
+@dataclass(frozen=True)
+class PacsOutage:
+    """The PACS sensor's view of an outage, kept in its cursor: when it began, failed ticks, when to try again."""
+
+    since: float
+    failures: int
+    retry_at: float
+
+    @classmethod
+    def from_cursor(cls, cursor: "SensorCursor") -> "PacsOutage | None":
+        value = cursor.get("pacs_outage")
+        return cls(**value) if isinstance(value, dict) else None
+
+    def failed_again(self, now: float, delay_s: float) -> "PacsOutage":
+        return PacsOutage(self.since, self.failures + 1, now + delay_s)
+
+    def into(self, cursor: "SensorCursor") -> "SensorCursor":
+        return cursor.with_value("pacs_outage", {"since": self.since, "failures": self.failures, "retry_at": self.retry_at})
+
+
+def pacs_outage_delay(failures: int, interval_s: float, max_s: float = 120.0) -> float:
+    """Seconds before the next PACS read after ``failures`` failed ticks in a row: the tick interval, doubled per failure."""
+    return min(max_s, interval_s * 2 ** max(0, failures - 1))

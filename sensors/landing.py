@@ -8,18 +8,23 @@ and the cursor is persisted by Dagster. Run keys, cursors and logs carry no PHI:
 Orthanc ids stay out; landing fingerprints are keyed hashes.
 """
 
+import time
 from pathlib import Path
 
 from dagster import AssetKey, DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
 from jobs import ingest_job
+from radplan.errors import PacsUnavailableError
 from radplan.inventory import landing_state
+from radplan.settings import Settings
 from radplan_assets.ingest import LANDING_TOKENS
 from radplan_resources import DeidKeyResource, LandingZoneResource, OrthancPacs, PacsResource
 from radplan_resources.pacs import LandingFolderPacs
-from sensors.cursors import SensorCursor, read_change_feed
+from sensors.cursors import PacsOutage, SensorCursor, pacs_outage_delay, read_change_feed
 
 ORTHANC_PAGE_LIMIT = 1000
+# Ticks of the sensors on a new study's path (RADPLAN_SENSOR_INTERVAL_S); dagster-daemon evaluates at most every 5 s.
+SENSOR_INTERVAL_S = Settings.from_env().sensor_interval_s
 
 
 def _seen_by_latest_intake(context: SensorEvaluationContext, name: str, token: str) -> bool:
@@ -54,10 +59,29 @@ def _folder_tick(context: SensorEvaluationContext, deid_key: DeidKeyResource, na
 
 
 def _orthanc_tick(context: SensorEvaluationContext, pacs: OrthancPacs) -> SensorResult:
+    """Read the change feed from the cursor. While the PACS is unreachable, each tick reports the outage as its skip
+    reason and the reads back off (the tick interval, doubled per failed read); the change cursor stays where it
+    was, so the first read after the outage catches up on everything stored meanwhile."""
     cursor = SensorCursor.parse(context.cursor)
     since = int(cursor.get("orthanc_last", 0))
-    feed = read_change_feed(pacs.changes, since, page_limit=ORTHANC_PAGE_LIMIT)
-    next_cursor = cursor.with_value("orthanc_last", feed.last).dump()
+    outage, now = PacsOutage.from_cursor(cursor), time.time()
+    if outage is not None and now < outage.retry_at:
+        return SensorResult(skip_reason=SkipReason(
+            f"PACS unreachable for {now - outage.since:.0f} s ({outage.failures} failed reads); "
+            f"next read in {outage.retry_at - now:.0f} s, from change {since + 1}"
+        ))
+    try:
+        feed = read_change_feed(pacs.changes, since, page_limit=ORTHANC_PAGE_LIMIT)
+    except PacsUnavailableError as error:
+        failures = (outage.failures if outage else 0) + 1
+        delay = pacs_outage_delay(failures, SENSOR_INTERVAL_S)
+        outage = PacsOutage(outage.since if outage else now, failures, now + delay)
+        report = f"{error}; unreachable for {now - outage.since:.0f} s, next read in {delay:.0f} s, from change {since + 1}"
+        context.log.warning(report)
+        return SensorResult(skip_reason=SkipReason(report), cursor=outage.into(cursor).dump())
+    if outage is not None:
+        context.log.info(f"PACS reachable again after {now - outage.since:.0f} s: catching up from change {since + 1}")
+    next_cursor = cursor.without("pacs_outage").with_value("orthanc_last", feed.last).dump()
     behind = "" if feed.caught_up else " (more changes left for the next tick)"
     if not feed.stable_studies:
         return SensorResult(
@@ -77,10 +101,11 @@ def _orthanc_tick(context: SensorEvaluationContext, pacs: OrthancPacs) -> Sensor
 
 @sensor(
     job=ingest_job,
-    minimum_interval_seconds=15,
+    minimum_interval_seconds=SENSOR_INTERVAL_S,
     default_status=DefaultSensorStatus.STOPPED,
     description="New or changed studies in the PACS: Orthanc's /changes feed (StableStudy events, cursor = the feed's Last) "
-    "or, for the embedded landing-folder PACS, a fingerprint of landing/dicom. Requests one intake run per change.",
+    "or, for the embedded landing-folder PACS, a fingerprint of landing/dicom. Requests one intake run per change. "
+    "While Orthanc is unreachable, each tick reports the outage and reads back off; the cursor stays, the next read catches up.",
 )
 def pacs_study_sensor(
     context: SensorEvaluationContext, pacs: PacsResource, landing: LandingZoneResource, deid_key: DeidKeyResource

@@ -28,6 +28,7 @@ from dagster import (
 from jobs import cohort_refresh_job, export_job, ingest_job, patient_refresh_job
 from radplan_assets.ingest import CHANGED_PATIENTS
 from radplan.settings import Settings
+from sensors.landing import SENSOR_INTERVAL_S
 from sensors.cursors import InventoryChange, SensorCursor, cohort_batch_due, patient_refreshes
 
 INVENTORY_KEY = AssetKey("landing_inventory")
@@ -64,7 +65,7 @@ def _materializations_after(instance, key: AssetKey, after: int) -> list:
 
 @sensor(
     job=patient_refresh_job,
-    minimum_interval_seconds=15,
+    minimum_interval_seconds=SENSOR_INTERVAL_S,
     default_status=DefaultSensorStatus.STOPPED,
     description="Per changed patient listed by a new landing_inventory materialization: one patient_refresh_job run for "
     "that patient's partition (run key = patient key + input fingerprint). Unchanged patients are never rerun.",
@@ -96,7 +97,7 @@ def patient_refresh_sensor(context: SensorEvaluationContext) -> SensorResult:
 
 @sensor(
     job=export_job,
-    minimum_interval_seconds=15,
+    minimum_interval_seconds=SENSOR_INTERVAL_S,
     default_status=DefaultSensorStatus.STOPPED,
     description="Rewrites the FHIR bundle and HTML report of every patient whose recommendations were rematerialized since "
     "the last tick (plus the recommendations table), without waiting for the cohort batch.",

@@ -97,6 +97,8 @@ class PostgresServer:
     user: str
     password: str
     database: str
+    # The cluster's folder (data/, postgres.log): what kill_postgres and start_postgres act on.
+    folder: Path | None = None
 
     @property
     def url(self) -> str:
@@ -118,26 +120,23 @@ def postgres_server() -> Iterator[PostgresServer]:
     binaries = postgres_bin()
     require(binaries is not None, "Debian package postgresql is not installed (/usr/lib/postgresql/*/bin/initdb)")
     # initdb refuses to run as root: as root (CI containers) the cluster belongs to the unprivileged 'nobody'.
-    as_user = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
+    as_user = _postgres_user()
     folder = Path(tempfile.mkdtemp(prefix="radplan-pg-"))
     if as_user:
         nobody = pwd.getpwnam("nobody")
         os.chown(folder, nobody.pw_uid, nobody.pw_gid)
-    server = PostgresServer(host="127.0.0.1", port=free_port(), user="radplan", password=os.urandom(12).hex(), database="dagster")
+    server = PostgresServer(host="127.0.0.1", port=free_port(), user="radplan", password=os.urandom(12).hex(), database="dagster", folder=folder)
     password_file = folder / "pwfile"
     password_file.write_text(server.password + "\n")
     if as_user:
         os.chown(password_file, nobody.pw_uid, nobody.pw_gid)
-    data, log = folder / "data", folder / "postgres.log"
-
-    def run(*command: str) -> None:
-        subprocess.run([*as_user, *command], check=True, capture_output=True, cwd=folder)
+    data = folder / "data"
 
     try:
-        run(str(binaries / "initdb"), "-D", str(data), "-U", server.user, f"--pwfile={password_file}",
-            "--auth-local=scram-sha-256", "--auth-host=scram-sha-256", "--encoding=UTF8", "--no-locale")
-        options = f"-c listen_addresses=127.0.0.1 -p {server.port} -k {folder}"
-        run(str(binaries / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start")
+        subprocess.run([*as_user, str(binaries / "initdb"), "-D", str(data), "-U", server.user, f"--pwfile={password_file}",
+                        "--auth-local=scram-sha-256", "--auth-host=scram-sha-256", "--encoding=UTF8", "--no-locale"],
+                       check=True, capture_output=True, cwd=folder)  # fmt: skip
+        start_postgres(server)
         connection = server.connect("postgres")
         connection.autocommit = True  # CREATE DATABASE cannot run inside a transaction
         try:
@@ -149,6 +148,32 @@ def postgres_server() -> Iterator[PostgresServer]:
         if (data / "postmaster.pid").exists():
             subprocess.run([*as_user, str(binaries / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True, cwd=folder)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _postgres_user() -> list[str]:
+    return ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
+
+
+def start_postgres(server: PostgresServer) -> None:
+    """Start (or, after kill_postgres, restart: crash recovery) the cluster in ``server.folder`` on its port."""
+    folder = server.folder
+    options = f"-c listen_addresses=127.0.0.1 -p {server.port} -k {folder}"
+    command = [*_postgres_user(), str(postgres_bin() / "pg_ctl"), "-D", str(folder / "data"), "-l", str(folder / "postgres.log"),
+               "-o", options, "-w", "-t", "60", "start"]  # fmt: skip
+    # After a SIGKILLed postmaster, its backends hold the shared memory until they notice (a second or so): retry.
+    for attempt in range(20):
+        result = subprocess.run(command, capture_output=True, cwd=folder)
+        if result.returncode == 0:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"pg_ctl start failed: {result.stderr.decode(errors='replace')[-1000:]}")
+
+
+def kill_postgres(server: PostgresServer) -> None:
+    """SIGKILL the postmaster, the way a lost database host looks to clients; its backends exit on their own."""
+    pid = int((server.folder / "data" / "postmaster.pid").read_text().split()[0])
+    os.kill(pid, 9)
+    wait_until(lambda: not Path(f"/proc/{pid}").exists(), 30, "the killed postmaster to go")
 
 
 # ---- Spark standalone (the master and worker classes shipped inside the pyspark wheel) ---------------------

@@ -32,6 +32,21 @@ def test_dagster_yaml_names_variables_never_values():
         assert "telemetry:\n  enabled: false" in config
 
 
+def test_dagster_yaml_retries_crashed_runs_and_caps_the_queue():
+    import yaml
+    from dagster._config import validate_config
+    from dagster._core.instance.config import dagster_instance_config_schema
+
+    for environ in ({}, {PG_URL_ENV: "postgresql+psycopg2://dagster:pw@db:5432/dagster"}, {"RADPLAN_MAX_CONCURRENT_RUNS": "2"}):
+        config = yaml.safe_load(dagster_yaml(environ))
+        assert validate_config(dagster_instance_config_schema(), config).success  # Dagster's own schema accepts it
+        assert config["run_retries"] == {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False}
+        assert config["run_monitoring"]["enabled"] is True
+        queue = config["run_coordinator"]["config"]
+        assert queue["max_concurrent_runs"] == int(environ.get("RADPLAN_MAX_CONCURRENT_RUNS", 4))
+        assert queue["dequeue_interval_seconds"] == 1
+
+
 @pytest.mark.slow
 def test_partitions_runs_and_sensor_on_postgres(tmp_path, monkeypatch):
     home = tmp_path / "home"

@@ -106,3 +106,41 @@ def test_orthanc_sensor_no_miss_no_duplicate(orthanc, tmp_path, monkeypatch, pse
     for run in instance.get_runs():
         text = " ".join(f"{k}={v}" for k, v in run.tags.items())
         assert not any(plan.mrn in text for plan in plans)
+
+
+def test_orthanc_outage_is_reported_backed_off_and_caught_up_from_the_cursor(orthanc, tmp_path, monkeypatch):
+    import json
+
+    from dagster import build_sensor_context
+
+    monkeypatch.setenv("RADPLAN_HOME", str(tmp_path / "home"))
+    # One try per read: the sensor's own back-off is under test, not the client's per-request retries.
+    defs = definitions_with(pacs=OrthancPacs(url=orthanc.url, max_retries=0))
+    instance = DagsterInstance.ephemeral()
+    sensor_def = defs.resolve_sensor_def("pacs_study_sensor")
+
+    def tick(cursor):
+        with build_sensor_context(instance=instance, cursor=cursor, definitions=defs, sensor_name=sensor_def.name, resources=defs.resources) as context:
+            return sensor_def.evaluate_tick(context)
+
+    first = tick(None)
+    assert not first.run_requests
+    last_seen = json.loads(first.cursor)["orthanc_last"]
+
+    orthanc.stop()
+    failed = tick(first.cursor)
+    assert not failed.run_requests and "unavailable after 1 attempts" in failed.skip_message
+    outage = json.loads(failed.cursor)
+    assert outage["orthanc_last"] == last_seen and outage["pacs_outage"]["failures"] == 1  # the change cursor stays put
+    waiting = tick(failed.cursor)  # within the back-off: no read at all, the outage reported again
+    assert not waiting.run_requests and "failed reads" in waiting.skip_message and "next read in" in waiting.skip_message
+
+    # Orthanc comes back and a study arrives; once the back-off is over the sensor reads from its cursor.
+    orthanc.start()
+    orthanc.store(add_follow_up_study(tmp_path / "arrivals", 0, seed=SEED))
+    _wait_until_stable(orthanc, 1)
+    time.sleep(max(0.0, outage["pacs_outage"]["retry_at"] - time.time()))
+    caught_up = tick(failed.cursor)
+    (request,) = caught_up.run_requests
+    assert request.run_key.startswith(f"pacs-changes-{last_seen + 1}-")
+    assert "pacs_outage" not in json.loads(caught_up.cursor)
