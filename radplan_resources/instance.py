@@ -117,4 +117,15 @@ def ensure_dagster_home(home: Path | None = None) -> Path:
     if current is None or (current.startswith(MARKER) and current != wanted):
         atomic_write_text(config, wanted)
     use_dagster_home(folder)
+    if "storage:\n  postgres:" not in wanted and "postgres_db:" not in wanted:
+        _create_sqlite_storage(folder)
     return folder
+
+
+def _create_sqlite_storage(folder: Path) -> None:
+    """Create the sqlite run/event/schedule databases once, here, before any Dagster process starts: a webserver
+    and a daemon started together on a new home each create them, and both stamp the schedule database's
+    alembic_version (then neither can load the code location: "more than one head present")."""
+    from dagster import DagsterInstance
+
+    DagsterInstance.from_config(str(folder)).dispose()
