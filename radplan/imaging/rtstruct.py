@@ -38,7 +38,7 @@ from skimage.measure import approximate_polygon, find_contours
 from radplan.imaging.derived import RADPLAN_MANUFACTURER
 from radplan.lake import atomic_path
 # The SEG writer's slice order and content-derived UIDs, so SEG and RTSTRUCT of one prediction agree.
-from radplan.models.segmentation import _derived_uid, _slice_position
+from radplan.imaging.derived import derived_uid, slice_position
 
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 # RT Referenced Study Sequence items name the study with this (retired) SOP class, as RT objects do.
@@ -114,7 +114,7 @@ def write_rtstruct(
     """
     if not source_ct_datasets:
         raise ValueError("no source CT datasets given")
-    sources = sorted(source_ct_datasets, key=_slice_position)
+    sources = sorted(source_ct_datasets, key=slice_position)
     array = sitk.GetArrayFromImage(mask) if isinstance(mask, sitk.Image) else np.asarray(mask)
     expected = (len(sources), int(sources[0].Rows), int(sources[0].Columns))
     if array.shape != expected:
@@ -125,8 +125,8 @@ def write_rtstruct(
     first = sources[0]
     frame_of_reference = str(first.FrameOfReferenceUID)
     source_uids = [str(ds.SOPInstanceUID) for ds in sources]
-    series_uid = _derived_uid("rtstruct-series", algorithm_name, algorithm_version, *source_uids)
-    sop_uid = _derived_uid("rtstruct-instance", series_uid, hashlib.sha256(labels.tobytes()).hexdigest())
+    series_uid = derived_uid("rtstruct-series", algorithm_name, algorithm_version, *source_uids)
+    sop_uid = derived_uid("rtstruct-instance", series_uid, hashlib.sha256(labels.tobytes()).hexdigest())
     now = dt.datetime.now()
 
     ds = Dataset()

@@ -83,6 +83,7 @@ from pydicom.sr.codedict import codes
 from scipy import ndimage
 
 from radplan.errors import RadplanInputError
+from radplan.imaging.derived import derived_uid, slice_position
 from radplan.lake import atomic_path
 from radplan.models import registry
 from radplan.models.evaluation import bootstrap_weights
@@ -679,23 +680,12 @@ def train_segmentation(
 # ---------------------------------------------------------------- DICOM SEG export
 
 
-def _slice_position(dataset) -> float:
-    row, col = np.asarray(dataset.ImageOrientationPatient[:3], float), np.asarray(dataset.ImageOrientationPatient[3:], float)
-    return float(np.dot(np.cross(row, col), np.asarray(dataset.ImagePositionPatient, float)))
-
-
 def _without_empty_charset(dataset):
     """An empty Specific Character Set means the default repertoire; highdicom rejects the empty value."""
     if "SpecificCharacterSet" in dataset and not dataset.SpecificCharacterSet:
         dataset = copy.copy(dataset)
         del dataset.SpecificCharacterSet
     return dataset
-
-
-def _derived_uid(*parts: str) -> str:
-    """Deterministic UID under the 2.25 root (UUID-derived form, PS3.5 B.2) from the inputs' content."""
-    digest = hashlib.sha256("\x00".join(parts).encode()).digest()[:16]
-    return f"2.25.{int.from_bytes(digest, 'big')}"
 
 
 def write_seg_dicom(
@@ -718,7 +708,7 @@ def write_seg_dicom(
     """
     if not source_ct_datasets:
         raise ValueError("no source CT datasets given")
-    sources = [_without_empty_charset(ds) for ds in sorted(source_ct_datasets, key=_slice_position)]
+    sources = [_without_empty_charset(ds) for ds in sorted(source_ct_datasets, key=slice_position)]
     array = sitk.GetArrayFromImage(mask) if isinstance(mask, sitk.Image) else np.asarray(mask)
     expected = (len(sources), int(sources[0].Rows), int(sources[0].Columns))
     if array.shape != expected:
@@ -742,7 +732,7 @@ def write_seg_dicom(
     ]
     source_uids = [str(ds.SOPInstanceUID) for ds in sources]
     content = hashlib.sha256(labels.tobytes()).hexdigest()
-    series_uid = _derived_uid("seg-series", algorithm_name, algorithm_version, *source_uids)
+    series_uid = derived_uid("seg-series", algorithm_name, algorithm_version, *source_uids)
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=labels,
@@ -750,7 +740,7 @@ def write_seg_dicom(
         segment_descriptions=descriptions,
         series_instance_uid=series_uid,
         series_number=900,
-        sop_instance_uid=_derived_uid("seg-instance", series_uid, content),
+        sop_instance_uid=derived_uid("seg-instance", series_uid, content),
         instance_number=1,
         manufacturer="radplan",
         manufacturer_model_name=algorithm_name,
