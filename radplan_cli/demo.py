@@ -38,20 +38,14 @@ def _runner():
     return _RUNNER
 
 
-def _init_worker(verbose: bool, main_spec) -> None:
-    """A per-patient worker: the command's console logging, and the command's ``__main__`` module spec.
-
-    A spawned worker's ``__main__`` has neither a spec nor a file; pyspark takes that for a doctest run and
-    calls ``sys.exit(0)`` while Great Expectations imports it (each data-quality check then failed with
-    ``SystemExit: 0``). With the parent's spec (``radplan_cli.main``) the worker looks like the command
-    it is, and a nested spawn skips re-running it (multiprocessing never re-imports a ``*.__main__``).
-    """
+def _init_worker(verbose: bool) -> None:
+    """A per-patient worker: the command's console logging, and a named ``__main__`` before pyspark is imported
+    (``radplan.settings.name_a_bare_main_module`` says why)."""
+    from radplan.settings import name_a_bare_main_module
     from radplan_cli.logs import configure_logging
 
     configure_logging(verbose)
-    main_module = sys.modules["__main__"]
-    if main_spec is not None and getattr(main_module, "__spec__", None) is None and not hasattr(main_module, "__file__"):
-        main_module.__spec__ = main_spec
+    name_a_bare_main_module()
 
 
 def _run_partition(job_name: str, partition_key: str) -> tuple[str, bool]:
@@ -67,10 +61,9 @@ def _run_partitions(job_name: str, keys: list[str], workers: int, verbose: bool 
     from radplan import progress
 
     failed: list[str] = []
-    main_spec = getattr(sys.modules["__main__"], "__spec__", None)
     # spawn: workers must not inherit the parent's threads (Spark, torch) through fork.
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_init_worker, initargs=(verbose, main_spec)) as pool, \
+                             initializer=_init_worker, initargs=(verbose,)) as pool, \
             progress.task(f"{job_name} (patients)", total=len(keys)) as bar:
         futures = [pool.submit(_run_partition, job_name, key) for key in keys]
         for future in as_completed(futures):
