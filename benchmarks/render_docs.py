@@ -81,8 +81,10 @@ METHODS = """\
   its feature row materialized. Ratios: 100,000 / 1,000 (target <= 2). Figures in `operations.json`
   (`scale.<N>.<measure>`, `scale.100000.<measure>_ratio_to_1000`, `scale.100000.ratio_to_1000` = the largest).
 * **Cohort reads** (`bench_cohort_read.py`): `patient_features` (real schema, one row per patient) as 1,000
-  and 100,000 hive partitions; every partition read as one frame by `radplan.lake.read_hive_dataset` (one
-  Arrow dataset read) vs the per-partition Python loop it replaced, and by `cohort_table_spark` on local[2].
+  and 100,000 hive partitions; every partition read as one frame by `radplan.lake.read_hive_dataset` (Arrow
+  dataset reads in groups of `READ_GROUP_FILES` files) vs the per-partition Python loop it replaced, the
+  compacted snapshot (cold, warm, after 1% changed) with the process's peak memory, and `cohort_table_spark`
+  on local[2].
 * **Production path** (`bench_operations.py`, `operations.json` keys `daemon.*`): a materialized 12-patient demo
   moved onto Postgres storage, `dagster-daemon` and `dagster-webserver` processes and Orthanc; 50 studies of 20
   new patients sent at once by concurrent `storescu` processes, then single follow-up studies one at a time. A

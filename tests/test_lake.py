@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from radplan.errors import InvalidVcfError
+import radplan.lake as lake_module
 from radplan.lake import atomic_path, atomic_write_text, read_hive_dataset
 from radplan_resources import LakeResource
 
@@ -50,6 +51,20 @@ def test_one_dataset_read_unifies_a_column_that_is_all_null_in_some_partitions(t
     assert everything["patient_key"].tolist() == ["p0000000000000001"] * 2 + ["p0000000000000002"]
     (tmp_path / "features" / "empty").mkdir()
     assert read_hive_dataset(tmp_path / "features" / "empty").columns.tolist() == ["patient_key"]
+
+
+def test_partitions_read_in_groups_unify_types_across_groups(tmp_path, monkeypatch):
+    # Groups of one file: the all-null column of the first group and the string column of the next are unified
+    # when the groups are concatenated, in both the plain read and the snapshot read.
+    monkeypatch.setattr(lake_module, "READ_GROUP_FILES", 1)
+    lake = LakeResource(root=str(tmp_path))
+    lake.write_table(pd.DataFrame({"finding": [None], "n": [1]}), "features", "t", "p0000000000000001")
+    lake.write_table(pd.DataFrame({"finding": ["EGFR", "KRAS"], "n": [2, 3]}), "features", "t", "p0000000000000002")
+    plain = read_hive_dataset(tmp_path / "features" / "t")
+    through_snapshot = lake.read_table("features", "t")
+    for frame in (plain, through_snapshot):
+        assert frame["finding"].tolist() == [None, "EGFR", "KRAS"]
+        assert frame["patient_key"].tolist() == ["p0000000000000001"] + ["p0000000000000002"] * 2
 
 
 def test_cohort_reads_go_through_a_snapshot_that_rereads_only_changed_partitions(tmp_path):
