@@ -8,7 +8,7 @@ Training is the asset's code path: ``radplan.models.segmentation.train_segmentat
 config (``SegmentationTrainingConfig.for_device(False)``), MLflow in a temporary sqlite store, torch limited
 to 2 threads, ``max_train_cpu_seconds`` = minutes x 60 x threads (what a dedicated machine gives in that
 time; the fit stops there even if epochs remain) and ``max_train_seconds`` = a wall-clock cap for a shared
-machine. Its own validation split (``val_fraction``) comes out of the training patients.
+machine. Its own validation split (``val_fraction``) holds out whole training patients.
 
 Evaluation on the held-out images: sliding-window inference + post-processing (``postprocess_mask``), then
 - per image: Dice and HD95 (mm) of all lesions together (MONAI ``compute_dice`` / ``compute_hausdorff_distance``);
@@ -117,7 +117,8 @@ def main() -> None:
         tracking = Path(scratch) / "mlflow"
         started = time.perf_counter()
         summary = train_segmentation([(r["image"], r["label"]) for r in train], config, tracking_uri=f"sqlite:///{tracking}.db",
-                                     artifact_root=tracking, progress=lambda line: print(line, flush=True))
+                                     artifact_root=tracking, progress=lambda line: print(line, flush=True),
+                                     patients=[str(r["patient"]) for r in train])
         train_call_seconds = time.perf_counter() - started
         load_after_training = load_average()
         client = registry.mlflow_client(f"sqlite:///{tracking}.db", tracking)

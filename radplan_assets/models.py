@@ -68,6 +68,7 @@ def segmentation_model(
         artifact_root=mlflow.artifact_path,
         model_name=SEGMENTATION_MODEL_NAME,
         progress=context.log.info,
+        patients=pairs_frame["patient_key"].tolist(),
     )
     scalars = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool))}
     update_model_report(

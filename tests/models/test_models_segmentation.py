@@ -29,7 +29,7 @@ from radplan.models.segmentation import (
     overlap_metrics,
     postprocess_mask,
     predict_mask,
-    split_by_image,
+    split_held_out,
     train_segmentation,
     write_seg_dicom,
 )
@@ -44,12 +44,24 @@ def volumes(tmp_path_factory) -> list[tuple[Path, Path]]:
 
 
 def test_split_is_by_whole_image_and_deterministic():
-    train, val = split_by_image(20, 0.25, seed=3)
-    assert sorted(train + val) == list(range(20)) and not set(train) & set(val) and len(val) == 5
-    assert (train, val) == split_by_image(20, 0.25, seed=3)
-    assert split_by_image(20, 0.25, seed=4) != (train, val)
+    train, val, how = split_held_out(20, 0.25, seed=3)
+    assert sorted(train + val) == list(range(20)) and not set(train) & set(val) and len(val) == 5 and how == "by image"
+    assert (train, val, how) == split_held_out(20, 0.25, seed=3)
+    assert split_held_out(20, 0.25, seed=4) != (train, val, how)
     with pytest.raises(RadplanInputError):
-        split_by_image(1, 0.25, seed=0)
+        split_held_out(1, 0.25, seed=0)
+
+
+def test_split_keeps_every_image_of_a_patient_on_one_side():
+    # 12 patients with 1-3 studies each: no patient on both sides, about a quarter of the images validate.
+    patients = [f"p{i}" for i in range(12) for _ in range(1 + i % 3)]
+    for seed in range(5):
+        train, val, how = split_held_out(len(patients), 0.25, seed, patients)
+        assert how == "by patient" and sorted(train + val) == list(range(len(patients)))
+        assert not {patients[i] for i in train} & {patients[i] for i in val}
+        assert round(0.25 * len(patients)) <= len(val) <= round(0.25 * len(patients)) + 2
+    # One patient: nothing to hold out by patient; images are split one by one, and the run says so.
+    assert split_held_out(3, 0.5, 0, ["p1"] * 3)[2] == "by image"
 
 
 def test_dice_interval_is_a_bootstrap_of_the_image_mean():
@@ -163,7 +175,7 @@ def test_short_training_learns_what_an_untrained_network_cannot(volumes, tmp_pat
     config = SegmentationTrainingConfig(roi_size=(24, 24, 16), max_epochs=8, samples_per_volume=4, batch_size=2, channels=(4, 8, 16, 32),
                                         learning_rate=1e-2, val_every_n_epochs=8, seed=1)
     result = train_segmentation(volumes, config, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", artifact_root=tmp_path / "a")
-    _, val_idx = split_by_image(len(volumes), config.val_fraction, config.seed)
+    _, val_idx, _ = split_held_out(len(volumes), config.val_fraction, config.seed)
     torch.manual_seed(config.seed)
     untrained = float(np.mean(dice_per_image(build_network(config), [volumes[i] for i in val_idx], config)))
     assert result["val_dice"] > max(0.6, untrained + 0.4), (result["val_dice"], untrained)
