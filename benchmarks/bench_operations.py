@@ -127,6 +127,27 @@ def _run_costs(stack, after: float) -> dict:
     return costs
 
 
+def _definitions_import_s(env: dict[str, str], repeats: int = 3) -> float:
+    """Median wall seconds of a fresh interpreter's ``import definitions``: what every run process (and the code server)
+    pays before its first step."""
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import definitions"], cwd=REPO, env=env, check=True, capture_output=True)
+        timings.append(time.perf_counter() - started)
+    return round(statistics.median(timings), 2)
+
+
+def _tick_gaps(stack, names, after: float) -> dict:
+    """Per sensor: median and largest gap between the daemon's consecutive ticks since ``after`` (seconds)."""
+    gaps = {}
+    for name in names:
+        stamps = sorted(t["timestamp"] for t in stack.sensor_ticks(name, limit=2000) if t["timestamp"] >= after)
+        deltas = [b - a for a, b in zip(stamps, stamps[1:])]
+        gaps[name] = {"ticks": len(stamps), "median_gap_s": _median(deltas), "max_gap_s": round(max(deltas), 1) if deltas else None}
+    return gaps
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo-home", type=Path, help="a materialized `radplan demo` home (default: build one, ~5 min)")
@@ -162,12 +183,17 @@ def main() -> int:
     patients = range(DEMO_PATIENTS, DEMO_PATIENTS + args.patients)
     burst = _study_files(home, patients, args.studies)  # rendered before the clock starts
 
+    import_env = {**os.environ, "RADPLAN_HOME": str(home), "DAGSTER_HOME": str(work / "import-probe"), "PYTHONPATH": str(REPO)}
+    definitions_import_s = _definitions_import_s(import_env)
+    load_at_import_probe = load_average()
+
     with production_stack(home) as stack:
         stack.rebaseline_on_orthanc()
         stack.start_sensors(CHAIN_SENSORS)
         clock = StableStudyClock(stack.orthanc.url)
         clock.start()
         load_before = load_average()
+        sensors_on = time.time()
 
         burst_started = time.time()
         known = set(study_patient_ids(stack.orthanc))
@@ -193,6 +219,7 @@ def main() -> int:
             single_hops.append(hops)
         single_costs = _run_costs(stack, single_started)
         clock.halt.set()
+        tick_gaps = _tick_gaps(stack, CHAIN_SENSORS, sensors_on)
 
     figures = {
         "daemon.burst_studies": len(burst),
@@ -211,6 +238,9 @@ def main() -> int:
         "daemon.single_study_hops_median_s": {name: _median(h[name] for h in single_hops) for name in single_hops[0]} if single_hops else {},
         "daemon.single_study_runs": single_costs,
         "daemon.sensor_interval_s": Settings.from_env().sensor_interval_s,
+        "daemon.sensor_tick_gaps": tick_gaps,
+        "daemon.definitions_import_s": definitions_import_s,
+        "daemon.load_average_1m_at_import_probe": load_at_import_probe,
         "daemon.orthanc_stable_age_s": stack.orthanc.stable_age_s,
         "daemon.load_average_1m_before": load_before,
         "daemon.load_average_1m_after_burst": load_after_burst,
