@@ -116,14 +116,22 @@ def _run_costs(stack, after: float) -> dict:
     from RUN_START to the end: where a hop's time goes."""
     with stack.instance() as instance:
         records = [r for r in instance.get_run_records() if r.create_timestamp.timestamp() >= after and r.end_time]
-    costs = {}
-    for job in sorted({r.dagster_run.job_name for r in records}):
-        mine = [r for r in records if r.dagster_run.job_name == job and r.start_time]
-        costs[job] = {
-            "runs": len(mine),
-            "queued_to_started_median_s": _median([r.start_time - r.create_timestamp.timestamp() for r in mine]),
-            "started_to_end_median_s": _median([r.end_time - r.start_time for r in mine]),
-        }
+        costs = {}
+        for job in sorted({r.dagster_run.job_name for r in records}):
+            mine = [r for r in records if r.dagster_run.job_name == job and r.start_time]
+            steps: dict[str, list[float]] = {}
+            for record in mine:
+                for stat in instance.get_run_step_stats(record.dagster_run.run_id):
+                    if stat.start_time and stat.end_time:
+                        steps.setdefault(stat.step_key, []).append(stat.end_time - stat.start_time)
+            step_medians = {key: _median(values) for key, values in steps.items()}
+            costs[job] = {
+                "runs": len(mine),
+                "queued_to_started_median_s": _median([r.start_time - r.create_timestamp.timestamp() for r in mine]),
+                "started_to_end_median_s": _median([r.end_time - r.start_time for r in mine]),
+                # The slowest steps (median over the job's runs): what a run's time is spent on once started.
+                "slowest_steps_median_s": dict(sorted(step_medians.items(), key=lambda item: -item[1])[:8]),
+            }
     return costs
 
 
