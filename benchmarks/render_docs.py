@@ -128,6 +128,8 @@ METHODS = """\
   MLflow (`daemon.definitions_import_s`, 10.8 s of import time before at load ~1, 2.4 s after). In the burst,
   20 refresh runs of ~140 s share the queue's 4 slots on 2 busy cores, and each export run waits behind them
   (`daemon.burst_runs`: export queued to started, median 432 s): the burst is bound by CPU, not by ticks.
+  Intake and export runs have carried `dagster/priority` 1 since (the queue starts them before queued
+  refreshes); this benchmark has not been rerun with it.
 """
 
 
