@@ -79,7 +79,8 @@ defs = Definitions(
     sensors=ALL_SENSORS,
     resources=build_resources(SETTINGS),
     # Every step of a run in the run's own process. Dagster's default (a subprocess per step) imports the code
-    # location again for each step, ~14 s on two busy cores, several times per patient refresh; per-patient runs
-    # already spread over processes (the run queue, the demo's workers).
+    # location again for each step (2-3 s; the asset modules import torch, MONAI, Presidio/spaCy and MLflow inside the
+    # assets that use them, so a step that needs them pays ~8 s more each time), several times per patient refresh;
+    # per-patient runs already spread over processes (the run queue, the demo's workers).
     executor=in_process_executor,
 )

@@ -116,15 +116,44 @@ def _run_costs(stack, after: float) -> dict:
     from RUN_START to the end: where a hop's time goes."""
     with stack.instance() as instance:
         records = [r for r in instance.get_run_records() if r.create_timestamp.timestamp() >= after and r.end_time]
-    costs = {}
-    for job in sorted({r.dagster_run.job_name for r in records}):
-        mine = [r for r in records if r.dagster_run.job_name == job and r.start_time]
-        costs[job] = {
-            "runs": len(mine),
-            "queued_to_started_median_s": _median([r.start_time - r.create_timestamp.timestamp() for r in mine]),
-            "started_to_end_median_s": _median([r.end_time - r.start_time for r in mine]),
-        }
+        costs = {}
+        for job in sorted({r.dagster_run.job_name for r in records}):
+            mine = [r for r in records if r.dagster_run.job_name == job and r.start_time]
+            steps: dict[str, list[float]] = {}
+            for record in mine:
+                for stat in instance.get_run_step_stats(record.dagster_run.run_id):
+                    if stat.start_time and stat.end_time:
+                        steps.setdefault(stat.step_key, []).append(stat.end_time - stat.start_time)
+            step_medians = {key: _median(values) for key, values in steps.items()}
+            costs[job] = {
+                "runs": len(mine),
+                "queued_to_started_median_s": _median([r.start_time - r.create_timestamp.timestamp() for r in mine]),
+                "started_to_end_median_s": _median([r.end_time - r.start_time for r in mine]),
+                # The slowest steps (median over the job's runs): what a run's time is spent on once started.
+                "slowest_steps_median_s": dict(sorted(step_medians.items(), key=lambda item: -item[1])[:8]),
+            }
     return costs
+
+
+def _definitions_import_s(env: dict[str, str], repeats: int = 3) -> float:
+    """Median wall seconds of a fresh interpreter's ``import definitions``: what every run process (and the code server)
+    pays before its first step."""
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import definitions"], cwd=REPO, env=env, check=True, capture_output=True)
+        timings.append(time.perf_counter() - started)
+    return round(statistics.median(timings), 2)
+
+
+def _tick_gaps(stack, names, after: float) -> dict:
+    """Per sensor: median and largest gap between the daemon's consecutive ticks since ``after`` (seconds)."""
+    gaps = {}
+    for name in names:
+        stamps = sorted(t["timestamp"] for t in stack.sensor_ticks(name, limit=2000) if t["timestamp"] >= after)
+        deltas = [b - a for a, b in zip(stamps, stamps[1:])]
+        gaps[name] = {"ticks": len(stamps), "median_gap_s": _median(deltas), "max_gap_s": round(max(deltas), 1) if deltas else None}
+    return gaps
 
 
 def main() -> int:
@@ -162,12 +191,17 @@ def main() -> int:
     patients = range(DEMO_PATIENTS, DEMO_PATIENTS + args.patients)
     burst = _study_files(home, patients, args.studies)  # rendered before the clock starts
 
+    import_env = {**os.environ, "RADPLAN_HOME": str(home), "DAGSTER_HOME": str(work / "import-probe"), "PYTHONPATH": str(REPO)}
+    definitions_import_s = _definitions_import_s(import_env)
+    load_at_import_probe = load_average()
+
     with production_stack(home) as stack:
         stack.rebaseline_on_orthanc()
         stack.start_sensors(CHAIN_SENSORS)
         clock = StableStudyClock(stack.orthanc.url)
         clock.start()
         load_before = load_average()
+        sensors_on = time.time()
 
         burst_started = time.time()
         known = set(study_patient_ids(stack.orthanc))
@@ -193,6 +227,7 @@ def main() -> int:
             single_hops.append(hops)
         single_costs = _run_costs(stack, single_started)
         clock.halt.set()
+        tick_gaps = _tick_gaps(stack, CHAIN_SENSORS, sensors_on)
 
     figures = {
         "daemon.burst_studies": len(burst),
@@ -211,6 +246,9 @@ def main() -> int:
         "daemon.single_study_hops_median_s": {name: _median(h[name] for h in single_hops) for name in single_hops[0]} if single_hops else {},
         "daemon.single_study_runs": single_costs,
         "daemon.sensor_interval_s": Settings.from_env().sensor_interval_s,
+        "daemon.sensor_tick_gaps": tick_gaps,
+        "daemon.definitions_import_s": definitions_import_s,
+        "daemon.load_average_1m_at_import_probe": load_at_import_probe,
         "daemon.orthanc_stable_age_s": stack.orthanc.stable_age_s,
         "daemon.load_average_1m_before": load_before,
         "daemon.load_average_1m_after_burst": load_after_burst,

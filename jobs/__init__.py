@@ -6,12 +6,16 @@ from radplan_assets.partitions import patient_partitions
 
 # Intake runs are serialized by this tag (instance run coordinator: tag_concurrency_limits, limit 1).
 INTAKE_TAGS = {"radplan/intake": "inventory"}
+# The run queue starts higher dagster/priority first. An intake (seconds; it gates every later hop) and an export
+# (seconds; it ends a study's chain) go before queued patient refreshes (minutes each): in a burst of 50 studies the
+# exports had waited behind every refresh (median 432 s queued, benchmarks/results/operations.json daemon.burst_runs).
+CHAIN_END_PRIORITY = {"dagster/priority": "1"}
 
 ingest_job = define_asset_job(
     "ingest_job",
     # Not the lake_integrity check hung on landing_inventory: that one hashes the whole lake, daily (lake_verify_job).
     selection=AssetSelection.assets("landing_inventory").without_checks(),
-    tags=INTAKE_TAGS,
+    tags={**INTAKE_TAGS, **CHAIN_END_PRIORITY},
     description="Scan the PACS and the landing zone; register new patient partitions; list the patients whose inputs changed.",
 )
 
@@ -51,6 +55,7 @@ recommendation_job = define_asset_job(
 export_job = define_asset_job(
     "export_job",
     selection=AssetSelection.assets("recommendation_export"),
+    tags=CHAIN_END_PRIORITY,
     description="Write what clinicians use: Parquet, CSV, FHIR R4 bundles, HTML reports, model report.",
 )
 

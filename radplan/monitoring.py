@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from radplan.errors import RadplanInputError
 
@@ -143,6 +142,8 @@ def ks_test(reference: pd.Series, current: pd.Series) -> tuple[float, float]:
     ref, cur = ref[~np.isnan(ref)], cur[~np.isnan(cur)]
     if ref.size == 0 or cur.size == 0:
         return float("nan"), float("nan")
+    from scipy import stats  # here: the Dagster code location imports this module, and only drift tables need SciPy
+
     result = stats.ks_2samp(ref, cur)
     return float(result.statistic), float(result.pvalue)
 

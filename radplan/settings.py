@@ -87,7 +87,8 @@ class Settings:
     raw_zone_encryption: bool
     pacs_retry_delay_s: float
     cohort_batch_quiet_s: float
-    # Seconds between ticks of the sensors on a new study's path (PACS -> patient refresh -> export).
+    # Minimum seconds between ticks of the sensors on a new study's path (PACS -> patient refresh -> export).
+    # dagster-daemon evaluates sensors once per 5-second loop: 1 means every loop.
     sensor_interval_s: int
 
     @property
@@ -133,7 +134,7 @@ class Settings:
             raw_zone_encryption=bool(env.get(RAW_ZONE_KEY_ENV_VAR, "").strip()),
             pacs_retry_delay_s=float(env.get("RADPLAN_PACS_RETRY_DELAY_S", "5")),
             cohort_batch_quiet_s=float(env.get("RADPLAN_COHORT_BATCH_QUIET_S", "600")),
-            sensor_interval_s=int(env.get("RADPLAN_SENSOR_INTERVAL_S", "5")),
+            sensor_interval_s=int(env.get("RADPLAN_SENSOR_INTERVAL_S", "1")),
         )
 
 

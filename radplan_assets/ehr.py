@@ -1,19 +1,26 @@
-"""EHR chain: extracts -> Safe Harbor de-identification -> clinical features; notes -> de-identified notes -> findings."""
+"""EHR chain: extracts -> Safe Harbor de-identification -> clinical features; notes -> de-identified notes -> findings.
+
+Presidio and spaCy (radplan.ehr.notes) are imported by the assets that de-identify text, not when the code location loads.
+"""
 
 import io
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from radplan.ehr import extracts, features, findings, notes
+from radplan.ehr import extracts, features, findings
 from radplan.ehr.deid import deidentify_tables
 from radplan.errors import InvalidNoteError
 from radplan_assets.ingest import patient_inventory
 from radplan_assets.partitions import patient_partitions
 from radplan_resources import DeidKeyResource, LakeResource, LandingZoneResource
 from radplan_resources.io_manager import table_metadata
+
+if TYPE_CHECKING:
+    from radplan.ehr.notes import NoteDeidentifier
 
 PATIENT_RESOURCE_FILE = "Patient.json"
 EHR_FHIR_TYPES = ("Patient", "Condition", "MedicationRequest", "Observation", "DocumentReference")
@@ -135,14 +142,16 @@ def _quarantine_note(lake: LakeResource, note_token: str, text, error: InvalidNo
         return lake.quarantine(path, error.stage, error).safe_summary()
 
 
-_DEIDENTIFIER: notes.NoteDeidentifier | None = None
+_DEIDENTIFIER: "NoteDeidentifier | None" = None
 
 
-def note_deidentifier() -> notes.NoteDeidentifier:
+def note_deidentifier() -> "NoteDeidentifier":
     """Built once per process: loading the spaCy model and recognizers takes seconds."""
+    from radplan.ehr.notes import NoteDeidentifier
+
     global _DEIDENTIFIER
     if _DEIDENTIFIER is None:
-        _DEIDENTIFIER = notes.NoteDeidentifier()
+        _DEIDENTIFIER = NoteDeidentifier()
     return _DEIDENTIFIER
 
 

@@ -1,9 +1,10 @@
-"""Federated learning across hospitals: one asset per federated round set (NVIDIA FLARE, MLflow)."""
+"""Federated learning across hospitals: one asset per federated round set (NVIDIA FLARE, MLflow).
+
+FLARE, torch and MLflow are imported when the asset runs, not when the code location loads (every run pays for that).
+"""
 
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 
-from radplan.federated.demo import run_federated_training
-from radplan.federated.engine import FederatedJobConfig
 from radplan_resources import LakeResource, MlflowResource
 
 
@@ -25,6 +26,9 @@ class FederatedTrainingConfig(Config):
 )
 def federated_response_model(context: AssetExecutionContext, config: FederatedTrainingConfig, lake: LakeResource,
                              mlflow: MlflowResource) -> MaterializeResult:
+    from radplan.federated.demo import run_federated_training
+    from radplan.federated.engine import FederatedJobConfig
+
     job_config = FederatedJobConfig(num_rounds=config.num_rounds, local_epochs=config.local_epochs, min_sites=config.min_sites,
                                     fedprox_mu=config.fedprox_mu, dp_noise_multiplier=config.dp_noise_multiplier)
     summary = run_federated_training(lake.zone("models") / "federated", tracking_uri=mlflow.tracking_uri, artifact_root=mlflow.artifact_path,

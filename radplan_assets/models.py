@@ -1,4 +1,8 @@
-"""Models: MONAI lesion segmentation (Lightning, MLflow) and its masks; the multimodal response model."""
+"""Models: MONAI lesion segmentation (Lightning, MLflow) and its masks; the multimodal response model.
+
+torch, MONAI, Lightning, MLflow and scikit-learn are imported inside the assets that use them: every run process
+and the code server import this module, and most runs (an intake, an export) never train or infer.
+"""
 
 import dataclasses
 import json
@@ -6,15 +10,13 @@ import json
 import pandas as pd
 import pydicom
 import SimpleITK as sitk
-import torch
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 
-from radplan import monitoring
 from radplan.imaging import masks as mask_ops
 from radplan.imaging import volumes
 from radplan.imaging.series import group_series, read_instance_header
 from radplan.lake import atomic_write_json
-from radplan.models import outcomes, registry, response, segmentation
+from radplan.models import outcomes
 from radplan_assets.partitions import patient_partitions
 from radplan_resources import DeidKeyResource, LakeResource, MlflowResource
 from radplan_resources.io_manager import one_table_of, table_metadata
@@ -31,6 +33,8 @@ def update_model_report(lake: LakeResource, model_key: str, entry: dict) -> None
 
 
 def _client(mlflow_resource: MlflowResource):
+    from radplan.models import registry
+
     return registry.mlflow_client(mlflow_resource.tracking_uri, mlflow_resource.artifact_path)
 
 
@@ -53,6 +57,10 @@ def segmentation_model(
     lake: LakeResource,
     mlflow: MlflowResource,
 ) -> MaterializeResult:
+    import torch
+
+    from radplan.models import segmentation
+
     vols, refs = normalized_volumes, lesion_masks
     pairs_frame = refs.merge(vols, left_on=["patient_key", "image_series_uid"], right_on=["patient_key", "series_uid"])
     pairs_frame = pairs_frame[pairs_frame["modality"] == "CT"].sort_values(["patient_key", "image_series_uid"])
@@ -87,6 +95,8 @@ class PredictedMasksConfig(Config):
 
 def champion_validation_dice(client) -> float | None:
     """Held-out Dice the current champion reached when it was trained (None: no champion)."""
+    from radplan.models import registry
+
     version = registry.champion_version(client, SEGMENTATION_MODEL_NAME)
     if version is None:
         return None
@@ -110,6 +120,8 @@ def predicted_lesion_masks(
     lake: LakeResource,
     mlflow: MlflowResource,
 ) -> MaterializeResult:
+    from radplan.models import registry
+
     patient_key = context.partition_key
     vols, refs = normalized_volumes, lesion_masks
     todo = vols[(vols["modality"] == "CT") & ~vols["series_uid"].isin(refs["image_series_uid"] if len(refs) else [])] if len(vols) else vols
@@ -120,6 +132,10 @@ def predicted_lesion_masks(
     champion = registry.load_champion(client, SEGMENTATION_MODEL_NAME) if usable else None
     rows = []
     if champion is not None:
+        import torch
+
+        from radplan.models import segmentation
+
         model, version = champion
         headers = [read_instance_header(p) for p in sorted((lake.zone("deid") / "dicom" / patient_key).rglob("*.dcm"))]
         series_paths = {uid: [h.path for h in inst] for study in group_series(headers).values() for uid, inst in study.items()}
@@ -206,6 +222,9 @@ def response_model(
     mlflow: MlflowResource,
     deid_key: DeidKeyResource,
 ) -> MaterializeResult:
+    from radplan import monitoring
+    from radplan.models import response
+
     cohort_frame = cohort_features.set_index("patient_key", drop=False)
     therapy = cohort_frame["current_medications"].map(outcomes.first_line_therapy)
     labels = outcomes.outcome_labels(deid_ehr).set_index("patient_key")["responded"].astype(int)

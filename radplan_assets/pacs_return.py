@@ -6,6 +6,7 @@ reference the ORIGINAL study, series and instance UIDs because they are made fro
 instances, in a temporary folder that is deleted when the run ends; the pseudonymised lake is not
 involved, so no mapping from pseudonymised UIDs back to the originals is needed or stored anywhere.
 Dagster sees a keyed token per study (from the sensor) and counts; no UID, Orthanc id or name.
+torch, MONAI and onnxruntime are imported when the asset runs, not when the code location loads.
 """
 
 import tempfile
@@ -16,7 +17,6 @@ from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataVa
 from pydantic import Field
 
 from radplan.errors import RadplanInputError
-from radplan.models import registry, segmentation_onnx
 from radplan_assets.models import SEGMENTATION_MODEL_NAME, champion_validation_dice
 from radplan_resources import DeidKeyResource, LakeResource, MlflowResource, OrthancPacs, PacsResource
 from radplan_resources.pacs import PACS_RETRY_POLICY
@@ -24,12 +24,15 @@ from radplan_resources.pacs import PACS_RETRY_POLICY
 # Purpose string of the keyed token that names an Orthanc study in run configs and run keys.
 STUDY_TOKEN_PURPOSE = "pacs-return-study"
 SEGMENTED_MODALITIES = {"CT"}
+# radplan.models.segmentation_onnx.DEFAULT_THREADS, spelled out so that loading the code location imports no torch
+# (tests/test_definitions.py checks they agree).
+ONNX_DEFAULT_THREADS = 2
 
 
 class PacsSegmentationConfig(Config):
     study_tokens: list[str] = Field(default=[], description="Keyed tokens of the Orthanc studies to segment (from pacs_segmentation_sensor)")
     min_champion_dice: float = Field(default=0.5, description="Quality gate: the champion's held-out Dice must reach this")
-    onnx_threads: int = Field(default=segmentation_onnx.DEFAULT_THREADS, description="onnxruntime intra-op threads")
+    onnx_threads: int = Field(default=ONNX_DEFAULT_THREADS, description="onnxruntime intra-op threads")
     with_rtstruct: bool = True
 
 
@@ -52,6 +55,8 @@ def pacs_lesion_segmentations(
 ) -> MaterializeResult:
     if not isinstance(pacs, OrthancPacs):
         raise RadplanInputError(f"pacs_lesion_segmentations stores results through Orthanc's REST API; the PACS is a {type(pacs).__name__}")
+    from radplan.models import registry, segmentation_onnx
+
     started = time.perf_counter()
     pseudonymizer = deid_key.pseudonymizer()
     wanted = set(config.study_tokens)

@@ -33,7 +33,8 @@ TELEMETRY_OFF = "telemetry:\n  enabled: false\nnux:\n  enabled: false\n"
 # sensor run of the same patient never interleave their writes (the second waits in the queue). Dagster tags every
 # partitioned run, backfills included, with dagster/partition; every partitioned job here is per patient. Intake
 # runs (tag radplan/intake, jobs.INTAKE_TAGS) run one at a time.
-# Each run is a process that imports the code location (torch, MONAI, Spark: ~1 GB, ~14 s of CPU): Dagster's
+# Each run is a process that imports the code location (2-3 s: no torch or spaCy, tests/test_definitions.py), and a
+# patient refresh then imports torch, MONAI, Presidio/spaCy and MLflow for its steps (~8 s of CPU, ~1 GB): Dagster's
 # default of 10 runs at once only thrashes a small host. RADPLAN_MAX_CONCURRENT_RUNS overrides it.
 MAX_CONCURRENT_RUNS_ENV = "RADPLAN_MAX_CONCURRENT_RUNS"
 DEFAULT_MAX_CONCURRENT_RUNS = 4

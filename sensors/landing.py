@@ -23,8 +23,14 @@ from radplan_resources.pacs import LandingFolderPacs
 from sensors.cursors import PacsOutage, SensorCursor, pacs_outage_delay, read_change_feed
 
 ORTHANC_PAGE_LIMIT = 1000
-# Ticks of the sensors on a new study's path (RADPLAN_SENSOR_INTERVAL_S); dagster-daemon evaluates at most every 5 s.
+# Minimum seconds between ticks of the sensors on a new study's path (RADPLAN_SENSOR_INTERVAL_S, default 1).
+# dagster-daemon looks at its sensors once per 5-second loop, in shuffled order, and skips a sensor whose last tick
+# is younger than its minimum: with a minimum of 5 s, a sensor evaluated a little earlier in this loop than in the
+# last was skipped, so the chain's sensors ticked every 5 or 10 s. With 1 s they tick on every loop.
 SENSOR_INTERVAL_S = Settings.from_env().sensor_interval_s
+DAEMON_SENSOR_LOOP_S = 5  # dagster-daemon's sensor loop (dagster._daemon.sensor.MIN_INTERVAL_LOOP_TIME)
+# While the PACS is unreachable, reads back off from here (doubled per failed read, at most 120 s).
+PACS_OUTAGE_BASE_DELAY_S = max(SENSOR_INTERVAL_S, DAEMON_SENSOR_LOOP_S)
 
 
 def _seen_by_latest_intake(context: SensorEvaluationContext, name: str, token: str) -> bool:
@@ -74,7 +80,7 @@ def _orthanc_tick(context: SensorEvaluationContext, pacs: OrthancPacs) -> Sensor
         feed = read_change_feed(pacs.changes, since, page_limit=ORTHANC_PAGE_LIMIT)
     except PacsUnavailableError as error:
         failures = (outage.failures if outage else 0) + 1
-        delay = pacs_outage_delay(failures, SENSOR_INTERVAL_S)
+        delay = pacs_outage_delay(failures, PACS_OUTAGE_BASE_DELAY_S)
         outage = PacsOutage(outage.since if outage else now, failures, now + delay)
         report = f"{error}; unreachable for {now - outage.since:.0f} s, next read in {delay:.0f} s, from change {since + 1}"
         context.log.warning(report)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -62,3 +63,33 @@ def test_instance_config_disables_telemetry(tmp_path, monkeypatch):
 def test_workspace_points_at_the_single_definitions_module():
     workspace = yaml.safe_load((REPO_ROOT / "workspace.yaml").read_text())
     assert workspace["load_from"] == [{"python_module": {"module_name": "definitions", "location_name": "radplan"}}]
+
+
+# Every run process the daemon launches imports the code location before it runs a step: loading definitions must
+# not import the libraries only some assets need (they took ~8 of its ~11 s; benchmarks/bench_operations.py).
+HEAVY_AT_RUN_TIME = {"torch", "monai", "lightning", "pytorch_lightning", "presidio_analyzer", "spacy", "mlflow", "nvflare",
+                     "sklearn", "matplotlib", "onnxruntime"}
+IMPORT_DEFINITIONS = "import json, sys, definitions; print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+
+
+def test_loading_the_definitions_imports_no_model_or_nlp_library(tmp_path):
+    env = {**os.environ, "RADPLAN_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path / "dagster_home"), "RADPLAN_DEMO": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-c", IMPORT_DEFINITIONS], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    imported = set(json.loads(result.stdout.strip().splitlines()[-1]))
+    assert {"dagster", "definitions", "radplan_assets", "pandas"} <= imported  # the list really is the process's modules
+    assert imported & HEAVY_AT_RUN_TIME == set()
+
+
+def test_the_pacs_return_config_default_is_the_onnx_modules():
+    # Spelled out in the asset module so that loading definitions imports no torch; it must not drift. Read from the
+    # source: importing radplan.models.segmentation_onnx here would cost this test seconds of torch import.
+    import ast
+
+    from radplan_assets.pacs_return import ONNX_DEFAULT_THREADS, PacsSegmentationConfig
+
+    tree = ast.parse((REPO_ROOT / "radplan" / "models" / "segmentation_onnx.py").read_text())
+    (library_default,) = [ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                          and any(isinstance(t, ast.Name) and t.id == "DEFAULT_THREADS" for t in node.targets)]
+    assert ONNX_DEFAULT_THREADS == library_default == PacsSegmentationConfig().onnx_threads

@@ -28,14 +28,13 @@ import uuid
 from html import escape as html_escape
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import pandas as pd
 import yaml
 from fhir.resources.R4B.bundle import Bundle
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
-from matplotlib.figure import Figure
 
 from radplan.decision.interactions import InteractionKnowledgeBase, check_interactions, load_interaction_kb
 from radplan.decision.pgx_profile import pgx_profile
@@ -43,6 +42,9 @@ from radplan.decision.recommend import TREATMENT_ACTIONS, drugs_in_play
 from radplan.decision.rules import RuleBase, load_rule_base
 from radplan.errors import RadplanInputError
 from radplan.lake import atomic_path, atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:  # matplotlib is imported by the two functions that draw (the Dagster code location imports this module)
+    from matplotlib.figure import Figure
 
 DATA_DIR = Path(__file__).with_name("data")
 COLUMNS_PATH = DATA_DIR / "recommendation_columns.yaml"
@@ -289,6 +291,8 @@ def key_slice_png(image: np.ndarray, mask: np.ndarray, *, window_center: float =
     area = int(lesion[z].sum())
     low, high = window_center - window_width / 2, window_center + window_width / 2
     shown = np.clip(image[z].astype(float), low, high)
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(4.6, 4.6))
     axis = figure.add_subplot()
     axis.imshow(shown, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
@@ -364,6 +368,8 @@ def attribution_png(top_attributions: Any) -> bytes:
         shown = _value_text(value)
         names.append(feature_label(feature) + (f" = {shown}" if shown is not None else ""))
     values = [100.0 * v for _, v, _ in entries]
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(6.4, 0.36 * len(entries) + 0.9))
     axis = figure.add_subplot()
     axis.barh(range(len(entries)), values, color=["#067647" if v > 0 else "#b42318" for v in values])

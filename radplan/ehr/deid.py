@@ -36,13 +36,16 @@ import datetime as dt
 import json
 from importlib import resources as importlib_resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from radplan.ehr.dates import find_dates
 from radplan.ehr.identifiers import PatientIdentifiers, patient_identifiers
-from radplan.ehr.notes import NoteDeidentifier
 from radplan.pseudonym import Pseudonymizer
+
+if TYPE_CHECKING:  # Presidio and spaCy: imported when text is de-identified, not with the age and ZIP helpers
+    from radplan.ehr.notes import NoteDeidentifier
 
 AGE_CAP = 90
 # Columns kept per table (identifier columns are handled separately and always replaced).
@@ -135,6 +138,8 @@ def deidentify_tables(
     Patient ids become ``patient_key``; ``conditions`` gains ``AGE_AT_START`` (age at onset
     from the true dates, capped at 90) so features need no birth date.
     """
+    from radplan.ehr.notes import NoteDeidentifier
+
     reference_date = reference_date or dt.date.today()
     deidentifier = deidentifier or NoteDeidentifier()
     # Coded descriptions: deny lists + patterns only (NER turns drug names into [LOCATION]).
