@@ -32,7 +32,7 @@ TELEMETRY_OFF = "telemetry:\n  enabled: false\nnux:\n  enabled: false\n"
 # The run queue (dagster-daemon dequeues): at most one run per patient partition at a time, so a backfill and a
 # sensor run of the same patient never interleave their writes (the second waits in the queue). Dagster tags every
 # partitioned run, backfills included, with dagster/partition; every partitioned job here is per patient. Intake
-# runs (tag radplan/intake, jobs.INTAKE_TAGS) run one at a time.
+# runs (tag radplan/intake, jobs.INTAKE_TAGS) and export runs (radplan/export, jobs.EXPORT_TAGS) run one at a time.
 # Each run is a process that imports the code location (2-3 s: no torch or spaCy, tests/test_definitions.py), and a
 # patient refresh then imports torch, MONAI, Presidio/spaCy and MLflow for its steps (~8 s of CPU, ~1 GB): Dagster's
 # default of 10 runs at once only thrashes a small host. RADPLAN_MAX_CONCURRENT_RUNS overrides it.
@@ -49,6 +49,8 @@ RUN_QUEUE = (
     "        value: {{applyLimitPerUniqueValue: true}}\n"
     "        limit: 1\n"
     "      - key: radplan/intake\n"
+    "        limit: 1\n"
+    "      - key: radplan/export\n"
     "        limit: 1\n"
     # The daemon looks at the queue every second, not every 5 s: a queued run is one hop of the sensor chain
     # (study -> intake -> patient refresh -> export), and each hop waited for the queue (benchmarks/bench_operations.py).

@@ -38,6 +38,12 @@ def test_instance_config_queues_one_run_per_patient(tmp_path, monkeypatch):
     assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
     limits = config["run_coordinator"]["config"]["tag_concurrency_limits"]
     assert {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in limits
+    # Intake and export runs, one at a time each: the jobs carry the limited tags.
+    from jobs import export_job, ingest_job
+
+    for job in (ingest_job, export_job):
+        limited = [limit for limit in limits if limit["key"] in job.tags]
+        assert limited and all(limit["limit"] == 1 for limit in limited), job.name
     # The instance Dagster builds from the file accepts it (a schema error would raise here).
     instance = DagsterInstance.from_config(str(tmp_path / "dagster_home"))
     assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
