@@ -75,6 +75,12 @@ RUN_RETRIES = (
 )
 
 
+# Dagster's Postgres storage with connections that wait out a database outage (restart, failover) for up to
+# outage_wait_seconds instead of failing the runs in flight (radplan_resources/instance_storage.py).
+PG_STORAGE = "storage:\n  custom:\n    module: radplan_resources.instance_storage\n    class: OutageTolerantPostgresStorage\n"
+PG_OUTAGE = "      outage_wait_seconds: 300\n"
+
+
 def dagster_yaml(environ: Mapping[str, str]) -> str:
     """The dagster.yaml for this environment: sqlite in the folder, or Postgres run/event/schedule storage; the run queue
     and run retries."""
@@ -88,16 +94,16 @@ def dagster_yaml(environ: Mapping[str, str]) -> str:
             )
         return (
             f"{MARKER} from {PG_URL_ENV}: Postgres run, event-log and schedule storage (credentials stay in the environment).\n"
-            f"storage:\n  postgres:\n    postgres_url:\n      env: {PG_URL_ENV}\n{queue}{RUN_RETRIES}{TELEMETRY_OFF}"
+            f"{PG_STORAGE}    config:\n      postgres_url:\n        env: {PG_URL_ENV}\n{PG_OUTAGE}{queue}{RUN_RETRIES}{TELEMETRY_OFF}"
         )
     if environ.get(PG_PART_ENVS["hostname"]):
         missing = [name for name in PG_PART_ENVS.values() if not environ.get(name)]
         if missing:
             raise ValueError(f"Postgres instance storage needs {', '.join(missing)} (or {PG_URL_ENV})")
-        fields = "".join(f"      {key}:\n        env: {name}\n" for key, name in PG_PART_ENVS.items()) + f"      scheme: {PG_SCHEME}\n"
+        fields = "".join(f"        {key}:\n          env: {name}\n" for key, name in PG_PART_ENVS.items()) + f"        scheme: {PG_SCHEME}\n"
         return (
             f"{MARKER} from RADPLAN_DAGSTER_PG_*: Postgres run, event-log and schedule storage (credentials stay in the environment).\n"
-            f"storage:\n  postgres:\n    postgres_db:\n{fields}{queue}{RUN_RETRIES}{TELEMETRY_OFF}"
+            f"{PG_STORAGE}    config:\n      postgres_db:\n{fields}{PG_OUTAGE}{queue}{RUN_RETRIES}{TELEMETRY_OFF}"
         )
     return (
         f"{MARKER} for the embedded default (sqlite storage in this folder).\n"
@@ -120,7 +126,7 @@ def ensure_dagster_home(home: Path | None = None) -> Path:
     if current is None or (current.startswith(MARKER) and current != wanted):
         atomic_write_text(config, wanted)
     use_dagster_home(folder)
-    if "storage:\n  postgres:" not in wanted and "postgres_db:" not in wanted:
+    if PG_STORAGE not in wanted:
         _create_sqlite_storage(folder)
     return folder
 

@@ -47,6 +47,33 @@ def test_dagster_yaml_retries_crashed_runs_and_caps_the_queue():
         assert queue["dequeue_interval_seconds"] == 1
 
 
+def test_connections_wait_out_a_database_outage_but_not_a_wrong_password():
+    import sqlalchemy.exc
+
+    from radplan_resources.instance_storage import when_reachable
+
+    now, tries = [0.0], []
+    clock, sleep = (lambda: now[0]), (lambda seconds: now.__setitem__(0, now[0] + seconds))
+
+    def database(failures: int, reason: str = "Connection refused"):
+        def connect():
+            tries.append(now[0])
+            if len(tries) <= failures:
+                raise sqlalchemy.exc.OperationalError("connect", {}, Exception(reason))
+            return "connection"
+        return connect
+
+    assert when_reachable(database(3), 10, clock=clock, sleep=sleep) == "connection" and len(tries) == 4  # restarted: waited 3 s
+    tries.clear()
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        when_reachable(database(100), 10, clock=clock, sleep=sleep)  # still down when the wait is over
+    assert 9 <= tries[-1] - tries[0] <= 10
+    tries.clear()
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        when_reachable(database(1, 'password authentication failed for user "dagster"'), 10, clock=clock, sleep=sleep)
+    assert len(tries) == 1  # a wrong password is not an outage: no waiting
+
+
 @pytest.mark.slow
 def test_partitions_runs_and_sensor_on_postgres(tmp_path, monkeypatch):
     home = tmp_path / "home"
@@ -61,9 +88,10 @@ def test_partitions_runs_and_sensor_on_postgres(tmp_path, monkeypatch):
 
         instance = DagsterInstance.get()
         try:
-            assert type(instance.run_storage).__name__ == "PostgresRunStorage"
-            assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
-            assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
+            # dagster-postgres's storages, whose connections wait out a database outage (radplan_resources/instance_storage.py).
+            assert type(instance.run_storage).__name__ == "OutageTolerantRunStorage"
+            assert type(instance.event_log_storage).__name__ == "OutageTolerantEventLogStorage"
+            assert type(instance.schedule_storage).__name__ == "OutageTolerantScheduleStorage"
             landing = home / "landing"
             resources = {
                 "lake": LakeResource(root=str(home / "lake")),

@@ -8,8 +8,10 @@ from radplan.inventory import landing_fingerprint
 from radplan.inventory import changed_fingerprints, combine_fingerprints
 from sensors.cursors import (
     InventoryChange,
+    PacsOutage,
     SensorCursor,
     cohort_batch_due,
+    pacs_outage_delay,
     patient_refreshes,
     read_change_feed,
 )
@@ -87,6 +89,22 @@ def test_run_keys_of_consecutive_reads_never_repeat():
         keys.add(read.run_key)
         cursor = read.last
     assert len(keys) == 5
+
+
+def test_five_minute_pacs_outage_backs_off_to_the_cap_and_reads_again_within_it():
+    # The 5-minute Orthanc outage on the PACS sensor's own schedule (5 s ticks); the production-stack test
+    # (tests/production/test_daemon_operations.py) runs the same code path with a shorter outage.
+    interval, outage_s, outage, reads = 5, 300, None, []
+    for now in range(0, 600, interval):
+        if outage is not None and now < outage.retry_at:
+            continue  # a tick within the back-off: the outage is reported, the PACS is not read
+        reads.append(now)
+        if now >= outage_s:
+            break  # the PACS answers: the read catches up from the unchanged change cursor
+        failures = (outage.failures if outage else 0) + 1
+        outage = PacsOutage(outage.since if outage else now, failures, now + pacs_outage_delay(failures, interval))
+    assert reads == [0, 5, 15, 35, 75, 155, 275, 395]  # 5, 10, 20, 40, 80 s, then the 120 s cap
+    assert outage.failures == 7 and reads[-1] - outage_s <= 120  # 8 reads in 60 ticks; caught up within the cap
 
 
 def test_sensor_cursor_round_trip_and_garbage():

@@ -150,16 +150,17 @@ class ProductionStack:
             f"{self.webserver_url}/graphql", data=json.dumps({"query": query, "variables": variables or {}}).encode(),
             headers={"Content-Type": "application/json"},
         )  # fmt: skip
-        for attempt in range(3):
+        for attempt in range(5):
             try:
                 with urllib.request.urlopen(request, timeout=60) as response:
                     answer = json.loads(response.read())
                 break
             except urllib.error.HTTPError as error:
-                # Seen once right after a Postgres restart: HTTP 500 from a stale database connection of the webserver.
+                # Right after a Postgres restart: HTTP 500 from the stale pooled database connections of the webserver
+                # (one per storage; each failed query drops its pool), seen twice in a row.
                 body = error.read().decode(errors="replace")[:2000]
                 print(f"GraphQL answered HTTP {error.code} (try {attempt + 1}): {body}", file=sys.stderr)
-                if error.code < 500 or attempt == 2:
+                if error.code < 500 or attempt == 4:
                     raise RuntimeError(f"GraphQL HTTP {error.code}: {body}") from error
                 time.sleep(2)
         if answer.get("errors"):

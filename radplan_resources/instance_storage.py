@@ -1,0 +1,135 @@
+"""Dagster's Postgres storage, waiting out a database outage instead of failing the work in flight.
+
+dagster-postgres gives up on a refused connection after ~6 s (5 retries from 0.2 s). A Postgres restart, failover or
+crash recovery takes longer, and then:
+
+- a run worker that logs an event (a materialization, a step start) raises ``DagsterPostgresException`` inside the
+  step: the run fails as an asset failure, which the run retry policy does not retry, so the patient is never
+  refreshed;
+- the code server's thread that notices dead run workers (``grpc-server-cleanup``) dies on the same exception, and
+  every run whose worker dies afterwards (kill -9, the out-of-memory killer) stays STARTED for ever: never failed,
+  never retried (seen with tests/production/test_daemon_operations.py).
+
+Here every new database connection of the run, event-log and schedule storages is retried for up to
+``outage_wait_seconds`` (dagster.yaml, default 300 s) before the error is raised, in every process that loads the
+instance: daemon, webserver, code server, run workers. Only connecting is retried, never a statement: a statement
+cut off by the database's death fails as before (retrying it could write an event twice).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterator, TypeVar
+
+import sqlalchemy.exc
+from dagster import Field, IntSource
+from dagster._core.storage.base_storage import DagsterStorage
+from dagster._core.storage.config import pg_config
+from dagster._serdes import ConfigurableClassData
+from dagster_postgres import DagsterPostgresStorage
+from dagster_postgres.event_log import PostgresEventLogStorage
+from dagster_postgres.run_storage import PostgresRunStorage
+from dagster_postgres.schedule_storage import PostgresScheduleStorage
+from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
+
+DEFAULT_OUTAGE_WAIT_S = 300
+PAUSE_S = 1.0
+_logger = logging.getLogger("radplan.instance_storage")
+T = TypeVar("T")
+
+
+def when_reachable(connect: Callable[[], T], wait_s: float, *, pause_s: float = PAUSE_S, clock=time.monotonic, sleep=time.sleep) -> T:
+    """``connect()``, tried again every ``pause_s`` while the database refuses connections, for at most ``wait_s``."""
+    deadline = clock() + wait_s
+    warned = False
+    while True:
+        try:
+            return connect()
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as error:
+            if clock() + pause_s > deadline or not _unreachable(error):
+                raise
+            if not warned:
+                # No URL or credentials in the message: the class name says what failed.
+                _logger.warning(f"Dagster's Postgres database is unreachable: waiting up to {wait_s:.0f} s for it")
+                warned = True
+            sleep(pause_s)
+
+
+def _unreachable(error: Exception) -> bool:
+    """Refused, reset or still starting up (worth waiting for); not a wrong password or a missing database."""
+    text = str(getattr(error, "orig", error)).lower()
+    return not any(word in text for word in ("authentication", "does not exist", "permission denied"))
+
+
+class _WaitsForTheDatabase:
+    """Mixin for the three dagster-postgres storages: connections wait out an outage (``_outage_wait_s``)."""
+
+    _outage_wait_s: float = DEFAULT_OUTAGE_WAIT_S
+    _engine: sqlalchemy.engine.Engine
+
+    @contextmanager
+    def _patient_connection(self) -> Iterator[sqlalchemy.engine.Connection]:
+        connection = when_reachable(self._engine.connect, self._outage_wait_s)
+        try:
+            yield connection
+        finally:
+            connection.close()
+
+
+# Every query of a storage opens its connection through one method: connect() for runs and schedules, _connect()
+# for the event log (run_connection and index_connection included).
+class OutageTolerantRunStorage(_WaitsForTheDatabase, PostgresRunStorage):
+    def connect(self):
+        return self._patient_connection()
+
+
+class OutageTolerantEventLogStorage(_WaitsForTheDatabase, PostgresEventLogStorage):
+    def _connect(self):
+        return self._patient_connection()
+
+
+class OutageTolerantScheduleStorage(_WaitsForTheDatabase, PostgresScheduleStorage):
+    def connect(self, run_id: str | None = None):
+        return self._patient_connection()
+
+
+def _build(storage_class, postgres_url: str, should_autocreate_tables: bool, token_provider, wait_s: float):
+    """A storage built once the database answers (its constructor reads the table list with dagster's short retry)."""
+    probe = sqlalchemy.create_engine(postgres_url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        when_reachable(lambda: probe.connect().close(), wait_s)
+    finally:
+        probe.dispose()
+    storage = storage_class(postgres_url, should_autocreate_tables, token_provider=token_provider)
+    storage._outage_wait_s = wait_s
+    return storage
+
+
+class OutageTolerantPostgresStorage(DagsterPostgresStorage):
+    """``storage: postgres`` of dagster.yaml, with connections that wait out a database outage (module docstring)."""
+
+    def __init__(self, postgres_url: str, should_autocreate_tables: bool = True, inst_data: ConfigurableClassData | None = None,
+                 token_provider=None, outage_wait_s: float = DEFAULT_OUTAGE_WAIT_S):  # fmt: skip
+        self.postgres_url = postgres_url
+        self.should_autocreate_tables = should_autocreate_tables
+        self._inst_data = inst_data
+        self._run_storage = _build(OutageTolerantRunStorage, postgres_url, should_autocreate_tables, token_provider, outage_wait_s)
+        self._event_log_storage = _build(OutageTolerantEventLogStorage, postgres_url, should_autocreate_tables, token_provider, outage_wait_s)
+        self._schedule_storage = _build(OutageTolerantScheduleStorage, postgres_url, should_autocreate_tables, token_provider, outage_wait_s)
+        DagsterStorage.__init__(self)
+
+    @classmethod
+    def config_type(cls):
+        return {**pg_config(), "outage_wait_seconds": Field(IntSource, is_required=False, default_value=DEFAULT_OUTAGE_WAIT_S)}
+
+    @classmethod
+    def from_config_value(cls, inst_data, config_value):  # ty: ignore[invalid-method-override]
+        return cls(
+            inst_data=inst_data,
+            postgres_url=pg_url_from_config(config_value),
+            should_autocreate_tables=config_value.get("should_autocreate_tables", True),
+            token_provider=get_token_provider_from_config(config_value),
+            outage_wait_s=config_value.get("outage_wait_seconds", DEFAULT_OUTAGE_WAIT_S),
+        )
