@@ -47,8 +47,13 @@ TRIALS ?= $(wildcard $(CURDIR)/../shared/data/trials)
 demo: install system-deps
 	RADPLAN_DEMO=1 $(PY) -m radplan_cli.main demo --patients 50 --seed 7 $(if $(TRIALS),--trials $(TRIALS))
 
+# Two pytest-xdist workers: much of the suite waits on real services (Orthanc, Postgres, Spark, the daemon), so two
+# workers keep both cores busy. Work groups (tests/conftest.py) keep a module on one worker and build the shared
+# demo once. TEST_WORKERS=0 runs the suite in this process.
+TEST_WORKERS ?= 2
+
 test: install system-deps
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: install
 	$(PY) -m pytest -m "not slow"
