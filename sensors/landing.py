@@ -89,6 +89,13 @@ def _orthanc_tick(context: SensorEvaluationContext, pacs: OrthancPacs) -> Sensor
         context.log.info(f"PACS reachable again after {now - outage.since:.0f} s: catching up from change {since + 1}")
     next_cursor = cursor.without("pacs_outage").with_value("orthanc_last", feed.last).dump()
     behind = "" if feed.caught_up else " (more changes left for the next tick)"
+    if not feed.stable_studies and outage is not None:
+        # Orthanc keeps a study that is still settling in memory only: one stored just before Orthanc stopped gets no
+        # StableStudy change after the restart (seen with Orthanc 1.10.1 in tests/production/test_daemon_operations.py).
+        # The intake rescans the whole PACS, so one intake after every outage finds such a study.
+        context.log.info(f"changes {since + 1}..{feed.last}: no stable study after the outage: requesting a catch-up intake")
+        request = RunRequest(run_key=f"pacs-recovered-{int(outage.since)}-{feed.last}", tags={"radplan/trigger": "pacs-recovered"})
+        return SensorResult(run_requests=[request], cursor=next_cursor)
     if not feed.stable_studies:
         return SensorResult(
             skip_reason=SkipReason(f"changes {since + 1}..{feed.last}: {feed.events_read} events, no stable study{behind}"),
@@ -111,7 +118,8 @@ def _orthanc_tick(context: SensorEvaluationContext, pacs: OrthancPacs) -> Sensor
     default_status=DefaultSensorStatus.STOPPED,
     description="New or changed studies in the PACS: Orthanc's /changes feed (StableStudy events, cursor = the feed's Last) "
     "or, for the embedded landing-folder PACS, a fingerprint of landing/dicom. Requests one intake run per change. "
-    "While Orthanc is unreachable, each tick reports the outage and reads back off; the cursor stays, the next read catches up.",
+    "While Orthanc is unreachable, each tick reports the outage and reads back off; the cursor stays, the next read catches up, "
+    "and requests one intake even without a stable study (a study settling when Orthanc stopped gets no StableStudy change).",
 )
 def pacs_study_sensor(
     context: SensorEvaluationContext, pacs: PacsResource, landing: LandingZoneResource, deid_key: DeidKeyResource

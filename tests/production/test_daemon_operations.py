@@ -216,9 +216,10 @@ def test_run_worker_daemon_and_postgres_killed_mid_burst(stack, pseudonymizer):
 # Orthanc 1.10.1 keeps the studies still settling (StableAge) in memory only: stopped before a study is stable, it
 # never writes that study's StableStudy change, and the PACS sensor never requests its intake (seen on a quiet host:
 # the feed after the restart held 83 NewInstance changes and no StableStudy, /studies said IsStable; on a loaded host
-# the slower stop let the change be written, and the scenario passed). Until the sensor requests a catch-up intake
-# for arrivals no intake has covered yet, this waits for ever on a quiet host: skipped.
-@pytest.mark.skip(reason="a study still settling when Orthanc stops gets no StableStudy change: the sensor misses it (issue 23)")
+# the slower stop let the change be written, and the scenario passed). The sensor now requests one catch-up intake
+# on its first read after an outage (tests/sensing/test_sensor_orthanc_feed.py), but this scenario's checks match each
+# study's chain from its StableStudy change, which such a study never gets: skipped until they are rewritten and rerun.
+@pytest.mark.skip(reason="end-to-end Orthanc outage: chains are matched by StableStudy changes a settling study never gets (issue 23)")
 def test_orthanc_outage_reported_backed_off_then_caught_up(stack, pseudonymizer):
     patients = {DEMO_PATIENTS + 6: 0}
     studies = [study for index in patients for study in _new_patient_studies(stack.home, index)]

@@ -135,8 +135,16 @@ def test_orthanc_outage_is_reported_backed_off_and_caught_up_from_the_cursor(ort
     waiting = tick(failed.cursor)  # within the back-off: no read at all, the outage reported again
     assert not waiting.run_requests and "failed reads" in waiting.skip_message and "next read in" in waiting.skip_message
 
-    # Orthanc comes back and a study arrives; once the back-off is over the sensor reads from its cursor.
+    # Orthanc comes back with nothing new: the first read after the outage still asks for one intake, which rescans
+    # the PACS (a study settling when Orthanc stopped never gets a StableStudy change).
     orthanc.start()
+    time.sleep(max(0.0, outage["pacs_outage"]["retry_at"] - time.time()))
+    (catch_up,) = tick(failed.cursor).run_requests
+    assert catch_up.run_key.startswith("pacs-recovered-") and catch_up.tags["radplan/trigger"] == "pacs-recovered"
+    # Without an outage, no new stable study means no request.
+    assert not tick(first.cursor).run_requests
+
+    # A study arrives after the outage; once the back-off is over the sensor reads from its cursor.
     orthanc.store(add_follow_up_study(tmp_path / "arrivals", 0, seed=SEED))
     _wait_until_stable(orthanc, 1)
     time.sleep(max(0.0, outage["pacs_outage"]["retry_at"] - time.time()))
