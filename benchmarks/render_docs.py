@@ -120,18 +120,18 @@ METHODS = """\
   `python benchmarks/bench_e2e.py --sizes 100 --merge` measures the 100-patient point on its own (about
   11 minutes) and keeps the sizes measured before on the same machine (`make bench` merges the same way);
   the per-size table gives when each size was measured and the load at its start.
-* **Production path (`daemon.*`)**: measured on 2 cores shared with a segmentation training and a federated
-  benchmark (1-minute load 8 to 10 during the run; `daemon.load_average_*`), so every process ran at a fraction
-  of a core. A single study's chain is three runs, each a process (`daemon.single_study_hops_median_s`,
-  `daemon.single_study_runs`): intake (queue to start ~8 s, run ~1 s), the patient's refresh (~8 s to start,
-  ~42 s to run: Great Expectations checks, EHR extracts and de-identification with spaCy, imaging), export
-  (~10 s to start, ~3 s to run); the chain's sensors ticked every 5.0 s (median; up to ~50 s when the loaded
-  daemon's own loop slowed, `daemon.sensor_tick_gaps`). Loading the code location no longer imports torch, MONAI, Presidio/spaCy or
-  MLflow (`daemon.definitions_import_s`, 10.8 s of import time before at load ~1, 2.4 s after). In the burst,
-  20 refresh runs of ~140 s share the queue's 4 slots on 2 busy cores, and each export run waits behind them
-  (`daemon.burst_runs`: export queued to started, median 432 s): the burst is bound by CPU, not by ticks.
-  Intake and export runs have carried `dagster/priority` 1 since (the queue starts them before queued
-  refreshes); this benchmark has not been rerun with it.
+* **Production path (`daemon.*`)**: measured on a quiet machine (1-minute load 1.4 before the burst, 4.6 after
+  it: the benchmark's own processes). A single study's chain is three runs, each a process
+  (`daemon.single_study_hops_median_s`, `daemon.single_study_runs`): study stable to intake end ~6 s (queue to
+  start ~3 s, run 0.6 s), the patient's refresh ~22 s (~3 s to start, ~18 s to run: it rebuilds every asset of the
+  patient, EHR and genomics included, so Great Expectations checks, EHR extracts and de-identification with spaCy
+  run for a new imaging study), export ~8 s (~3 s to start, ~1 s to run); the chain's sensors ticked every 5.0 s
+  (median; `daemon.sensor_tick_gaps`). Loading the code location no longer imports torch, MONAI, Presidio/spaCy or
+  MLflow (`daemon.definitions_import_s`, 10.8 s of import time before at load ~1, 2.6 s after). In the burst, 20
+  refresh runs of ~50 s share the queue's 4 slots on 2 cores (`daemon.burst_runs`: refresh queued to started,
+  median 149 s): the burst is bound by CPU, not by ticks. Intake and export runs go first (`dagster/priority` 1;
+  exports waited a median 15 s). Reaching the targets needs refreshes that rebuild only the changed modality's
+  assets, not more sensor ticks.
 """
 
 
