@@ -1,7 +1,7 @@
 """Single-study lesion segmentation latency on 2 CPU threads: onnxruntime vs torch, and study stable -> SEG in Orthanc.
 
 Study: a synthetic 512x512x100 CT (0.8 mm pixels, 2.5 mm slices, 3 spherical lesions; tests/support/ct_series.py).
-Network: the CPU champion configuration (``SegmentationTrainingConfig()``: UNet 8-16-32-64, ROI 48x48x32, overlap
+Network: the CPU champion configuration (``SegmentationTrainingConfig()``: UNet 16-32-64-128, ROI 48x48x32, overlap
 0.25), seeded and untrained, its output bias set so that about 0.3 % of the voxels are lesion (see
 ``_calibrate_foreground``). Compute does not depend on the weights; the SEG's size does, so the mask's lesion
 count and foreground fraction are recorded next to the timings.
@@ -203,7 +203,7 @@ def main() -> int:
         mask_info = {"lesions": onnx_result.lesions, "foreground_fraction": round(onnx_result.lesion_voxels / (rows_ * columns * slices), 4),
                      "seg_segments": len(seg.SegmentSequence), "seg_frames": int(seg.NumberOfFrames)}
         common = {"study": f"synthetic CT {rows_}x{columns}x{slices}, 0.8 mm pixels, 2.5 mm slices", "threads": THREADS,
-                  "network": "SegmentationTrainingConfig() UNet 8-16-32-64 (untrained weights, output bias set for ~0.3 % lesion voxels)",
+                  "network": f"SegmentationTrainingConfig() UNet {'-'.join(map(str, config.channels))} (untrained weights, output bias set for ~0.3 % lesion voxels)",
                   "bias_shift": round(bias_shift, 4), "onnx_export_s": export_s,
                   "load_average_at_start": load_at_start, "shared_machine": True, **mask_info}
         rows = []
