@@ -291,11 +291,14 @@ def _details(rows: list[dict]) -> list[str]:
                              f"{queries.get('rows', '—')} | {_fmt(m.get('load_average_before'))} / {_fmt(m.get('load_average_after'))} |")
         elif row["name"] == "cohort_read":
             lines += ["", "### Cohort reads", "",
-                      "| partitions | Arrow dataset s | former Python loop s | Spark local[2] s | load before / after |",
-                      "| --- | --- | --- | --- | --- |"]
+                      "| partitions | Arrow dataset s | former Python loop s | snapshot cold / warm / after 1% s | peak RSS MB | "
+                      "Spark on snapshot / folder s | load before / after |",
+                      "| --- | --- | --- | --- | --- | --- | --- |"]
             for m in row["steps"]:
                 lines.append(f"| {m['partitions']:,} | {_fmt(m.get('arrow_dataset_s'))} | {_fmt(m.get('python_loop_s'))} | "
-                             f"{_fmt(m.get('spark_s'))} | {_fmt(m.get('load_average_before'))} / {_fmt(m.get('load_average_after'))} |")
+                             f"{_fmt(m.get('snapshot_cold_s'))} / {_fmt(m.get('snapshot_warm_s'))} / {_fmt(m.get('snapshot_after_1pct_s'))} | "
+                             f"{_fmt(m.get('python_peak_rss_mb'))} | {_fmt(m.get('spark_snapshot_s'))} / {_fmt(m.get('spark_folder_s'))} | "
+                             f"{_fmt(m.get('load_average_before'))} / {_fmt(m.get('load_average_after'))} |")
         elif row["name"] == "ct_series_peak_memory":
             lines += ["", f"### Peak memory, {row['series']}", "", "| step | seconds | process ru_maxrss MiB |", "| --- | --- | --- |"]
             for step, values in row["steps"].items():
