@@ -48,12 +48,13 @@ demo: install system-deps
 	RADPLAN_DEMO=1 $(PY) -m radplan_cli.main demo --patients 50 --seed 7 $(if $(TRIALS),--trials $(TRIALS))
 
 # Two pytest-xdist workers: much of the suite waits on real services (Orthanc, Postgres, Spark, the daemon), so two
-# workers keep both cores busy. Work groups (tests/conftest.py) keep a module on one worker and build the shared
-# demo once. TEST_WORKERS=0 runs the suite in this process.
+# workers keep both cores busy. --dist loadfile keeps a module's tests on one worker, so a module fixture (a
+# production stack, a FLARE deployment) starts once. (xdist_group marks, --dist loadgroup, do nothing with
+# pytest 9: xdist 3.8 renames a node id attribute pytest 9 no longer reads.) TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 
 test: install system-deps
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install
 	$(PY) -m pytest -m "not slow"

@@ -19,19 +19,6 @@ disable_telemetry()
 os.environ.setdefault("RADPLAN_DEMO", "1")
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    """Work groups for `make test`'s pytest-xdist workers (``--dist loadgroup``; without xdist the marks do nothing).
-
-    A module's tests stay on one worker, so a module fixture (a production stack, a FLARE deployment) starts once;
-    every module that reads the shared demo (``demo_home``, ~2 min to build) goes to one worker, so it is built once.
-    """
-    on_demo = {item.nodeid.split("::")[0] for item in items if "demo_home" in getattr(item, "fixturenames", ())}
-    for item in items:
-        module = item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group("demo_home" if module in on_demo else module))
-
-
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
