@@ -106,7 +106,8 @@ def _latencies(stack, clock: StableStudyClock, sent: dict[str, str], timeout_s: 
         stable = clock.seen[study]
         latencies.append(chain["export"].end_time - stable)
         hops["stable_to_intake_end"].append(chain["intake"].end_time - stable)
-        hops["intake_end_to_refresh_end"].append(chain["refresh"].end_time - chain["intake"].end_time)
+        # 0 where the refresh of the study's inputs had already run: an earlier intake (a whole-PACS rescan) pulled it
+        hops["intake_end_to_refresh_end"].append(max(0.0, chain["refresh"].end_time - chain["intake"].end_time))
         hops["refresh_end_to_export_end"].append(chain["export"].end_time - chain["refresh"].end_time)
     return latencies, {name: _median(values) for name, values in hops.items()}
 
