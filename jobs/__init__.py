@@ -67,12 +67,29 @@ PATIENT_ASSETS = (
     patient_preparation_job.selection | patient_features_job.selection | recommendation_job.selection
 )
 
+# The per-patient assets that read each input source (radplan.inventory.INPUT_SOURCES) from the inventory. A refresh
+# for some sources reruns their roots and everything downstream of them in the patient's partition
+# (tests/test_definitions.py checks every asset reading the inventory is a root here).
+SOURCE_ROOT_ASSETS = {
+    "imaging": ("pacs_studies",),
+    "genomics": ("raw_genomics",),
+    "ehr": ("ehr_extracts", "deid_notes"),
+}
+
+
+def refresh_selection(sources) -> AssetSelection:
+    """The per-patient assets a change to ``sources`` makes stale: the sources' roots and their downstream patient assets."""
+    roots = [root for source in sources for root in SOURCE_ROOT_ASSETS[source]]
+    return AssetSelection.assets(*roots).downstream() & PATIENT_ASSETS
+
+
 patient_refresh_job = define_asset_job(
     "patient_refresh_job",
     selection=PATIENT_ASSETS,
     partitions_def=patient_partitions,
-    description="One patient's partition of every per-patient asset, from intake to recommendations "
-    "(requested by the patient refresh sensor when the patient's inputs change).",
+    description="One patient's partition of the per-patient assets, from intake to recommendations: the patient refresh "
+    "sensor requests the branches of the input sources that changed (a new study: imaging, its radiomics and what joins "
+    "them), or all of them for a new patient.",
 )
 
 cohort_refresh_job = define_asset_job(

@@ -129,6 +129,42 @@ def changed_fingerprints(previous: dict[str, str], current: dict[str, str]) -> d
     return {key: fp for key, fp in sorted(current.items()) if previous.get(key) != fp}
 
 
+# The kinds of input a patient has. Each feeds its own branch of the patient's assets (jobs.SOURCE_ROOT_ASSETS), so a
+# change to one source reruns that branch and what joins it, not the others (a follow-up CT leaves notes alone).
+INPUT_SOURCES = ("imaging", "genomics", "ehr")
+
+
+def source_fingerprints(parts: dict[str, dict[str, list[str]]], token) -> dict[str, dict[str, str]]:
+    """Patient key -> {source: fingerprint over that source's input parts}, keyed like ``combine_fingerprints``."""
+    unknown = {source for by_source in parts.values() for source in by_source} - set(INPUT_SOURCES)
+    if unknown:
+        raise ValueError(f"unknown input sources {sorted(unknown)}; known: {INPUT_SOURCES}")
+    return {
+        key: {source: token(f"inputs-{source}", "\n".join(sorted(values))) for source, values in sorted(by_source.items())}
+        for key, by_source in sorted(parts.items())
+    }
+
+
+def changed_sources(previous: dict[str, dict[str, str]] | None, current: dict[str, dict[str, str]], patients) -> dict[str, list[str]]:
+    """For each of ``patients`` (those whose whole fingerprint changed): the sources to rerun.
+
+    A source counts as changed when it is new, altered or gone (its assets must drop what it gave). A patient with no
+    previous per-source record (new, or inventoried before sources were recorded: ``previous`` None) reruns every
+    source: nothing says which branch is current.
+    """
+    result = {}
+    for key in sorted(patients):
+        before = None if previous is None else previous.get(key)
+        now = current.get(key, {})
+        if before is None:
+            result[key] = list(INPUT_SOURCES)
+            continue
+        changed = [source for source in INPUT_SOURCES if before.get(source) != now.get(source)]
+        # The whole fingerprint changed, so something did: with no source found, rerun them all rather than none.
+        result[key] = changed or list(INPUT_SOURCES)
+    return result
+
+
 def genomics_content_hashes(paths: list[Path], previous: list[tuple[str, int, int, str]]) -> dict[str, str]:
     """Content hash per genomics file, reusing a previous ``(path, size, mtime_ns, sha256)`` while size and mtime hold."""
     known = {(path, int(size), int(mtime_ns)): sha for path, size, mtime_ns, sha in previous}

@@ -13,14 +13,27 @@ import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from radplan.ehr.extracts import accepted_patient_ids
-from radplan.inventory import GenomicsFile, changed_fingerprints, combine_fingerprints, genomics_content_hashes, landing_state, scan_genomics
+from radplan.inventory import (
+    GenomicsFile,
+    changed_fingerprints,
+    changed_sources,
+    combine_fingerprints,
+    genomics_content_hashes,
+    landing_state,
+    scan_genomics,
+    source_fingerprints,
+)
 from radplan_assets.partitions import PATIENTS_PARTITION_NAME
 from radplan_resources import DeidKeyResource, LakeResource, LandingZoneResource, PacsResource
 from radplan_resources.io_manager import own_previous_output, table_metadata
 
 FINGERPRINTS = "patient_fingerprints"
+# Per patient and input source (radplan.inventory.INPUT_SOURCES): which branch of the patient's assets a change concerns.
+SOURCE_FINGERPRINTS = "patient_source_fingerprints"
 # Metadata entry of a landing_inventory materialization: {patient_key: fingerprint} of changed patients.
 CHANGED_PATIENTS = "changed_patients"
+# Metadata entry: {patient_key: [input sources whose fingerprint changed]} for the same patients.
+CHANGED_SOURCES = "changed_sources"
 # Metadata entry: {watched folder name: keyed landing token} as this intake found the landing zone.
 LANDING_TOKENS = "landing_tokens"
 
@@ -105,16 +118,26 @@ def landing_inventory(
         "ehr_patients": pd.DataFrame(ehr_rows, columns=["patient_key", "source_patient_id", "rows_fingerprint"]),
     }
 
-    parts: dict[str, list[str]] = {}
+    by_source: dict[str, dict[str, list[str]]] = {}
     for row in study_rows:
-        parts.setdefault(row["patient_key"], []).append(f"study\x00{row['study_ref']}\x00{row['content_fingerprint']}")
+        by_source.setdefault(row["patient_key"], {}).setdefault("imaging", []).append(
+            f"study\x00{row['study_ref']}\x00{row['content_fingerprint']}")
     for row in genomics_rows:
-        parts.setdefault(row["patient_key"], []).append(f"genomics\x00{row['kind']}\x00{row['sample']}\x00{row['sha256']}")
+        by_source.setdefault(row["patient_key"], {}).setdefault("genomics", []).append(
+            f"genomics\x00{row['kind']}\x00{row['sample']}\x00{row['sha256']}")
     for row in ehr_rows:
-        parts.setdefault(row["patient_key"], []).append(f"ehr\x00{row['rows_fingerprint']}")
-    fingerprints = combine_fingerprints(parts, pseudonymizer.token)
+        by_source.setdefault(row["patient_key"], {}).setdefault("ehr", []).append(f"ehr\x00{row['rows_fingerprint']}")
+    fingerprints = combine_fingerprints({key: [part for values in sources.values() for part in values] for key, sources in by_source.items()},
+                                        pseudonymizer.token)
     previous = previous_inventory[FINGERPRINTS]
     changed = changed_fingerprints(dict(zip(previous.get("patient_key", []), previous.get("fingerprint", []))), fingerprints)
+    per_source = source_fingerprints(by_source, pseudonymizer.token)
+    previous_sources = previous_inventory[SOURCE_FINGERPRINTS]
+    sources_changed = changed_sources(_per_source(previous_sources) if len(previous_sources) else None, per_source, changed)
+    tables[SOURCE_FINGERPRINTS] = pd.DataFrame(
+        [(key, source, fp) for key, sources in per_source.items() for source, fp in sources.items()],
+        columns=["patient_key", "source", "fingerprint"],
+    )
     tables[FINGERPRINTS] = pd.DataFrame(sorted(fingerprints.items()), columns=["patient_key", "fingerprint"])
 
     # The IO manager writes the tables in this order, fingerprints last: a run that fails half-way leaves the
@@ -136,6 +159,7 @@ def landing_inventory(
             "changed_patient_count": len(changed),
             # Pseudonymous keys and keyed fingerprints only.
             CHANGED_PATIENTS: MetadataValue.json(changed),
+            CHANGED_SOURCES: MetadataValue.json(sources_changed),
             LANDING_TOKENS: MetadataValue.json(landing_tokens),
             "studies": len(study_rows),
             "genomics_files": len(genomics_rows),
@@ -144,6 +168,13 @@ def landing_inventory(
             "quarantine_ids": MetadataValue.json(quarantined),
         }
     )
+
+
+def _per_source(table: pd.DataFrame) -> dict[str, dict[str, str]]:
+    result: dict[str, dict[str, str]] = {}
+    for key, source, fingerprint in table[["patient_key", "source", "fingerprint"]].itertuples(index=False, name=None):
+        result.setdefault(key, {})[source] = fingerprint
+    return result
 
 
 def patient_inventory(inventory: dict[str, pd.DataFrame], name: str, patient_key: str) -> pd.DataFrame:

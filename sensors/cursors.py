@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from radplan.inventory import INPUT_SOURCES
+
 STABLE_STUDY = "StableStudy"
 
 
@@ -93,35 +95,54 @@ class SensorCursor:
 
 @dataclass(frozen=True)
 class InventoryChange:
-    """One landing_inventory materialization: its event-log storage id and {patient_key: fingerprint} of changed patients."""
+    """One landing_inventory materialization: its event-log storage id, {patient_key: fingerprint} of changed patients
+    and {patient_key: [changed input sources]} (empty for an intake that did not record sources: all of them)."""
 
     storage_id: int
     changed: dict
+    sources: dict = field(default_factory=dict)
+
+    def sources_of(self, patient_key: str) -> tuple[str, ...]:
+        return tuple(self.sources.get(patient_key) or INPUT_SOURCES)
 
 
 @dataclass(frozen=True)
 class PatientRefresh:
     patient_key: str
     fingerprint: str
+    sources: tuple[str, ...] = INPUT_SOURCES
 
     @property
     def run_key(self) -> str:
         # A re-sent identical study or a repeated event gives the same fingerprint, hence the same key: no rerun.
         return f"patient-refresh-{self.patient_key}-{self.fingerprint}"
 
+    @property
+    def every_source(self) -> bool:
+        return set(self.sources) >= set(INPUT_SOURCES)
 
-def patient_refreshes(changes: list[InventoryChange], latest_refresh_storage_ids: dict[str, int]) -> list[PatientRefresh]:
-    """The patient runs the inventory changes call for, newest fingerprint per patient.
+
+def patient_refreshes(changes: list[InventoryChange], latest_refresh_storage_ids: dict[str, int], patients=None) -> list[PatientRefresh]:
+    """The patient runs the inventory changes call for: newest fingerprint per patient, and every source changed by an
+    intake after the patient's latest refresh (so a refresh still queued or failed is covered by the next one).
 
     A patient whose partition was materialized after the inventory that changed it (e.g. by the demo
-    runner or a manual backfill) is already up to date and is skipped.
+    runner or a manual backfill) is already up to date and is skipped. ``patients`` limits the result to those keys
+    (the changes may reach further back than the new intakes, to collect sources).
     """
     wanted: dict[str, tuple[int, str]] = {}
+    sources: dict[str, set[str]] = {}
     for change in sorted(changes, key=lambda c: c.storage_id):
         for key, fingerprint in change.changed.items():
+            if patients is not None and key not in patients:
+                continue
             wanted[key] = (change.storage_id, fingerprint)
+            latest = latest_refresh_storage_ids.get(key, -1)
+            if change.storage_id > latest:
+                # Never refreshed: every branch, whatever this intake changed (an earlier full refresh may have failed).
+                sources.setdefault(key, set()).update(change.sources_of(key) if latest >= 0 else INPUT_SOURCES)
     return [
-        PatientRefresh(key, fingerprint)
+        PatientRefresh(key, fingerprint, tuple(source for source in INPUT_SOURCES if source in sources[key]))
         for key, (storage_id, fingerprint) in sorted(wanted.items())
         if latest_refresh_storage_ids.get(key, -1) < storage_id
     ]

@@ -3,7 +3,9 @@
 - ``patient_refresh_sensor`` reads each new ``landing_inventory`` materialization's list of changed
   patients and requests ``patient_refresh_job`` for each of those partitions (run key = patient key +
   keyed input fingerprint, so a repeated event or a re-sent identical study never reruns). Other
-  patients' partitions are not touched.
+  patients' partitions are not touched; within the patient, only the branches of the input sources that
+  changed since the patient's latest refresh rerun (``jobs.refresh_selection``): a follow-up study reruns
+  imaging, radiomics, the feature row and the recommendations, not the notes or the variants.
 - ``patient_export_sensor`` rewrites the FHIR bundle and HTML report of the patients whose
   recommendations were just rematerialized (and the recommendations table), without the cohort run.
 - ``cohort_batch_sensor`` rebuilds the cohort table, strata, response model and full exports once
@@ -25,8 +27,8 @@ from dagster import (
     sensor,
 )
 
-from jobs import cohort_refresh_job, export_job, ingest_job, patient_refresh_job
-from radplan_assets.ingest import CHANGED_PATIENTS
+from jobs import cohort_refresh_job, export_job, ingest_job, patient_refresh_job, refresh_selection
+from radplan_assets.ingest import CHANGED_PATIENTS, CHANGED_SOURCES
 from radplan.settings import Settings
 from sensors.landing import SENSOR_INTERVAL_S
 from sensors.cursors import InventoryChange, SensorCursor, cohort_batch_due, patient_refreshes
@@ -35,6 +37,8 @@ INVENTORY_KEY = AssetKey("landing_inventory")
 # The last asset of a patient refresh: its materialization means the patient is up to date.
 REFRESH_DONE_KEY = AssetKey("patient_recommendations")
 PAGE = 500
+# Intakes read back (beyond this tick's) to collect which sources a patient's pending changes touched; beyond, all rerun.
+SOURCE_LOOKBACK = 200
 IN_FLIGHT = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
 
 
@@ -68,7 +72,8 @@ def _materializations_after(instance, key: AssetKey, after: int) -> list:
     minimum_interval_seconds=SENSOR_INTERVAL_S,
     default_status=DefaultSensorStatus.STOPPED,
     description="Per changed patient listed by a new landing_inventory materialization: one patient_refresh_job run for "
-    "that patient's partition (run key = patient key + input fingerprint). Unchanged patients are never rerun.",
+    "that patient's partition (run key = patient key + input fingerprint), limited to the assets of the input sources "
+    "that changed (imaging, genomics, EHR) and what joins them. Unchanged patients are never rerun.",
 )
 def patient_refresh_sensor(context: SensorEvaluationContext) -> SensorResult:
     instance = context.instance
@@ -77,22 +82,58 @@ def patient_refresh_sensor(context: SensorEvaluationContext) -> SensorResult:
     records = _materializations_after(instance, INVENTORY_KEY, after)
     if not records:
         return SensorResult(skip_reason=SkipReason("no new intake"))
-    changes = []
-    for record in records:
-        entry = record.asset_materialization.metadata.get(CHANGED_PATIENTS)
-        changes.append(InventoryChange(record.storage_id, dict(entry.value) if entry is not None else {}))
+    changes = [_inventory_change(record) for record in records]
     candidates = {key for change in changes for key in change.changed}
     latest = {key: _latest_storage_id(instance, REFRESH_DONE_KEY, key) or -1 for key in candidates}
-    refreshes = patient_refreshes(changes, latest)
+    refreshed_earlier = [storage_id for storage_id in latest.values() if 0 <= storage_id < after]
+    if refreshed_earlier:
+        # Intakes between a patient's latest refresh and this tick's may have changed other sources (their refresh
+        # still queued, or failed): read them back too, so the next refresh covers their branches as well.
+        changes += _earlier_changes(instance, min(refreshed_earlier), after, latest)
+    refreshes = patient_refreshes(changes, latest, patients=candidates)
     next_cursor = cursor.with_value("inventory_storage_id", records[-1].storage_id).dump()
     if not refreshes:
         return SensorResult(skip_reason=SkipReason(f"{len(records)} intakes, no patient with changed inputs"), cursor=next_cursor)
-    context.log.info(f"{len(records)} intakes: {len(refreshes)} patients changed, requesting their partitions")
-    requests = [
-        RunRequest(run_key=refresh.run_key, partition_key=refresh.patient_key, tags={"radplan/trigger": "inventory-change"})
-        for refresh in refreshes
-    ]
+    partial = sum(1 for refresh in refreshes if not refresh.every_source)
+    context.log.info(f"{len(records)} intakes: {len(refreshes)} patients changed ({partial} in some input sources only), "
+                     "requesting their partitions")
+    selections: dict[tuple[str, ...], list[AssetKey]] = {}
+    requests = []
+    for refresh in refreshes:
+        selection = None
+        if not refresh.every_source:
+            if refresh.sources not in selections:
+                selections[refresh.sources] = sorted(refresh_selection(refresh.sources).resolve(context.repository_def.asset_graph))
+            selection = selections[refresh.sources]
+        requests.append(RunRequest(
+            run_key=refresh.run_key,
+            partition_key=refresh.patient_key,
+            asset_selection=selection,
+            tags={"radplan/trigger": "inventory-change", "radplan/sources": ",".join(refresh.sources)},
+        ))
     return SensorResult(run_requests=requests, cursor=next_cursor)
+
+
+def _inventory_change(record) -> InventoryChange:
+    metadata = record.asset_materialization.metadata
+    changed, sources = metadata.get(CHANGED_PATIENTS), metadata.get(CHANGED_SOURCES)
+    return InventoryChange(record.storage_id, dict(changed.value) if changed else {}, dict(sources.value) if sources else {})
+
+
+def _earlier_changes(instance, since: int, until: int, latest: dict[str, int]) -> list[InventoryChange]:
+    """The intakes in (since, until], newest SOURCE_LOOKBACK of them. A patient whose latest refresh is older than what
+    was read gets a change that names no source (every source): beyond the lookback nothing says which changed."""
+    result = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=INVENTORY_KEY, after_storage_id=since, before_storage_id=until + 1),
+        limit=SOURCE_LOOKBACK, ascending=False,
+    )
+    changes = [_inventory_change(record) for record in result.records]
+    if result.has_more and changes:
+        complete_after = min(change.storage_id for change in changes)
+        unknown = {key: "" for key, storage_id in latest.items() if 0 <= storage_id < complete_after}
+        # Its fingerprint is replaced by the newer change that made the patient a candidate (changes apply in order).
+        changes.append(InventoryChange(complete_after, unknown))
+    return changes
 
 
 @sensor(

@@ -51,6 +51,31 @@ def test_per_patient_assets_share_one_dynamic_partitioning():
     assert all(graph.get(k).partitions_def == patient_partitions for k in graph.get_all_asset_keys() if graph.get(k).partitions_def)
 
 
+def test_each_input_source_reruns_its_own_branch_of_the_patient_assets():
+    from dagster import AssetKey
+
+    from definitions import defs
+    from jobs import PATIENT_ASSETS, SOURCE_ROOT_ASSETS, refresh_selection
+    from radplan.inventory import INPUT_SOURCES
+
+    graph = defs.resolve_asset_graph()
+    patient_assets = PATIENT_ASSETS.resolve(graph)
+    assert set(SOURCE_ROOT_ASSETS) == set(INPUT_SOURCES)
+    # Every per-patient asset that reads the inventory is the root of a source: otherwise a change would not rerun it.
+    readers = {key.to_user_string() for key in patient_assets if AssetKey("landing_inventory") in graph.get(key).parent_keys}
+    assert readers == {root for roots in SOURCE_ROOT_ASSETS.values() for root in roots}
+    branches = {source: {key.to_user_string() for key in refresh_selection([source]).resolve(graph)} for source in INPUT_SOURCES}
+    assert set().union(*branches.values()) == {key.to_user_string() for key in patient_assets}
+    joined = {"patient_features", "patient_recommendations"}
+    assert all(joined <= branch for branch in branches.values())
+    assert {"pacs_studies", "deid_studies", "radiomic_features", "predicted_lesion_masks"} <= branches["imaging"]
+    assert not branches["imaging"] & {"ehr_extracts", "deid_notes", "deid_ehr", "raw_genomics", "variants", "pgx_phenotypes"}
+    assert not branches["genomics"] & {"ehr_extracts", "deid_notes", "deid_studies", "radiomic_features"}
+    # The EHR feeds the tumour type that variant annotation reads, so EHR changes re-annotate the variants.
+    assert {"deid_notes", "clinical_features", "annotated_variants"} <= branches["ehr"]
+    assert not branches["ehr"] & {"deid_studies", "radiomic_features", "variants", "raw_genomics"}
+
+
 def test_instance_config_disables_telemetry(tmp_path, monkeypatch):
     from radplan_resources.instance import ensure_dagster_home
 

@@ -59,6 +59,11 @@ def test_new_study_reruns_only_its_patient(demo_home, tmp_path, monkeypatch, pse
     assert {partition for _, partition in touched if partition} == {changed_key}
     assert {asset for asset, partition in touched if partition is None} == {"landing_inventory", "recommendation_export"}
     assert ("patient_recommendations", changed_key) in touched and ("deid_studies", changed_key) in touched
+    # A follow-up study changes imaging only: its branch and what joins it rerun, the notes and variants do not.
+    assert {("radiomic_features", changed_key), ("patient_features", changed_key)} <= touched
+    assert not {("deid_notes", changed_key), ("ehr_extracts", changed_key), ("variants", changed_key), ("raw_genomics", changed_key)} & touched
+    refresh_run = instance.get_run_by_id(next(run.run_id for run in daemon.launched if run.job == "patient_refresh_job"))
+    assert refresh_run.tags["radplan/sources"] == "imaging"
     files_after = patient_file_digests(home / "lake")
     for key in keys - {changed_key}:
         assert files_after[key] == files_before[key], f"files of untouched patient {key} changed"

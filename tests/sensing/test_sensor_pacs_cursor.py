@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from radplan.inventory import landing_fingerprint
-from radplan.inventory import changed_fingerprints, combine_fingerprints
+from radplan.inventory import INPUT_SOURCES, changed_fingerprints, changed_sources, combine_fingerprints, source_fingerprints
 from sensors.cursors import (
     InventoryChange,
     PacsOutage,
@@ -138,6 +138,38 @@ def test_patient_refreshes_newest_fingerprint_and_skip_already_refreshed():
     assert [(r.patient_key, r.fingerprint) for r in refreshes] == [("p1", "f2")]
     assert refreshes[0].run_key == "patient-refresh-p1-f2"
     assert [r.patient_key for r in patient_refreshes(changes, {})] == ["p1", "p2"]
+
+
+def test_changed_sources_name_the_branch_that_changed(pseudonymizer):
+    before = source_fingerprints({"p1": {"imaging": ["study\x00A\x00f1"], "ehr": ["ehr\x00h1"]}}, pseudonymizer.token)
+    follow_up = source_fingerprints({"p1": {"imaging": ["study\x00A\x00f1", "study\x00B\x00f2"], "ehr": ["ehr\x00h1"]},
+                                     "p2": {"genomics": ["genomics\x00vcf\x00S\x00c1"]}}, pseudonymizer.token)
+    assert "f1" not in before["p1"]["imaging"]
+    assert changed_sources(before, follow_up, ["p1", "p2"]) == {"p1": ["imaging"], "p2": list(INPUT_SOURCES)}
+    # A source that is gone changed too (its assets must drop what it gave); no previous record at all: every source.
+    ehr_gone = source_fingerprints({"p1": {"imaging": ["study\x00A\x00f1"]}}, pseudonymizer.token)
+    assert changed_sources(before, ehr_gone, ["p1"]) == {"p1": ["ehr"]}
+    assert changed_sources(None, follow_up, ["p1"]) == {"p1": list(INPUT_SOURCES)}
+    # The whole fingerprint changed but no source did (a half-written previous inventory): every source, never none.
+    assert changed_sources(before, before, ["p1"]) == {"p1": list(INPUT_SOURCES)}
+    with pytest.raises(ValueError, match="unknown input sources"):
+        source_fingerprints({"p1": {"pathology": ["x"]}}, pseudonymizer.token)
+
+
+def test_patient_refreshes_cover_every_source_changed_since_the_latest_refresh():
+    changes = [
+        InventoryChange(10, {"p1": "f1"}, {"p1": ["ehr"]}),  # before p1's latest refresh (15): done
+        InventoryChange(20, {"p1": "f2", "p2": "g2"}, {"p1": ["imaging"], "p2": ["genomics"]}),
+        InventoryChange(30, {"p1": "f3"}, {"p1": ["genomics"]}),
+    ]
+    refreshes = {r.patient_key: r for r in patient_refreshes(changes, {"p1": 15, "p2": 5})}
+    assert (refreshes["p1"].fingerprint, refreshes["p1"].sources) == ("f3", ("imaging", "genomics"))
+    assert refreshes["p2"].sources == ("genomics",) and not refreshes["p2"].every_source
+    # An intake that recorded no sources (older radplan), or a patient never refreshed: every source.
+    assert patient_refreshes([InventoryChange(40, {"p1": "f4"})], {"p1": 35})[0].every_source
+    assert patient_refreshes(changes[1:2], {})[0].every_source
+    # Older changes read only to collect sources do not request other patients.
+    assert [r.patient_key for r in patient_refreshes(changes, {"p1": 15, "p2": 5}, patients={"p1"})] == ["p1"]
 
 
 @pytest.mark.parametrize(

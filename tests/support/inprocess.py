@@ -98,7 +98,8 @@ class InProcessDaemon:
         job_name = job.name
         run_config = {**QUIET, **(request.run_config or {})}
         result = job.execute_in_process(
-            instance=self.instance, partition_key=request.partition_key, run_config=run_config, tags=tags, raise_on_error=False
+            instance=self.instance, partition_key=request.partition_key, run_config=run_config, tags=tags, raise_on_error=False,
+            asset_selection=request.asset_selection,
         )
         run = LaunchedRun(sensor_name, job_name, request.run_key, request.partition_key, result.run_id, result.success)
         self.launched.append(run)
