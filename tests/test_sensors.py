@@ -108,3 +108,60 @@ def test_a_patient_arriving_in_every_modality_costs_one_intake(tmp_path, monkeyp
     (tmp_path / "landing" / "genomics" / "late.vcf").write_text("##fileformat=VCFv4.2\n")
     assert len(daemon.evaluate("genomics_landing_sensor")) == 1
     assert daemon.evaluate("pacs_study_sensor") == [] and daemon.evaluate("ehr_landing_sensor") == []
+
+
+def test_missed_retry_reason_follows_the_retry_policy():
+    from sensors.retries import RETRY_OVERDUE_S, RetryPolicy, missed_retry_reason
+
+    policy = RetryPolicy(max_retries=2, retry_on_step_failure=False)
+    now = 10_000.0
+    # The daemon's retry raised: it tagged the run will_retry=false although the policy allows a retry.
+    assert missed_retry_reason({"dagster/will_retry": "false"}, now - 5, now, policy) == "the daemon's retry failed"
+    assert missed_retry_reason({"dagster/will_retry": "true"}, now - 5, now, policy) is None  # the daemon is on it
+    assert missed_retry_reason({"dagster/will_retry": "true"}, now - RETRY_OVERDUE_S - 1, now, policy).startswith("no retry")
+    assert missed_retry_reason({"dagster/will_retry": "false", "dagster/auto_retry_run_id": "r2"}, now, now, policy) is None
+    # Policy limits: a step that raised is not retried here; spent retries (the daemon's or ours) are spent.
+    assert missed_retry_reason({"dagster/will_retry": "false", "dagster/failure_reason": "STEP_FAILURE"}, now, now, policy) is None
+    assert missed_retry_reason({"dagster/will_retry": "false", "dagster/failure_reason": "STEP_FAILURE"}, now, now,
+                               RetryPolicy(2, True)) == "the daemon's retry failed"  # fmt: skip
+    assert missed_retry_reason({"dagster/will_retry": "false", "dagster/retry_number": "2"}, now, now, policy) is None
+    assert missed_retry_reason({"dagster/will_retry": "false", "radplan/safety_retries": "2"}, now, now, policy) is None
+    assert missed_retry_reason({"dagster/will_retry": "false", "dagster/max_retries": "0"}, now, now, policy) is None
+
+
+def test_missed_retry_sensor_runs_the_same_work_again_once(tmp_path, monkeypatch):
+    from dagster import AssetKey, DagsterRunStatus, instance_for_test
+
+    monkeypatch.setenv("RADPLAN_HOME", str(tmp_path))
+    defs = definitions_with()
+    refresh_job = defs.resolve_job_def("patient_refresh_job")
+    imaging = frozenset({AssetKey("pacs_studies"), AssetKey("deid_studies"), AssetKey("patient_features"), AssetKey("patient_recommendations")})
+    partition = "p00000000000000ab"
+    with instance_for_test(overrides={"run_retries": {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False}}) as instance:
+        daemon = InProcessDaemon(defs, instance)
+        assert daemon.evaluate("missed_retry_sensor") == []
+        instance.add_dynamic_partitions("patients", [partition])
+        tags = {"dagster/partition": partition, "radplan/trigger": "inventory-change", "radplan/sources": "imaging"}
+        lost = instance.create_run_for_job(refresh_job, status=DagsterRunStatus.FAILURE, asset_selection=imaging,
+                                           tags={**tags, "dagster/will_retry": "false", "dagster/run_key": "patient-refresh-k-f"})  # fmt: skip
+        # Not the safety net's: a step that raised (policy), and a run the daemon did retry.
+        instance.create_run_for_job(refresh_job, status=DagsterRunStatus.FAILURE, asset_selection=imaging,
+                                    tags={**tags, "dagster/will_retry": "false", "dagster/failure_reason": "STEP_FAILURE"})  # fmt: skip
+        instance.create_run_for_job(refresh_job, status=DagsterRunStatus.FAILURE,
+                                    tags={**tags, "dagster/will_retry": "true", "dagster/auto_retry_run_id": "elsewhere"})  # fmt: skip
+
+        [request] = daemon.evaluate("missed_retry_sensor")
+        assert request.job_name == "patient_refresh_job" and request.partition_key == partition
+        assert set(request.asset_selection) == imaging
+        assert request.tags["radplan/retry_of"] == lost.run_id and request.tags["radplan/sources"] == "imaging"
+        # Dagster's verdicts on the failed run are not carried over (the new run gets its own).
+        assert request.tags["radplan/safety_retries"] == "1" and request.tags["radplan/retried_run_key"] == "patient-refresh-k-f"
+        assert not {"dagster/will_retry", "dagster/failure_reason", "dagster/run_key", "dagster/retry_number"} & set(request.tags)
+        daemon.record_without_executing("missed_retry_sensor", request)
+        assert daemon.evaluate("missed_retry_sensor") == []  # requested once: its run key is taken
+
+        # A failed intake whose same work later succeeded needs nothing.
+        ingest = defs.resolve_job_def("ingest_job")
+        instance.create_run_for_job(ingest, status=DagsterRunStatus.FAILURE, tags={"dagster/will_retry": "false"})
+        instance.create_run_for_job(ingest, status=DagsterRunStatus.SUCCESS)
+        assert daemon.evaluate("missed_retry_sensor") == []

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 LOCATION = "radplan"  # workspace.yaml's location_name
 REPOSITORY = "__repository__"  # the repository name Dagster gives a Definitions object
 # The sensors on a new study's path: PACS -> intake -> patient refresh -> patient export.
-CHAIN_SENSORS = ("pacs_study_sensor", "patient_refresh_sensor", "patient_export_sensor")
+CHAIN_SENSORS = ("pacs_study_sensor", "patient_refresh_sensor", "patient_export_sensor", "missed_retry_sensor")
 
 
 def _dagster_command(name: str) -> str:
@@ -368,6 +368,13 @@ def exported_keys(record) -> list[str]:
     return record.dagster_run.run_config.get("ops", {}).get("recommendation_export", {}).get("config", {}).get("patient_keys", [])
 
 
+def request_key(record) -> str | None:
+    """The run key of the sensor request a run carries out: its own, or for a rerun by missed_retry_sensor the key of
+    the run it redoes (sensors/retries.py)."""
+    tags = record.dagster_run.tags
+    return tags.get("radplan/retried_run_key") or tags.get(RUN_KEY_TAG)
+
+
 def study_chain(records, seq: int, patient_key: str, fingerprint: str | None) -> dict | None:
     """For one stable study: the intake that covered its change, the refresh of the patient's final inputs, the first
     export of the patient after that refresh (run records), or None while the chain is incomplete.
@@ -383,7 +390,7 @@ def study_chain(records, seq: int, patient_key: str, fingerprint: str | None) ->
     refreshes = [r for r in successful(records, "patient_refresh_job") if r.dagster_run.tags.get(PARTITION_TAG) == patient_key]
     refresh = next((r for r in refreshes if r.start_time and r.start_time >= intake.end_time), None)
     if refresh is None and fingerprint is not None:
-        refresh = next((r for r in refreshes if r.dagster_run.tags.get(RUN_KEY_TAG) == f"patient-refresh-{patient_key}-{fingerprint}"), None)
+        refresh = next((r for r in refreshes if request_key(r) == f"patient-refresh-{patient_key}-{fingerprint}"), None)
     if refresh is None:
         return None
     export = next((r for r in successful(records, "export_job")
