@@ -8,9 +8,11 @@ crash recovery takes longer, and then:
   refreshed;
 - the code server's thread that notices dead run workers (``grpc-server-cleanup``) dies on the same exception, and
   every run whose worker dies afterwards (kill -9, the out-of-memory killer) stays STARTED for ever: never failed,
-  never retried (seen with tests/production/test_daemon_operations.py).
+  never retried (seen with tests/production/test_daemon_operations.py);
+- a process that starts while the database is down (a daemon restarted after a crash) exits from the storage
+  constructor, and nothing is launched any more (seen in the same test).
 
-Here every new database connection of the run, event-log and schedule storages is retried for up to
+Here building each storage, and every new database connection of the run, event-log and schedule storages, is retried for up to
 ``outage_wait_seconds`` (dagster.yaml, default 300 s) before the error is raised, in every process that loads the
 instance: daemon, webserver, code server, run workers. Only connecting is retried, never a statement: a statement
 cut off by the database's death fails as before (retrying it could write an event twice).
@@ -32,7 +34,7 @@ from dagster_postgres import DagsterPostgresStorage
 from dagster_postgres.event_log import PostgresEventLogStorage
 from dagster_postgres.run_storage import PostgresRunStorage
 from dagster_postgres.schedule_storage import PostgresScheduleStorage
-from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
+from dagster_postgres.utils import DagsterPostgresException, get_token_provider_from_config, pg_url_from_config
 
 DEFAULT_OUTAGE_WAIT_S = 300
 PAUSE_S = 1.0
@@ -47,7 +49,7 @@ def when_reachable(connect: Callable[[], T], wait_s: float, *, pause_s: float = 
     while True:
         try:
             return connect()
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as error:
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, DagsterPostgresException) as error:
             if clock() + pause_s > deadline or not _unreachable(error):
                 raise
             if not warned:
@@ -59,6 +61,10 @@ def when_reachable(connect: Callable[[], T], wait_s: float, *, pause_s: float = 
 
 def _unreachable(error: Exception) -> bool:
     """Refused, reset or still starting up (worth waiting for); not a wrong password or a missing database."""
+    if isinstance(error, DagsterPostgresException):  # dagster-postgres' own retries gave up: judge by what they saw
+        if error.__cause__ is None:
+            return False
+        error = error.__cause__
     text = str(getattr(error, "orig", error)).lower()
     return not any(word in text for word in ("authentication", "does not exist", "permission denied"))
 
@@ -96,13 +102,10 @@ class OutageTolerantScheduleStorage(_WaitsForTheDatabase, PostgresScheduleStorag
 
 
 def _build(storage_class, postgres_url: str, should_autocreate_tables: bool, token_provider, wait_s: float):
-    """A storage built once the database answers (its constructor reads the table list with dagster's short retry)."""
-    probe = sqlalchemy.create_engine(postgres_url, poolclass=sqlalchemy.pool.NullPool)
-    try:
-        when_reachable(lambda: probe.connect().close(), wait_s)
-    finally:
-        probe.dispose()
-    storage = storage_class(postgres_url, should_autocreate_tables, token_provider=token_provider)
+    """A storage built once the database answers. The constructor reads the table list with dagster's short retry
+    (~6 s), so it is retried as a whole: a daemon restarted while Postgres restarts too waits for it instead of exiting
+    (seen in tests/production/test_daemon_operations.py: the daemon died in this constructor and nothing ran again)."""
+    storage = when_reachable(lambda: storage_class(postgres_url, should_autocreate_tables, token_provider=token_provider), wait_s)
     storage._outage_wait_s = wait_s
     return storage
 

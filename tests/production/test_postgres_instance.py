@@ -3,6 +3,8 @@ radplan writes holds no credential, and partitions, runs, a partitioned run and 
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from dagster import DagsterInstance, build_sensor_context, materialize
 
@@ -72,6 +74,26 @@ def test_connections_wait_out_a_database_outage_but_not_a_wrong_password():
     with pytest.raises(sqlalchemy.exc.OperationalError):
         when_reachable(database(1, 'password authentication failed for user "dagster"'), 10, clock=clock, sleep=sleep)
     assert len(tries) == 1  # a wrong password is not an outage: no waiting
+
+    # dagster-postgres' own short retry gave up (a storage constructor): waited out too, by what it saw.
+    from dagster_postgres.utils import DagsterPostgresException
+
+    def constructor(failures: int, reason: str = "Connection refused"):
+        inner = database(failures, reason)
+
+        def build():
+            try:
+                return inner()
+            except sqlalchemy.exc.OperationalError as error:
+                raise DagsterPostgresException("too many retries for DB connection") from error
+        return build
+
+    tries.clear()
+    assert when_reachable(constructor(2), 10, clock=clock, sleep=sleep) == "connection" and len(tries) == 3
+    tries.clear()
+    with pytest.raises(DagsterPostgresException):
+        when_reachable(constructor(1, 'database "dagster" does not exist'), 10, clock=clock, sleep=sleep)
+    assert len(tries) == 1
 
 
 @pytest.mark.slow
@@ -152,3 +174,35 @@ def test_partitions_runs_and_sensor_on_postgres(tmp_path, monkeypatch):
             )
             assert {row[0] for row in cursor.fetchall()} == {keys[0]}
         connection.close()
+
+
+@pytest.mark.slow
+def test_a_storage_whose_database_dies_while_it_is_built_waits_for_it():
+    # What happened to a daemon restarted just before Postgres was killed (test_daemon_operations): the database
+    # answered, then died while the storage was being built; dagster-postgres gives up after 5 retries (~12 s with
+    # its exponential back-off) and the daemon exited. Here Postgres dies inside the first build and is back 25 s later.
+    import threading
+
+    from production.local_services import kill_postgres, start_postgres
+    from radplan_resources.instance_storage import OutageTolerantRunStorage, _build
+
+    RESTART_AFTER_S = 25
+    with postgres_server() as server:
+        restarts = []
+
+        class DatabaseDiesDuringTheFirstBuild(OutageTolerantRunStorage):
+            def __init__(self, *args, **kwargs):
+                if not restarts:
+                    kill_postgres(server)
+                    restarts.append(threading.Timer(RESTART_AFTER_S, start_postgres, args=(server,)))
+                    restarts[0].start()
+                super().__init__(*args, **kwargs)
+
+        started = time.monotonic()
+        try:
+            storage = _build(DatabaseDiesDuringTheFirstBuild, server.url, True, None, 120)
+        finally:
+            for timer in restarts:
+                timer.join()
+        assert restarts and time.monotonic() - started >= RESTART_AFTER_S - 1
+        assert storage.get_runs() == [] and storage._outage_wait_s == 120

@@ -414,6 +414,9 @@ def chains_complete(stack: ProductionStack, studies: dict[str, str], timeout_s: 
     refreshed and exported after that, and no run is queued or running; returns study id -> its chain (run records)."""
     deadline = time.monotonic() + timeout_s
     while True:
+        if stack.daemon is not None and stack.daemon.poll() is not None:
+            # Nothing would ever be launched again: say so now rather than at the timeout.
+            raise RuntimeError(f"dagster-daemon exited (code {stack.daemon.returncode}) while studies were in flight\n" + stack.log_tail("daemon"))
         stable = stable_study_changes(stack.orthanc)
         with stack.instance() as instance:
             records = instance.get_run_records()
