@@ -26,9 +26,11 @@ from radplan.models.segmentation import (
     dice_confidence_interval,
     dice_per_image,
     lesion_metrics,
+    lesion_voxels,
     overlap_metrics,
     postprocess_mask,
     predict_mask,
+    sliding_window_logits,
     split_held_out,
     train_segmentation,
     write_seg_dicom,
@@ -191,6 +193,61 @@ class _ThresholdOracle(torch.nn.Module):
 
     def forward(self, x):
         return torch.cat([torch.full_like(x, self.threshold), x], dim=1)
+
+
+class _ShapeRecorder(torch.nn.Module):
+    """A 3x3x3 convolution (zero padding) that records the spatial shape of every input it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.convolution = torch.nn.Conv3d(1, 2, kernel_size=3, padding=1)
+        self.shapes: list[tuple[int, ...]] = []
+
+    def forward(self, x):
+        self.shapes.append(tuple(x.shape[2:]))
+        return self.convolution(x)
+
+
+def _body_in_air(shape=(40, 44, 30), box=(slice(6, 20), slice(9, 40), slice(2, 21))) -> torch.Tensor:
+    image = torch.zeros((1, 1, *shape))
+    generator = torch.Generator().manual_seed(5)
+    image[(0, 0, *box)] = torch.rand(tuple(s.stop - s.start for s in box), generator=generator) * 0.9 + 0.05
+    return image
+
+
+def test_inference_crops_to_the_body_without_changing_what_the_network_sees():
+    image, network = _body_in_air(), _ShapeRecorder().eval()
+    config = SegmentationTrainingConfig(roi_size=(16, 16, 8), whole_volume_max_voxels=10**6)
+    with torch.no_grad():
+        cropped, full = sliding_window_logits(network, image, config), network.convolution(image)
+    # One window: the body's box (14 x 31 x 19) padded up to multiples of the network stride (8), not the 40 x 44 x 30 volume.
+    assert network.shapes == [(16, 32, 24)]
+    box = (slice(None), slice(None), slice(6, 20), slice(9, 40), slice(2, 21))
+    # Outside the box the image is 0, what the padding adds, so the convolution sees the same neighbours.
+    assert torch.allclose(cropped[box], full[box], atol=1e-5)
+    outside = torch.ones(image.shape[2:], dtype=torch.bool)
+    outside[box[2:]] = False
+    assert (torch.argmax(cropped, dim=1)[0][outside] == 0).all()
+
+
+def test_inference_tiles_a_body_larger_than_the_voxel_cap():
+    image, network = _body_in_air(), _ShapeRecorder().eval()
+    with torch.no_grad():
+        sliding_window_logits(network, image, SegmentationTrainingConfig(roi_size=(16, 16, 8), whole_volume_max_voxels=1000, sw_batch_size=1))
+    assert network.shapes and set(network.shapes) == {(16, 16, 8)}
+
+
+def test_lesion_voxels_is_the_argmax_of_the_two_logits_with_ties_to_background():
+    logits = torch.randn((2, 2, 9, 7, 5), generator=torch.Generator().manual_seed(1))
+    logits[0, 1, :3] = logits[0, 0, :3]  # ties
+    assert np.array_equal(lesion_voxels(logits), torch.argmax(logits, dim=1).numpy())
+
+
+def test_inference_of_an_image_without_body_voxels_is_background_without_running_the_network():
+    network = _ShapeRecorder().eval()
+    logits = sliding_window_logits(network, torch.zeros((1, 1, 20, 20, 10)), SegmentationTrainingConfig(roi_size=(16, 16, 8)))
+    assert network.shapes == [] and (torch.argmax(logits, dim=1) == 0).all()
 
 
 def test_predict_mask_maps_back_to_the_input_grid(tmp_path):
