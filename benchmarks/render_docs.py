@@ -120,18 +120,19 @@ METHODS = """\
   `python benchmarks/bench_e2e.py --sizes 100 --merge` measures the 100-patient point on its own (about
   11 minutes) and keeps the sizes measured before on the same machine (`make bench` merges the same way);
   the per-size table gives when each size was measured and the load at its start.
-* **Production path (`daemon.*`)**: measured on a quiet machine (1-minute load 1.4 before the burst, 4.6 after
+* **Production path (`daemon.*`)**: measured on a quiet machine (1-minute load 1.7 before the burst, 4.9 after
   it: the benchmark's own processes). A single study's chain is three runs, each a process
-  (`daemon.single_study_hops_median_s`, `daemon.single_study_runs`): study stable to intake end ~6 s (queue to
-  start ~3 s, run 0.6 s), the patient's refresh ~22 s (~3 s to start, ~18 s to run: it rebuilds every asset of the
-  patient, EHR and genomics included, so Great Expectations checks, EHR extracts and de-identification with spaCy
-  run for a new imaging study), export ~8 s (~3 s to start, ~1 s to run); the chain's sensors ticked every 5.0 s
-  (median; `daemon.sensor_tick_gaps`). Loading the code location no longer imports torch, MONAI, Presidio/spaCy or
-  MLflow (`daemon.definitions_import_s`, 10.8 s of import time before at load ~1, 2.6 s after). In the burst, 20
-  refresh runs of ~50 s share the queue's 4 slots on 2 cores (`daemon.burst_runs`: refresh queued to started,
-  median 149 s): the burst is bound by CPU, not by ticks. Intake and export runs go first (`dagster/priority` 1;
-  exports waited a median 15 s). Reaching the targets needs refreshes that rebuild only the changed modality's
-  assets, not more sensor ticks.
+  (`daemon.single_study_hops_median_s`, `daemon.single_study_runs`): study stable to intake end ~7 s (queue to
+  start ~3 s, run 0.6 s), the patient's refresh ~15 s (~3 s to start, ~10.5 s to run: since a refresh reruns
+  only the changed sources' branches, a follow-up study rebuilds imaging, radiomics, features and
+  recommendations, not notes, EHR or variants; it was 18 s to run and 36.8 s for the chain before), export ~6 s
+  (~3 s to start, ~1 s to run); the chain's sensors ticked every 5.0 s (median; `daemon.sensor_tick_gaps`).
+  About 17 s of the 27.6 s are sensor waits and run start-ups of three runs: the 15 s target needs fewer hops
+  (the export inside the refresh run, or one run from study to export), not faster assets. Loading the code
+  location no longer imports torch, MONAI, Presidio/spaCy or MLflow (`daemon.definitions_import_s`). In the
+  burst every patient is new, so each refresh rebuilds all its sources: 20 refresh runs of ~46 s share the
+  queue's 4 slots on 2 cores (`daemon.burst_runs`: refresh queued to started, median 145 s): the burst is bound
+  by CPU, not by ticks.
 """
 
 
