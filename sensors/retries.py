@@ -7,14 +7,15 @@ it again, so the study or patient it was processing is silently left behind. ``m
 runs of the sensor chain's jobs and requests the same work again (job, partition, asset selection, run config) as a
 new run tagged ``radplan/retry_of``; a run that still waits for the daemon's retry after ``RETRY_OVERDUE_S`` is
 treated the same way. The policy's limits hold: a step failure is retried only where the instance retries step
-failures, and each failed run's lineage gets at most ``max_retries`` of these runs.
+failures or where the step raised a database error (an outage under the run: ``DATABASE_ERRORS``), and each failed
+run's lineage gets at most ``max_retries`` of these runs.
 """
 
 import datetime as dt
 import time
 from dataclasses import dataclass
 
-from dagster import DagsterRunStatus, DefaultSensorStatus, RunRequest, RunsFilter, SensorEvaluationContext, SensorResult, SkipReason, sensor
+from dagster import DagsterEventType, DagsterRunStatus, DefaultSensorStatus, RunRequest, RunsFilter, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
 from jobs import cohort_refresh_job, export_job, ingest_job, patient_refresh_job
 
@@ -30,6 +31,10 @@ FAILURE_REASON_TAG = "dagster/failure_reason"
 MAX_RETRIES_TAG = "dagster/max_retries"
 RETRY_NUMBER_TAG = "dagster/retry_number"
 PARTITION_TAG = "dagster/partition"
+# A step that raised one of these lost its database (the instance's Postgres going away under a run writing events,
+# seen in tests/production/test_daemon_operations.py): an outage, not the data, so it is retried even where the policy
+# leaves step failures to the operator (psycopg2/sqlalchemy/sqlite3 OperationalError and InterfaceError).
+DATABASE_ERRORS = frozenset({"OperationalError", "InterfaceError", "DagsterPostgresException"})
 # The daemon retries within seconds of the failure; one still pending after this is taken as lost.
 RETRY_OVERDUE_S = 600
 # Failed runs looked at: those updated in the last day (older ones are the operator's, in the UI).
@@ -42,15 +47,37 @@ class RetryPolicy:
     retry_on_step_failure: bool
 
 
-def missed_retry_reason(tags: dict, ended_at: float | None, now: float, policy: RetryPolicy) -> str | None:
-    """Why this failed run needs the safety net's retry, or None when it does not (plain values: unit-tested)."""
+def database_error(errors) -> str | None:
+    """The class name of the first database error (``DATABASE_ERRORS``) in these errors or their causes and contexts;
+    None when there is none. ``errors``: Dagster ``SerializableErrorInfo`` objects (or anything with ``cls_name``,
+    ``cause`` and ``context``)."""
+    pending = list(errors)
+    while pending:
+        error = pending.pop(0)
+        if error is None:
+            continue
+        if error.cls_name in DATABASE_ERRORS:
+            return error.cls_name
+        pending.extend((error.cause, error.context))
+    return None
+
+
+def missed_retry_reason(tags: dict, ended_at: float | None, now: float, policy: RetryPolicy,
+                        step_database_error: str | None = None) -> str | None:
+    """Why this failed run needs the safety net's retry, or None when it does not (plain values: unit-tested).
+
+    ``step_database_error``: the database error class a failed step raised (:func:`database_error`), if any.
+    """
     if tags.get(AUTO_RETRY_RUN_ID_TAG):
         return None  # the daemon retried it
     max_retries = int(tags.get(MAX_RETRIES_TAG, policy.max_retries))
     if int(tags.get(RETRY_NUMBER_TAG, 0)) >= max_retries or int(tags.get(SAFETY_RETRIES_TAG, 0)) >= max_retries:
         return None  # retries spent
     if tags.get(FAILURE_REASON_TAG) == "STEP_FAILURE" and not policy.retry_on_step_failure:
-        return None  # a step raised: the policy leaves it to the operator
+        if step_database_error is None:
+            return None  # a step raised: the policy leaves it to the operator
+        # Dagster files a step whose event write hit a dead database as an asset failure and never retries it.
+        return f"a step failed on a database error ({step_database_error}), not on its data"
     will_retry = tags.get(WILL_RETRY_TAG)
     if will_retry == "false":
         # The policy allows a retry (checked above) yet the daemon said no: its retry attempt raised.
@@ -100,7 +127,12 @@ def missed_retry_sensor(context: SensorEvaluationContext) -> SensorResult:
     requests = []
     for record in failed:
         run = record.dagster_run
-        reason = missed_retry_reason(dict(run.tags), record.end_time, now, policy)
+        tags = dict(run.tags)
+        step_error = None
+        if tags.get(FAILURE_REASON_TAG) == "STEP_FAILURE" and not policy.retry_on_step_failure:
+            failures = instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_FAILURE)
+            step_error = database_error(entry.dagster_event.step_failure_data.error for entry in failures if entry.dagster_event)
+        reason = missed_retry_reason(tags, record.end_time, now, policy, step_error)
         if reason is None:
             continue
         partition = run.tags.get(PARTITION_TAG)

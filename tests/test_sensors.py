@@ -129,6 +129,28 @@ def test_missed_retry_reason_follows_the_retry_policy():
     assert missed_retry_reason({"dagster/will_retry": "false", "dagster/max_retries": "0"}, now, now, policy) is None
 
 
+def test_a_step_that_lost_its_database_is_retried_where_step_failures_are_not():
+    from dagster._utils.error import SerializableErrorInfo
+
+    from sensors.retries import RetryPolicy, database_error, missed_retry_reason
+
+    # As Dagster recorded it when Postgres was killed under a refresh writing its events (psycopg2 under sqlalchemy).
+    driver = SerializableErrorInfo("psycopg2.OperationalError: server closed the connection unexpectedly", [], "OperationalError")
+    wrapped = SerializableErrorInfo("sqlalchemy.exc.OperationalError: (psycopg2.OperationalError) ...", [], "OperationalError", cause=driver)
+    step = SerializableErrorInfo("dagster._core.errors.DagsterExecutionStepExecutionError: Error occurred while executing", [],
+                                 "DagsterExecutionStepExecutionError", cause=wrapped)
+    data = SerializableErrorInfo("ValueError: lesion mask is empty", [], "ValueError",
+                                 context=SerializableErrorInfo("KeyError: 'x'", [], "KeyError"))
+    assert database_error([step]) == "OperationalError"
+    assert database_error([data]) is None and database_error([]) is None
+
+    now, policy = 1_000_000.0, RetryPolicy(max_retries=2, retry_on_step_failure=False)
+    failed = {"dagster/will_retry": "false", "dagster/failure_reason": "STEP_FAILURE"}
+    assert "database error (OperationalError)" in missed_retry_reason(failed, now, now, policy, database_error([step]))
+    assert missed_retry_reason(failed, now, now, policy, database_error([data])) is None
+    assert missed_retry_reason({**failed, "radplan/safety_retries": "2"}, now, now, policy, "OperationalError") is None
+
+
 def test_missed_retry_sensor_runs_the_same_work_again_once(tmp_path, monkeypatch):
     from dagster import AssetKey, DagsterRunStatus, instance_for_test
 
