@@ -9,8 +9,7 @@ count and foreground fraction are recorded next to the timings.
 Timed per run (median of ``--runs``): read the DICOM series, resample it to 1.5 mm, infer (MONAI sliding
 window), split it into lesions, resample the label map back to the source grid, write the DICOM SEG. Rows:
 - onnxruntime (CPU execution provider, 2 intra-op threads) vs torch (2 threads) with the training ROI;
-- with ``--whole-volume``, both on the body's bounding box in one call (dynamic spatial axes: one window, no tile overlap);
-  every mode first crops the resampled volume to the body's bounding box (voxels above the HU window floor);
+  both crop the resampled volume to the body's bounding box first (voxels above the HU window floor);
 - the RTSTRUCT writer alone, on the onnxruntime mask.
 
 ``pacs`` row: with a real Orthanc (StableAge 1 s), the time from Orthanc's StableStudy event to the SEG stored
@@ -49,11 +48,6 @@ def _median_run(label: str, runs: int, function) -> tuple[float, list[float], di
         times.append(round(time.perf_counter() - started, 3))
         print(f"{label}: run {index + 1}/{runs} {times[-1]:.2f} s (load {load_average()})", flush=True)
     return statistics.median(times), times, last
-
-
-def _whole_volume_config(config):
-    """The same config inferring the body's bounding box in one window (no voxel cap: the benchmark volume fits)."""
-    return dataclasses.replace(config, whole_volume_max_voxels=2**31 - 1)
 
 
 def _calibrate_foreground(network, config, series_paths, folder: Path, fraction: float) -> float:
@@ -145,7 +139,6 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=1 if QUICK else 3)
     parser.add_argument("--skip-pacs", action="store_true", help="only the single-study latency rows")
-    parser.add_argument("--whole-volume", action="store_true", help="also infer the whole volume in one window (several GB of memory)")
     parser.add_argument("--out", default="inference.json")
     args = parser.parse_args()
 
@@ -176,7 +169,6 @@ def main() -> int:
         onnx_path = segmentation_onnx.export_onnx(network, config, folder / "model.onnx")
         export_s = round(time.perf_counter() - started, 2)
         onnx_network = segmentation_onnx.OnnxSegmentationNetwork(segmentation_onnx.onnx_session(onnx_path, THREADS))
-        whole = _whole_volume_config(config)
 
         def study(net, cfg, name):
             def run():
@@ -185,10 +177,9 @@ def main() -> int:
             return run
 
         measured, peak_rss_mb = {}, {}
-        for key, net, cfg in (("onnx", onnx_network, config), ("torch", network, config),
-                              ("onnx_whole", onnx_network, whole), ("torch_whole", network, whole))[: 4 if args.whole_volume else 2]:
+        for key, net, cfg in (("onnx", onnx_network, config), ("torch", network, config)):
             measured[key] = _median_run(key, args.runs, study(net, cfg, key))
-            # Peak RSS of this process so far: the one-window rows run last, so theirs is the larger when they need more.
+            # Peak RSS of this process so far (torch runs second: its figure covers both).
             peak_rss_mb[key] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
         onnx_result = measured["onnx"][2]
@@ -204,8 +195,7 @@ def main() -> int:
                   "bias_shift": round(bias_shift, 4), "onnx_export_s": export_s,
                   "load_average_at_start": load_at_start, "shared_machine": True, **mask_info}
         rows = []
-        for key, peer, label in (("onnx", "torch", "body bounding box in sliding-window tiles, training ROI 48x48x32, overlap 0.25"),
-                                 ("onnx_whole", "torch_whole", "body bounding box in one window"))[: 2 if args.whole_volume else 1]:
+        for key, peer, label in (("onnx", "torch", "body bounding box in sliding-window tiles, training ROI 48x48x32, overlap 0.25"),):
             ours, peers = measured[key], measured[peer]
             rows.append(result_row(
                 f"study_seg_latency_{key}", radplan=round(ours[0], 2), peer=round(peers[0], 2), unit="s (median wall time; peer: torch)",

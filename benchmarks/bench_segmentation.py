@@ -10,9 +10,9 @@ to 2 threads, ``max_train_cpu_seconds`` = minutes x 60 x threads (what a dedicat
 time; the fit stops there even if epochs remain) and ``max_train_seconds`` = a wall-clock cap for a shared
 machine. Its own validation split (``val_fraction``) holds out whole training patients.
 
-Evaluation on the held-out images: sliding-window inference + post-processing (``postprocess_mask``) (and once more
-with each image's body box in one window: ``one_window_inference``), then
-- per image: Dice and HD95 (mm) of all lesions together (MONAI ``compute_dice`` / ``compute_hausdorff_distance``);
+Evaluation on the held-out images: sliding-window inference + post-processing (``postprocess_mask``), then
+- per image: Dice and HD95 (mm) of all lesions together (MONAI ``compute_dice`` / ``compute_hausdorff_distance``),
+  and where Dice is lost (``detection``: voxel precision and recall, missed lesions, false-positive components);
 - per lesion: ``lesion_metrics`` (predicted voxels attributed to the nearest true lesion), grouped by the
   lesion's site as the generator drew it (``Lesion.site``: "lung" or "soft_tissue"; there is no finer
   organ notion in radplan.synth). A study may hold lesions of both sites, so sites are a per-lesion notion.
@@ -41,6 +41,7 @@ warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from scipy import ndimage  # noqa: E402
 from _common import QUICK, load_average, machine, now, write_results  # noqa: E402
 from seg_cohort import build_cohort  # noqa: E402
 
@@ -62,15 +63,34 @@ def _summary(values, clusters) -> dict:
     return bootstrap_mean_ci(values, clusters, n_bootstrap=1000, seed=0)
 
 
+def detection(prediction: np.ndarray, truth: np.ndarray) -> dict:
+    """Where the Dice is lost in one image: voxel precision and recall, true lesions without a predicted voxel, and
+    predicted components (26-connectivity) that touch no true lesion."""
+    predicted, expected = prediction != 0, truth != 0
+    overlap = int((predicted & expected).sum())
+    components, count = ndimage.label(predicted, structure=np.ones((3, 3, 3), dtype=bool))
+    touching = set(np.unique(components[expected]).tolist()) - {0}
+    lesions = [int(v) for v in np.unique(truth) if v > 0]
+    return {"precision": overlap / predicted.sum() if predicted.any() else float("nan"),
+            "recall": overlap / expected.sum() if expected.any() else float("nan"),
+            "lesion_voxels": int(expected.sum()), "lesions": len(lesions), "missed_lesions": sum(1 for v in lesions if not predicted[truth == v].any()),
+            "false_positive_components": count - len(touching),
+            "false_positive_voxels": int(np.isin(components, [c for c in range(1, count + 1) if c not in touching]).sum())}
+
+
 def evaluate(network, records: list[dict], config: SegmentationTrainingConfig) -> dict:
     pairs = [(r["image"], r["label"]) for r in records]
     per_image, per_lesion = [], []
     for record, (prediction, truth, spacing) in zip(records, predicted_and_true_masks(network, pairs, config)):
-        per_image.append({"patient": record["patient"], **overlap_metrics(prediction, truth, spacing)})
+        per_image.append({"patient": record["patient"], **overlap_metrics(prediction, truth, spacing), **detection(prediction, truth)})
         for lesion, scores in lesion_metrics(prediction, truth, spacing).items():
             per_lesion.append({"patient": record["patient"], "site": record["sites"][str(lesion)], **scores})
     images = {"dice": _summary([r["dice"] for r in per_image], [r["patient"] for r in per_image]),
-              "hd95_mm": _summary([r["hd95_mm"] for r in per_image], [r["patient"] for r in per_image])}
+              "hd95_mm": _summary([r["hd95_mm"] for r in per_image], [r["patient"] for r in per_image]),
+              "detection": {"voxel_precision": _summary([r["precision"] for r in per_image], [r["patient"] for r in per_image]),
+                            "voxel_recall": _summary([r["recall"] for r in per_image], [r["patient"] for r in per_image]),
+                            **{key: int(sum(r[key] for r in per_image)) for key in
+                               ("lesions", "missed_lesions", "false_positive_components", "false_positive_voxels", "lesion_voxels")}}}
     by_site = defaultdict(list)
     for row in per_lesion:
         by_site[row["site"]].append(row)
@@ -125,11 +145,6 @@ def main() -> None:
         started = time.perf_counter()
         held_out_scores = evaluate(network, held_out, config)
         evaluation_seconds = time.perf_counter() - started
-        # The same model and images inferred in one window per image instead of tiles (whole_volume_max_voxels).
-        one_window = dataclasses.replace(config, whole_volume_max_voxels=2**31 - 1)
-        started = time.perf_counter()
-        one_window_scores = evaluate(network, held_out, one_window)
-        one_window_seconds = time.perf_counter() - started
 
     row = {
         "name": "segmentation_held_out",
@@ -148,8 +163,6 @@ def main() -> None:
         "patches_per_step": config.batch_size * config.samples_per_volume,
         "max_epochs": config.max_epochs, "val_dice_training_split": summary["val_dice"],
         "evaluation_seconds": round(evaluation_seconds, 1),
-        "one_window_inference": {"dice": one_window_scores["dice"], "hd95_mm": one_window_scores["hd95_mm"],
-                                 "evaluation_seconds": round(one_window_seconds, 1)},
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()},
         "target_dice": TARGET_DICE,
         **held_out_scores,
@@ -158,8 +171,10 @@ def main() -> None:
     path = write_results("segmentation.json", [row])
     print(f"held-out Dice {row['dice']['mean']:.3f} [{row['dice']['ci_low']:.3f}, {row['dice']['ci_high']:.3f}], "
           f"HD95 {row['hd95_mm']['mean']:.1f} mm, {row['epochs']} epochs in {row['train_seconds']:.0f} s -> {path}")
-    print(f"  one window per image: Dice {row['one_window_inference']['dice']['mean']:.3f}, "
-          f"evaluation {row['one_window_inference']['evaluation_seconds']:.0f} s vs {row['evaluation_seconds']:.0f} s in tiles")
+    found = row["detection"]
+    print(f"  voxel precision {found['voxel_precision']['mean']:.3f}, recall {found['voxel_recall']['mean']:.3f}; "
+          f"{found['missed_lesions']}/{found['lesions']} lesions missed; {found['false_positive_components']} false-positive "
+          f"components ({found['false_positive_voxels']} voxels vs {found['lesion_voxels']} lesion voxels)")
     for site, scores in row["sites"].items():
         print(f"  {site}: {scores['lesions']} lesions, Dice {scores['dice']['mean']:.3f} [{scores['dice']['ci_low']:.3f}, "
               f"{scores['dice']['ci_high']:.3f}], HD95 {scores['hd95_mm']['mean']:.1f} mm ({scores['hd95_mm']['n_undefined']} undefined)")
