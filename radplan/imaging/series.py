@@ -12,6 +12,7 @@ decodes the pixels.
 
 from __future__ import annotations
 
+import struct
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -61,6 +62,12 @@ def is_image_sop_class(sop_class_uid: str) -> bool:
     return name.endswith("Image Storage") or name == "Segmentation Storage"
 
 
+# What pydicom raises for truncated or corrupt element streams (and unknown VRs, odd value lengths); struct.error:
+# a file cut inside an element header (CT_small.dcm cut at byte 152, found by tests/reliability/test_parser_properties.py).
+_CORRUPT_STREAM_ERRORS = (EOFError, OSError, ValueError, KeyError, TypeError, IndexError, NotImplementedError, BytesLengthException,
+                          struct.error)
+
+
 def read_dataset(path: Path, *, with_pixels: bool) -> pydicom.Dataset:
     """pydicom read with InvalidDicomError for anything unreadable; large values deferred unless ``with_pixels``."""
     try:
@@ -69,8 +76,7 @@ def read_dataset(path: Path, *, with_pixels: bool) -> pydicom.Dataset:
         return pydicom.dcmread(path, defer_size=_DEFER_VALUES_ABOVE_BYTES)
     except PydicomInvalidDicomError as exc:
         raise InvalidDicomError(f"{path.name}: not a DICOM Part 10 file ({exc})") from exc
-    except (EOFError, OSError, ValueError, KeyError, TypeError, IndexError, NotImplementedError, BytesLengthException) as exc:
-        # pydicom raises these for truncated or corrupt element streams (and unknown VRs, odd value lengths).
+    except _CORRUPT_STREAM_ERRORS as exc:
         raise InvalidDicomError(f"{path.name}: unreadable DICOM ({type(exc).__name__}: {exc})") from exc
 
 
@@ -111,7 +117,7 @@ def instance_header_from_dataset(path: Path, ds: pydicom.Dataset) -> InstanceHea
             has_pixel_data=any(keyword in ds for keyword in _PIXEL_DATA_KEYWORDS),
             frame_of_reference_uid=frame_of_reference,
         )
-    except (EOFError, OSError, ValueError, TypeError, NotImplementedError, BytesLengthException) as exc:
+    except _CORRUPT_STREAM_ERRORS as exc:
         # Deferred/lazily converted values are parsed here; a truncated or corrupt header surfaces now.
         raise InvalidDicomError(f"{path.name}: corrupt header ({type(exc).__name__}: {exc})") from exc
 

@@ -186,6 +186,15 @@ def test_deidentified_dicom_keeps_no_identifier(case):
     assert not any(elem.tag.is_private for elem in output.iterall())
 
 
+@pytest.mark.parametrize("cut_at", [152, 140, 131])
+def test_a_file_cut_inside_its_meta_header_is_a_clean_error(cut_at, tmp_path):
+    # Found by the property test below in a fresh clone: pydicom's struct.error escaped read_instance_header.
+    source = tmp_path / "in.dcm"
+    source.write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes()[:cut_at])
+    with pytest.raises(InvalidDicomError, match="in.dcm"):
+        read_instance_header(source)
+
+
 @FUZZ
 @given(st.data())
 def test_dicom_ingest_and_deidentifier_on_mutated_real_files_fail_cleanly(data):
