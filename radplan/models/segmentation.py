@@ -260,6 +260,15 @@ def build_network(config: SegmentationTrainingConfig) -> torch.nn.Module:
     )
 
 
+def nonzero_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """Bounding box (one slice per axis) of the nonzero elements of ``mask``; None when there are none."""
+    mask = np.asarray(mask) != 0
+    if not mask.any():
+        return None
+    spans = (np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis))) for axis in range(mask.ndim))
+    return tuple(slice(int(present[0]), int(present[-1]) + 1) for present in spans)
+
+
 def body_box(image: torch.Tensor) -> tuple[slice, ...] | None:
     """Bounding box (spatial slices) of the voxels above the HU window floor in any image of the batch; None if none.
 
@@ -267,15 +276,7 @@ def body_box(image: torch.Tensor) -> tuple[slice, ...] | None:
     cropping to it leaves what the network sees unchanged (only the tile grid moves) and skips the air around the
     body. Training crops the same way (``CropForegroundd`` with :func:`_inside_window`).
     """
-    inside = (image > 0).reshape(image.shape[0] * image.shape[1], *image.shape[2:]).any(dim=0)
-    if not bool(inside.any()):
-        return None
-    box = []
-    for axis in range(inside.ndim):
-        others = tuple(a for a in range(inside.ndim) if a != axis)
-        present = torch.nonzero(inside.any(dim=others)).flatten()
-        box.append(slice(int(present[0]), int(present[-1]) + 1))
-    return tuple(box)
+    return nonzero_box((image > 0).reshape(image.shape[0] * image.shape[1], *image.shape[2:]).any(dim=0).cpu().numpy())
 
 
 def sliding_window_logits(network: torch.nn.Module, image: torch.Tensor, config: SegmentationTrainingConfig) -> torch.Tensor:
@@ -321,12 +322,10 @@ def postprocess_mask(mask: np.ndarray, spacing_mm: Sequence[float], min_volume_m
     if len(spacing_mm) != foreground.ndim:
         raise ValueError(f"spacing {tuple(spacing_mm)} has {len(spacing_mm)} values for a {foreground.ndim}-D mask")
     cleaned = np.zeros(foreground.shape, dtype=np.uint8)
-    if not foreground.any():
-        return cleaned
     # Components lie inside the foreground's bounding box: label that box only (lesions are a small part of a volume).
-    box = tuple(slice(int(present[0]), int(present[-1]) + 1)
-                for present in (np.flatnonzero(foreground.any(axis=tuple(a for a in range(foreground.ndim) if a != axis)))
-                                for axis in range(foreground.ndim)))
+    box = nonzero_box(foreground)
+    if box is None:
+        return cleaned
     components, count = ndimage.label(foreground[box], structure=np.ones((3,) * foreground.ndim, dtype=bool))
     voxel_mm3 = float(np.prod(spacing_mm))
     sizes = np.bincount(components.ravel(), minlength=count + 1) * voxel_mm3
