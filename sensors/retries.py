@@ -13,7 +13,9 @@ run's lineage gets at most ``max_retries`` of these runs.
 
 import datetime as dt
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from dagster import DagsterEventType, DagsterRunStatus, DefaultSensorStatus, RunRequest, RunsFilter, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
@@ -63,10 +65,11 @@ def database_error(errors) -> str | None:
 
 
 def missed_retry_reason(tags: dict, ended_at: float | None, now: float, policy: RetryPolicy,
-                        step_database_error: str | None = None) -> str | None:
+                        step_database_error: Callable[[], str | None] = lambda: None) -> str | None:
     """Why this failed run needs the safety net's retry, or None when it does not (plain values: unit-tested).
 
-    ``step_database_error``: the database error class a failed step raised (:func:`database_error`), if any.
+    ``step_database_error``: gives the database error class a failed step raised (:func:`database_error`), if any;
+    called only for a step failure the policy would not retry, since it reads the run's events.
     """
     if tags.get(AUTO_RETRY_RUN_ID_TAG):
         return None  # the daemon retried it
@@ -74,10 +77,11 @@ def missed_retry_reason(tags: dict, ended_at: float | None, now: float, policy: 
     if int(tags.get(RETRY_NUMBER_TAG, 0)) >= max_retries or int(tags.get(SAFETY_RETRIES_TAG, 0)) >= max_retries:
         return None  # retries spent
     if tags.get(FAILURE_REASON_TAG) == "STEP_FAILURE" and not policy.retry_on_step_failure:
-        if step_database_error is None:
+        error = step_database_error()
+        if error is None:
             return None  # a step raised: the policy leaves it to the operator
         # Dagster files a step whose event write hit a dead database as an asset failure and never retries it.
-        return f"a step failed on a database error ({step_database_error}), not on its data"
+        return f"a step failed on a database error ({error}), not on its data"
     will_retry = tags.get(WILL_RETRY_TAG)
     if will_retry == "false":
         # The policy allows a retry (checked above) yet the daemon said no: its retry attempt raised.
@@ -85,6 +89,12 @@ def missed_retry_reason(tags: dict, ended_at: float | None, now: float, policy: 
     if ended_at is not None and now - ended_at > RETRY_OVERDUE_S:
         return f"no retry {RETRY_OVERDUE_S} s after the failure"
     return None
+
+
+def _step_database_error(instance, run_id: str) -> str | None:
+    """:func:`database_error` of the errors the run's failed steps raised (read from its event log)."""
+    failures = instance.all_logs(run_id, of_type=DagsterEventType.STEP_FAILURE)
+    return database_error(entry.dagster_event.step_failure_data.error for entry in failures if entry.dagster_event)
 
 
 def _same_work(run, other) -> bool:
@@ -127,12 +137,7 @@ def missed_retry_sensor(context: SensorEvaluationContext) -> SensorResult:
     requests = []
     for record in failed:
         run = record.dagster_run
-        tags = dict(run.tags)
-        step_error = None
-        if tags.get(FAILURE_REASON_TAG) == "STEP_FAILURE" and not policy.retry_on_step_failure:
-            failures = instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_FAILURE)
-            step_error = database_error(entry.dagster_event.step_failure_data.error for entry in failures if entry.dagster_event)
-        reason = missed_retry_reason(tags, record.end_time, now, policy, step_error)
+        reason = missed_retry_reason(dict(run.tags), record.end_time, now, policy, partial(_step_database_error, instance, run.run_id))
         if reason is None:
             continue
         partition = run.tags.get(PARTITION_TAG)

@@ -146,9 +146,9 @@ def test_a_step_that_lost_its_database_is_retried_where_step_failures_are_not():
 
     now, policy = 1_000_000.0, RetryPolicy(max_retries=2, retry_on_step_failure=False)
     failed = {"dagster/will_retry": "false", "dagster/failure_reason": "STEP_FAILURE"}
-    assert "database error (OperationalError)" in missed_retry_reason(failed, now, now, policy, database_error([step]))
-    assert missed_retry_reason(failed, now, now, policy, database_error([data])) is None
-    assert missed_retry_reason({**failed, "radplan/safety_retries": "2"}, now, now, policy, "OperationalError") is None
+    assert "database error (OperationalError)" in missed_retry_reason(failed, now, now, policy, lambda: database_error([step]))
+    assert missed_retry_reason(failed, now, now, policy, lambda: database_error([data])) is None
+    assert missed_retry_reason({**failed, "radplan/safety_retries": "2"}, now, now, policy, lambda: "OperationalError") is None
 
 
 def test_missed_retry_sensor_runs_the_same_work_again_once(tmp_path, monkeypatch):
