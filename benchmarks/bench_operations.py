@@ -9,7 +9,9 @@ dagster-webserver processes, Orthanc as the PACS), and the sensor chain is turne
 2. single study: ``--single`` follow-up studies, one at a time, each after the previous one is exported.
 
 Latency of a study = from "stable in Orthanc" (the StableStudy change, seen by a 0.25 s poller of the change
-feed) to the end of the export run that rewrote its patient's report after the patient's refresh. Figures are
+feed) to its patient's FHIR bundle and report written by the patient's refresh run (the patient_report
+materialization); ``*_table_*`` figures run on to the end of the export run that rewrote the cohort's
+recommendations table after it. Figures are
 merged into benchmarks/results/operations.json (keys ``daemon.*``; other keys, e.g. ``scale.*``, are kept).
 
     python benchmarks/bench_operations.py [--patients 20 --studies 50 --single 3] [--demo-home DIR] [--home DIR]
@@ -97,19 +99,27 @@ def _study_files(home: Path, patients: range, studies_wanted: int) -> list[list[
     return studies
 
 
-def _latencies(stack, clock: StableStudyClock, sent: dict[str, str], timeout_s: float) -> tuple[list[float], dict]:
-    from support.production_stack import chains_complete
+def _latencies(stack, clock: StableStudyClock, sent: dict[str, str], timeout_s: float) -> tuple[list[float], list[float], dict]:
+    """Per study: seconds from stable to its patient's report written (in the refresh run), and to the recommendations
+    table rewritten (the export run after it); the median of each hop."""
+    from support.production_stack import chains_complete, report_written_at
 
     chains = chains_complete(stack, sent, timeout_s)
-    latencies, hops = [], {"stable_to_intake_end": [], "intake_end_to_refresh_end": [], "refresh_end_to_export_end": []}
-    for study, chain in chains.items():
-        stable = clock.seen[study]
-        latencies.append(chain["export"].end_time - stable)
-        hops["stable_to_intake_end"].append(chain["intake"].end_time - stable)
-        # 0 where the refresh of the study's inputs had already run: an earlier intake (a whole-PACS rescan) pulled it
-        hops["intake_end_to_refresh_end"].append(max(0.0, chain["refresh"].end_time - chain["intake"].end_time))
-        hops["refresh_end_to_export_end"].append(chain["export"].end_time - chain["refresh"].end_time)
-    return latencies, {name: _median(values) for name, values in hops.items()}
+    to_report, to_table = [], []
+    hops = {"stable_to_intake_end": [], "intake_end_to_report": [], "report_to_table_export_end": []}
+    with stack.instance() as instance:
+        for study, chain in chains.items():
+            stable = clock.seen[study]
+            report = report_written_at(instance, chain["refresh"].dagster_run.run_id)
+            if report is None:
+                raise RuntimeError(f"refresh run {chain['refresh'].dagster_run.run_id} has no patient_report materialization")
+            to_report.append(report - stable)
+            to_table.append(chain["export"].end_time - stable)
+            hops["stable_to_intake_end"].append(chain["intake"].end_time - stable)
+            # 0 where the refresh of the study's inputs had already run: an earlier intake (a whole-PACS rescan) pulled it
+            hops["intake_end_to_report"].append(max(0.0, report - chain["intake"].end_time))
+            hops["report_to_table_export_end"].append(chain["export"].end_time - report)
+    return to_report, to_table, {name: _median(values) for name, values in hops.items()}
 
 
 def _run_costs(stack, after: float) -> dict:
@@ -209,22 +219,23 @@ def main() -> int:
         send_concurrently(stack.orthanc, burst)
         send_s = time.time() - burst_started
         sent = {study: pseudonymizer.patient_key(pid) for study, pid in study_patient_ids(stack.orthanc).items() if study not in known}
-        burst_latencies, burst_hops = _latencies(stack, clock, sent, args.timeout_s)
+        burst_latencies, burst_table, burst_hops = _latencies(stack, clock, sent, args.timeout_s)
         burst_wall_s = time.time() - burst_started
         burst_costs = _run_costs(stack, burst_started)
         load_after_burst = load_average()
 
         from support.arrivals import add_follow_up_study
 
-        single_latencies, single_hops = [], []
+        single_latencies, single_table, single_hops = [], [], []
         single_started = time.time()
         for repeat in range(args.single):
             files = add_follow_up_study(home / "landing", patients[repeat % len(patients)], seed=DEMO_SEED, follow_up=100 + repeat)
             known = set(study_patient_ids(stack.orthanc))
             stack.orthanc.store(files)
             sent = {study: pseudonymizer.patient_key(pid) for study, pid in study_patient_ids(stack.orthanc).items() if study not in known}
-            latencies, hops = _latencies(stack, clock, sent, args.timeout_s)
+            latencies, table, hops = _latencies(stack, clock, sent, args.timeout_s)
             single_latencies += latencies
+            single_table += table
             single_hops.append(hops)
         single_costs = _run_costs(stack, single_started)
         clock.halt.set()
@@ -237,6 +248,7 @@ def main() -> int:
         "daemon.burst_p95_s": _quantile(burst_latencies, 0.95),
         "daemon.burst_max_s": _quantile(burst_latencies, 1.0),
         "daemon.burst_target_p95_s": 60,
+        "daemon.burst_table_p95_s": _quantile(burst_table, 0.95),
         "daemon.burst_wall_s": round(burst_wall_s, 1),
         "daemon.burst_storescu_send_s": round(send_s, 1),
         "daemon.burst_hops_median_s": burst_hops,
@@ -244,6 +256,7 @@ def main() -> int:
         "daemon.single_study_s": _median(single_latencies),
         "daemon.single_study_runs_s": [round(v, 1) for v in single_latencies],
         "daemon.single_study_target_s": 15,
+        "daemon.single_study_table_s": _median(single_table),
         "daemon.single_study_hops_median_s": {name: _median(h[name] for h in single_hops) for name in single_hops[0]} if single_hops else {},
         "daemon.single_study_runs": single_costs,
         "daemon.sensor_interval_s": Settings.from_env().sensor_interval_s,

@@ -177,7 +177,7 @@ def _daemon_rows(payload: dict) -> list[dict]:
     rows = [{"name": f"daemon_burst_p95 ({payload['daemon.burst_studies']} studies, {payload['daemon.burst_patients']} patients)",
              "radplan": payload["daemon.burst_p95_s"], "peer": payload["daemon.burst_target_p95_s"], "unit": "s",
              "ratio": round(payload["daemon.burst_p95_s"] / payload["daemon.burst_target_p95_s"], 3), "target": "<= 1",
-             "peer_tool": "the p95 target, study stable in Orthanc -> recommendation exported", **daemon}]
+             "peer_tool": "the p95 target, study stable in Orthanc -> its patient's report and FHIR bundle written", **daemon}]
     if payload.get("daemon.single_study_s") is not None:
         rows.append({"name": "daemon_single_study", "radplan": payload["daemon.single_study_s"],
                      "peer": payload["daemon.single_study_target_s"], "unit": "s",

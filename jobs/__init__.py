@@ -50,16 +50,17 @@ cohort_job = define_asset_job(
 
 recommendation_job = define_asset_job(
     "recommendation_job",
-    selection=AssetSelection.assets("patient_recommendations"),
+    selection=AssetSelection.assets("patient_recommendations", "patient_report"),
     partitions_def=patient_partitions,
-    description="Per patient: rules + model scores + PGx + trials -> ranked recommendations with rationale.",
+    description="Per patient: rules + model scores + PGx + trials -> ranked recommendations with rationale, and the "
+    "patient's FHIR R4 bundle and HTML report.",
 )
 
 export_job = define_asset_job(
     "export_job",
     selection=AssetSelection.assets("recommendation_export"),
     tags={**EXPORT_TAGS, **CHAIN_END_PRIORITY},
-    description="Write what clinicians use: Parquet, CSV, FHIR R4 bundles, HTML reports, model report.",
+    description="Write the cohort's recommendations table (Parquet, CSV, data dictionary) for analysts and downstream systems.",
 )
 
 # Incremental path (sensors): one patient's partitions, then the cohort level in batches.
@@ -87,7 +88,7 @@ patient_refresh_job = define_asset_job(
     "patient_refresh_job",
     selection=PATIENT_ASSETS,
     partitions_def=patient_partitions,
-    description="One patient's partition of the per-patient assets, from intake to recommendations: the patient refresh "
+    description="One patient's partition of the per-patient assets, from intake to recommendations and the patient's report: the patient refresh "
     "sensor requests the branches of the input sources that changed (a new study: imaging, its radiomics and what joins "
     "them), or all of them for a new patient.",
 )
@@ -95,7 +96,7 @@ patient_refresh_job = define_asset_job(
 cohort_refresh_job = define_asset_job(
     "cohort_refresh_job",
     selection=cohort_job.selection | export_job.selection,
-    description="Cohort table, strata, response model and the full clinician exports, once per batch of patient updates.",
+    description="Cohort table, strata, response model and the recommendations table, once per batch of patient updates.",
 )
 
 retraining_job = define_asset_job(
@@ -160,7 +161,7 @@ def _utc_schedule(name: str, job, cron_schedule: str, description: str) -> Sched
 ALL_SCHEDULES = [
     _utc_schedule("nightly_cohort_refresh", cohort_job, "0 2 * * *",
                   "Nightly: rebuild the cohort table, strata and response scores from the patients' latest features."),
-    _utc_schedule("nightly_export", export_job, "0 4 * * *", "Nightly: refresh the clinician exports after the cohort refresh."),
+    _utc_schedule("nightly_export", export_job, "0 4 * * *", "Nightly: rewrite the recommendations table after the cohort refresh."),
     _utc_schedule("weekly_retraining", retraining_job, "0 3 * * 0",
                   "Weekly: retrain the segmentation and response models (champion/challenger)."),
     _utc_schedule("daily_monitoring", monitoring_job, "0 5 * * *",

@@ -5,8 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
-from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
-from pydantic import Field
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from radplan.decision import export, recommend, rules, trials
 from radplan.genomics.actionable import load_knowledge_base
@@ -79,22 +78,15 @@ def _key_slice(lake: LakeResource, masks: pd.DataFrame, vols: pd.DataFrame) -> b
     return export.key_slice_png(image, mask)
 
 
-class ExportConfig(Config):
-    patient_keys: list[str] = Field(
-        default_factory=list,
-        description="Rewrite only these patients' FHIR bundles and reports (the tables are always rebuilt); empty: every patient.",
-    )
-
-
 @asset(
     group_name="decision",
+    partitions_def=patient_partitions,
     ins={name: optional_input() for name in ("annotated_variants", "pgx_phenotypes", "patient_strata", "predicted_lesion_masks")},
-    description="What clinicians use, in lake/exports: recommendations.parquet and .csv, a validated FHIR R4 Bundle per "
-    "patient, and a self-contained HTML report per patient.",
+    description="What a clinician reads for one patient, written with the patient's recommendations: a validated FHIR R4 "
+    "Bundle (lake/exports/fhir/<patient>.json) and a self-contained HTML report (lake/exports/reports/<patient>.html).",
 )
-def recommendation_export(
+def patient_report(
     context: AssetExecutionContext,
-    config: ExportConfig,
     patient_recommendations: pd.DataFrame,
     patient_features: pd.DataFrame,
     patient_strata: pd.DataFrame,
@@ -105,35 +97,38 @@ def recommendation_export(
     predicted_lesion_masks: pd.DataFrame,
     lake: LakeResource,
 ) -> MaterializeResult:
+    patient_key = context.partition_key
+    # Every patient gets a bundle and a report, also one with no matching rule or trial.
+    columns = list(recommend.RECOMMENDATION_COLUMNS)
+    rows = _rows_of(patient_recommendations, patient_key)[columns].sort_values("rank", ignore_index=True)
+    facts = _facts(patient_features, patient_strata, patient_key)
+    attributions = json.loads(rows["top_attributions"].dropna().iloc[0]) if len(rows) and rows["top_attributions"].notna().any() else []
+    masks = preferred_masks(_rows_of(lesion_masks, patient_key), _rows_of(predicted_lesion_masks, patient_key))
+    provenance = {"Report run id": context.run_id}
+    bundle = export.fhir_bundle(patient_key, rows, facts, provenance=provenance)
+    report = export.render_report_html(
+        patient_key,
+        facts,
+        rows,
+        key_slice_png=_key_slice(lake, masks, _rows_of(normalized_volumes, patient_key)),
+        attribution_png=export.attribution_png(attributions) if attributions else None,
+        variants=_rows_of(annotated_variants, patient_key).reset_index(drop=True),
+        pgx=_rows_of(pgx_phenotypes, patient_key).reset_index(drop=True),
+        radiomics_highlights={k: v for k, v in facts.items() if k.startswith("rad_") or k.endswith("lesion_volume_ml")},
+        provenance=provenance,
+    )
+    summary = export.write_patient_documents({patient_key: bundle}, {patient_key: report}, lake.zone("exports"))
+    return MaterializeResult(metadata={"recommendations": len(rows), "fhir_bytes": summary["bytes"]["fhir"],
+                                       "report_bytes": summary["bytes"]["reports"]})
+
+
+@asset(
+    group_name="decision",
+    description="The cohort's recommendations table for analysts and downstream systems, in lake/exports: "
+    "recommendations.parquet and .csv with their data dictionary (COLUMNS.md, columns.json). Each patient's FHIR bundle "
+    "and report are written by patient_report.",
+)
+def recommendation_export(context: AssetExecutionContext, patient_recommendations: pd.DataFrame, lake: LakeResource) -> MaterializeResult:
     recommendations = patient_recommendations[list(recommend.RECOMMENDATION_COLUMNS)].sort_values(["patient_key", "rank"], ignore_index=True)
-    patients = sorted(patient_features["patient_key"])
-    masks = preferred_masks(lesion_masks, predicted_lesion_masks)
-    if config.patient_keys:
-        # Incremental export (patient export sensor): the other patients' bundles and reports stay as they are.
-        unknown = sorted(set(config.patient_keys) - set(patients))
-        if unknown:
-            raise ValueError(f"no feature row for patients {unknown}")
-        patients = sorted(config.patient_keys)
-    bundles, reports = {}, {}
-    for patient_key in patients:
-        # Every patient gets a bundle and a report, also one with no matching rule or trial.
-        rows = recommendations[recommendations["patient_key"] == patient_key]
-        facts = _facts(patient_features, patient_strata, patient_key)
-        variants = _rows_of(annotated_variants, patient_key).reset_index(drop=True)
-        pgx = _rows_of(pgx_phenotypes, patient_key).reset_index(drop=True)
-        attributions = json.loads(rows["top_attributions"].dropna().iloc[0]) if len(rows) and rows["top_attributions"].notna().any() else []
-        provenance = {"Export run id": context.run_id}
-        bundles[patient_key] = export.fhir_bundle(patient_key, rows, facts, provenance=provenance)
-        reports[patient_key] = export.render_report_html(
-            patient_key,
-            facts,
-            rows,
-            key_slice_png=_key_slice(lake, _rows_of(masks, patient_key), _rows_of(normalized_volumes, patient_key)),
-            attribution_png=export.attribution_png(attributions) if attributions else None,
-            variants=variants,
-            pgx=pgx,
-            radiomics_highlights={k: v for k, v in facts.items() if k.startswith("rad_") or k.endswith("lesion_volume_ml")},
-            provenance=provenance,
-        )
-    summary = export.write_exports(recommendations, bundles, reports, lake.zone("exports"))
-    return MaterializeResult(metadata={"patients": len(bundles), "incremental": bool(config.patient_keys), **{k: v for k, v in summary.items() if isinstance(v, (int, float, str))}})
+    summary = export.write_recommendation_tables(recommendations, lake.zone("exports"))
+    return MaterializeResult(metadata={k: v for k, v in summary.items() if isinstance(v, (int, float, str))})

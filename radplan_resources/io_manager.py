@@ -86,7 +86,8 @@ FILE_PRODUCTS: dict[str, str] = {
     "variants": "features/variants/patient_key={patient}/part-*.parquet (streamed by the asset; loaded as a table)",
     "segmentation_model": "MLflow registry radplan-lesion-seg; exports/model_report.json",
     "pacs_lesion_segmentations": "the hospital's Orthanc (SEG and RTSTRUCT beside the source study); ONNX export in the champion's MLflow run",
-    "recommendation_export": "exports/ (recommendations.parquet/.csv, fhir/, reports/)",
+    "patient_report": "exports/fhir/{patient}.json (FHIR R4 Bundle), exports/reports/{patient}.html",
+    "recommendation_export": "exports/ (recommendations.parquet/.csv, COLUMNS.md, columns.json)",
 }
 
 

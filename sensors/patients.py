@@ -6,8 +6,10 @@
   patients' partitions are not touched; within the patient, only the branches of the input sources that
   changed since the patient's latest refresh rerun (``jobs.refresh_selection``): a follow-up study reruns
   imaging, radiomics, the feature row and the recommendations, not the notes or the variants.
-- ``patient_export_sensor`` rewrites the FHIR bundle and HTML report of the patients whose
-  recommendations were just rematerialized (and the recommendations table), without the cohort run.
+  A refresh ends with the patient's FHIR bundle and HTML report (``patient_report``), so what a clinician reads
+  is current when the refresh run ends.
+- ``patient_export_sensor`` rewrites the cohort's recommendations table once patients' recommendations were
+  rematerialized, without the cohort run.
 - ``cohort_batch_sensor`` rebuilds the cohort table, strata, response model and full exports once
   patient updates have settled: one run per batch of arrivals, never one per study.
 """
@@ -35,7 +37,7 @@ from sensors.cursors import InventoryChange, SensorCursor, cohort_batch_due, pat
 
 INVENTORY_KEY = AssetKey("landing_inventory")
 # The last asset of a patient refresh: its materialization means the patient is up to date.
-REFRESH_DONE_KEY = AssetKey("patient_recommendations")
+REFRESH_DONE_KEY = AssetKey("patient_report")
 PAGE = 500
 # Intakes read back (beyond this tick's) to collect which sources a patient's pending changes touched; beyond, all rerun.
 SOURCE_LOOKBACK = 200
@@ -140,29 +142,29 @@ def _earlier_changes(instance, since: int, until: int, latest: dict[str, int]) -
     job=export_job,
     minimum_interval_seconds=SENSOR_INTERVAL_S,
     default_status=DefaultSensorStatus.STOPPED,
-    description="Rewrites the FHIR bundle and HTML report of every patient whose recommendations were rematerialized since "
-    "the last tick (plus the recommendations table), without waiting for the cohort batch.",
+    description="Rewrites the cohort's recommendations table (Parquet, CSV) once patients' recommendations were "
+    "rematerialized since the last tick, without waiting for the cohort batch (each refresh already wrote its patient's "
+    "FHIR bundle and report).",
 )
 def patient_export_sensor(context: SensorEvaluationContext) -> SensorResult:
     instance = context.instance
     cursor = SensorCursor.parse(context.cursor)
-    if cursor.get("recommendations_storage_id") is None:
+    if cursor.get("reports_storage_id") is None:
         # First tick: whatever was materialized before the latest full export is already exported.
         start = _latest_storage_id(instance, AssetKey("recommendation_export")) or -1
     else:
-        start = int(cursor.get("recommendations_storage_id"))
+        start = int(cursor.get("reports_storage_id"))
     records = _materializations_after(instance, REFRESH_DONE_KEY, start)
     if not records:
-        return SensorResult(skip_reason=SkipReason("no new patient recommendations"), cursor=cursor.with_value("recommendations_storage_id", start).dump())
+        return SensorResult(skip_reason=SkipReason("no new patient reports"), cursor=cursor.with_value("reports_storage_id", start).dump())
     keys = sorted({record.partition_key for record in records if record.partition_key})
     last = records[-1].storage_id
-    context.log.info(f"exporting {len(keys)} patients with new recommendations")
+    context.log.info(f"{len(keys)} patients with new recommendations: rewriting the recommendations table")
     request = RunRequest(
         run_key=f"patient-export-{last}",
-        run_config={"ops": {"recommendation_export": {"config": {"patient_keys": keys}}}},
         tags={"radplan/trigger": "patient-recommendations", "radplan/patients": str(len(keys))},
     )
-    return SensorResult(run_requests=[request], cursor=cursor.with_value("recommendations_storage_id", last).dump())
+    return SensorResult(run_requests=[request], cursor=cursor.with_value("reports_storage_id", last).dump())
 
 
 @sensor(

@@ -13,8 +13,9 @@
 * ``render_report_html``: one HTML file, inline CSS, images as ``data:`` URIs,
   a Content-Security-Policy that forbids any network fetch, Jinja2 autoescape,
   print CSS for PDF. No JSON and no internal identifiers in its text.
-* ``write_exports``: Parquet + CSV + data dictionary, bundles and reports, all
-  written atomically; returns a PHI-free summary.
+* ``write_recommendation_tables`` (Parquet + CSV + data dictionary) and
+  ``write_patient_documents`` (bundles and reports), both atomic; ``write_exports``
+  does both. Each returns a PHI-free summary.
 """
 
 from __future__ import annotations
@@ -652,9 +653,8 @@ def columns_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_exports(recommendations: pd.DataFrame, bundles: dict[str, dict], reports: dict[str, str],
-                  exports_dir: Path) -> dict:
-    """Write tables, data dictionary, FHIR bundles and HTML reports atomically; return a PHI-free summary."""
+def write_recommendation_tables(recommendations: pd.DataFrame, exports_dir: Path) -> dict:
+    """Write the cohort's recommendations table (Parquet, CSV) and its data dictionary atomically; PHI-free summary."""
     exports_dir = Path(exports_dir)
     spec = yaml.safe_load(COLUMNS_PATH.read_text(encoding="utf-8"))
     expected = list(spec["columns"])
@@ -662,28 +662,41 @@ def write_exports(recommendations: pd.DataFrame, bundles: dict[str, dict], repor
         raise InvalidExportInputError("recommendations columns differ from the data dictionary "
                                       f"(missing {sorted(set(expected) - set(recommendations.columns))}, "
                                       f"extra {sorted(set(recommendations.columns) - set(expected))})")
-    for key in (*bundles, *reports, *recommendations["patient_key"].unique()):
+    for key in recommendations["patient_key"].unique():
         _check_patient_key(key)
-
-    written: dict[str, int] = {}
     with atomic_path(exports_dir / "recommendations.parquet") as tmp:
         recommendations.to_parquet(tmp, index=False)
     with atomic_path(exports_dir / "recommendations.csv") as tmp:
         recommendations.to_csv(tmp, index=False)
     atomic_write_text(exports_dir / "COLUMNS.md", columns_markdown())
     atomic_write_json(exports_dir / "columns.json", spec)
-    for name in ("recommendations.parquet", "recommendations.csv", "COLUMNS.md", "columns.json"):
-        written[name] = (exports_dir / name).stat().st_size
-    fhir_bytes = sum(atomic_write_json(exports_dir / "fhir" / f"{key}.json", bundle).stat().st_size
-                     for key, bundle in sorted(bundles.items()))
-    report_bytes = sum(atomic_write_text(exports_dir / "reports" / f"{key}.html", html).stat().st_size
-                       for key, html in sorted(reports.items()))
     return {
         "recommendation_rows": int(len(recommendations)),
         "patients": int(recommendations["patient_key"].nunique()),
         "alerts": int(recommendations["is_alert"].sum()),
         "actions": {k: int(v) for k, v in recommendations["action"].value_counts().sort_index().items()},
-        "fhir_bundles": len(bundles),
-        "reports": len(reports),
-        "bytes": {**written, "fhir": fhir_bytes, "reports": report_bytes},
+        "bytes": {name: (exports_dir / name).stat().st_size
+                  for name in ("recommendations.parquet", "recommendations.csv", "COLUMNS.md", "columns.json")},
     }
+
+
+def write_patient_documents(bundles: dict[str, dict], reports: dict[str, str], exports_dir: Path) -> dict:
+    """Write patients' FHIR bundles (``fhir/<key>.json``) and HTML reports (``reports/<key>.html``) atomically."""
+    exports_dir = Path(exports_dir)
+    for key in (*bundles, *reports):
+        _check_patient_key(key)
+    fhir_bytes = sum(atomic_write_json(exports_dir / "fhir" / f"{key}.json", bundle).stat().st_size
+                     for key, bundle in sorted(bundles.items()))
+    report_bytes = sum(atomic_write_text(exports_dir / "reports" / f"{key}.html", html).stat().st_size
+                       for key, html in sorted(reports.items()))
+    return {"fhir_bundles": len(bundles), "reports": len(reports), "bytes": {"fhir": fhir_bytes, "reports": report_bytes}}
+
+
+def write_exports(recommendations: pd.DataFrame, bundles: dict[str, dict], reports: dict[str, str],
+                  exports_dir: Path) -> dict:
+    """Write tables, data dictionary, FHIR bundles and HTML reports atomically; return a PHI-free summary."""
+    for key in (*bundles, *reports):
+        _check_patient_key(key)  # before anything is written
+    tables = write_recommendation_tables(recommendations, exports_dir)
+    documents = write_patient_documents(bundles, reports, exports_dir)
+    return {**tables, **documents, "bytes": {**tables["bytes"], **documents["bytes"]}}

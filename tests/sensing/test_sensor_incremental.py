@@ -58,7 +58,7 @@ def test_new_study_reruns_only_its_patient(demo_home, tmp_path, monkeypatch, pse
     touched = {slot for slot, value in counts_after.items() if counts_before.get(slot) != value}
     assert {partition for _, partition in touched if partition} == {changed_key}
     assert {asset for asset, partition in touched if partition is None} == {"landing_inventory", "recommendation_export"}
-    assert ("patient_recommendations", changed_key) in touched and ("deid_studies", changed_key) in touched
+    assert {("patient_recommendations", changed_key), ("patient_report", changed_key), ("deid_studies", changed_key)} <= touched
     # A follow-up study changes imaging only: its branch and what joins it rerun, the notes and variants do not.
     assert {("radiomic_features", changed_key), ("patient_features", changed_key)} <= touched
     assert not {("deid_notes", changed_key), ("ehr_extracts", changed_key), ("variants", changed_key), ("raw_genomics", changed_key)} & touched

@@ -364,10 +364,6 @@ def successful(records, job_name: str) -> list:
                   key=lambda r: r.create_timestamp.timestamp())  # fmt: skip
 
 
-def exported_keys(record) -> list[str]:
-    return record.dagster_run.run_config.get("ops", {}).get("recommendation_export", {}).get("config", {}).get("patient_keys", [])
-
-
 def request_key(record) -> str | None:
     """The run key of the sensor request a run carries out: its own, or for a rerun by missed_retry_sensor the key of
     the run it redoes (sensors/retries.py)."""
@@ -376,8 +372,9 @@ def request_key(record) -> str | None:
 
 
 def study_chain(records, seq: int, patient_key: str, fingerprint: str | None) -> dict | None:
-    """For one stable study: the intake that covered its change, the refresh of the patient's final inputs, the first
-    export of the patient after that refresh (run records), or None while the chain is incomplete.
+    """For one stable study: the intake that covered its change, the refresh of the patient's final inputs (which ends
+    with the patient's report), the first export of the recommendations table after that refresh (run records), or None
+    while the chain is incomplete.
 
     The refresh is the first successful one that started after the intake, or, if there is none, the one whose run key
     names the patient's current input fingerprint. An intake rescans the whole PACS, so an intake triggered by another
@@ -393,11 +390,19 @@ def study_chain(records, seq: int, patient_key: str, fingerprint: str | None) ->
         refresh = next((r for r in refreshes if request_key(r) == f"patient-refresh-{patient_key}-{fingerprint}"), None)
     if refresh is None:
         return None
-    export = next((r for r in successful(records, "export_job")
-                   if patient_key in exported_keys(r) and r.start_time and r.start_time >= refresh.end_time), None)  # fmt: skip
+    # The refresh wrote the patient's report; the recommendations table is rewritten by the next export run.
+    export = next((r for r in successful(records, "export_job") if r.start_time and r.start_time >= refresh.end_time), None)
     if export is None:
         return None
     return {"intake": intake, "refresh": refresh, "export": export}
+
+
+def report_written_at(instance, run_id: str) -> float | None:
+    """When a patient refresh run materialized the patient's report (FHIR bundle and HTML, asset patient_report)."""
+    from dagster import AssetKey, DagsterEventType
+
+    events = instance.all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+    return next((event.timestamp for event in events if event.dagster_event.asset_key == AssetKey("patient_report")), None)
 
 
 def patient_fingerprints(stack: ProductionStack) -> dict[str, str]:
