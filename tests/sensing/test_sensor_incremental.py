@@ -64,6 +64,9 @@ def test_new_study_reruns_only_its_patient(demo_home, tmp_path, monkeypatch, pse
     assert not {("deid_notes", changed_key), ("ehr_extracts", changed_key), ("variants", changed_key), ("raw_genomics", changed_key)} & touched
     refresh_run = instance.get_run_by_id(next(run.run_id for run in daemon.launched if run.job == "patient_refresh_job"))
     assert refresh_run.tags["radplan/sources"] == "imaging"
+    # The patient's report is the run's goal: the check nothing waits on (and its Great Expectations import) runs after it.
+    steps = {stat.step_key: stat for stat in instance.get_run_step_stats(refresh_run.run_id)}
+    assert steps["imaging_metadata_imaging_metadata_valid"].start_time >= steps["patient_report"].end_time
     files_after = patient_file_digests(home / "lake")
     for key in keys - {changed_key}:
         assert files_after[key] == files_before[key], f"files of untouched patient {key} changed"
