@@ -102,6 +102,8 @@ def train_locally(parameters: dict[str, np.ndarray], pairs: list[tuple[Path, Pat
     from monai.data import CacheDataset, DataLoader
     from monai.utils import set_determinism
 
+    if not pairs:
+        raise ValueError("no training images: every patient of this site is held out or none has a mask")
     config = dataclasses.replace(config, max_epochs=epochs)
     set_determinism(seed=seed)
     L.seed_everything(seed, verbose=False)
