@@ -189,16 +189,21 @@ def _daemon_rows(payload: dict) -> list[dict]:
 def _federated_rows(payload: dict) -> list[dict]:
     """bench_federated.py: federated vs pooled (AUC, Dice; ratio = federated - pooled) and transfer vs scratch Dice."""
     rows = []
-    for name, new, peer, peer_tool, target, part in (
-        ("federated_response_auc", "federated.auc", "pooled.auc", "pooled training", ">= -0.02", "response"),
-        ("federated_segmentation_dice", "federated.dice", "pooled.dice", "pooled training", ">= -0.02", "segmentation"),
-        ("transfer_segmentation_dice", "transfer.dice", "scratch.dice", "training from scratch at the new site", ">= 0.1", "segmentation"),
+    for name, new, peer, paired, peer_tool, target, part in (
+        ("federated_response_auc", "federated.auc", "pooled.auc", "federated_minus_pooled.auc", "pooled training", ">= -0.02", "response"),
+        ("federated_segmentation_dice", "federated.dice", "pooled.dice", "federated_minus_pooled.dice", "pooled training", ">= -0.02",
+         "segmentation"),
+        ("transfer_segmentation_dice", "transfer.dice", "scratch.dice", "transfer_minus_scratch.dice", "training from scratch at the new site",
+         ">= 0.1", "segmentation"),
     ):
         a, b = (payload.get(new) or {}).get("value"), (payload.get(peer) or {}).get("value")
+        difference = payload.get(paired) or {}
+        interval = (f"paired difference 95% CI [{difference['ci_low']:.3f}, {difference['ci_high']:.3f}]"
+                    if difference.get("ci_low") is not None else None)
         rows.append({"name": name, "radplan": a, "peer": b, "unit": new.split(".")[1], "peer_tool": peer_tool, "target": target,
                      "ratio": None if a is None or b is None else round(a - b, 4), "runs": 1, "quick": payload.get("quick"),
                      "load_average": (payload.get(f"{part}.timing") or {}).get("load_average"),
-                     "note": (payload.get(new) or {}).get("missing")})
+                     "note": (payload.get(new) or {}).get("missing") or interval})
     return rows
 
 
