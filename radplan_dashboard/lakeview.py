@@ -229,7 +229,7 @@ def patient_view(lake: Path, patient_key: str) -> PatientView:
 
 def patient_image_paths(lake: Path, patient_key: str) -> tuple[Path, Path | None] | None:
     """(volume, mask) of the patient's first masked series: the reference mask, else the model-predicted one
-    (the order ``recommendation_export`` uses for the report's key slice). A patient whose images have no mask
+    (the order ``patient_report`` uses for the report's key slice). A patient whose images have no mask
     (no reference segmentation, and no model mask good enough to use) gets their first volume and None.
     None without imaging."""
     volumes = read_table(lake, "features", "normalized_volumes", patient_key)
