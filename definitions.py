@@ -33,7 +33,6 @@ DeidKeyResource(demo=SETTINGS.demo).validate()
 from jobs import ALL_JOBS, ALL_SCHEDULES  # noqa: E402
 from radplan_assets import ASSET_MODULES  # noqa: E402
 from radplan_resources.io_manager import LakeIOManager  # noqa: E402
-from radplan_resources.s3_lake import s3_lake_from_settings  # noqa: E402
 from sensors import ALL_SENSORS  # noqa: E402
 
 
@@ -54,7 +53,13 @@ def build_resources(settings: Settings | None = None) -> dict:
     # Raw-zone encryption is on exactly when a key is configured; the key itself is read at use, not stored here.
     lake_options = {"raw_zone_encryption": settings.raw_zone_encryption}
     # RADPLAN_LAKE_S3_BUCKET: the lake lives in S3 (the local folder is its working copy); else the local folder.
-    lake = s3_lake_from_settings(lake_root, settings.s3_lake, **lake_options) or LakeResource(root=lake_root, **lake_options)
+    if settings.s3_lake is not None:
+        # Imported here: dagster-aws costs every run process about a second of import where the lake is local.
+        from radplan_resources.s3_lake import s3_lake_from_settings
+
+        lake = s3_lake_from_settings(lake_root, settings.s3_lake, **lake_options)
+    else:
+        lake = LakeResource(root=lake_root, **lake_options)
     return {
         "lake": lake,
         # Tables returned by assets go to the same lake, and come back as downstream assets' parameters.
