@@ -93,7 +93,7 @@ def test_workspace_points_at_the_single_definitions_module():
 # Every run process the daemon launches imports the code location before it runs a step: loading definitions must
 # not import the libraries only some assets need (they took ~8 of its ~11 s; benchmarks/bench_operations.py).
 HEAVY_AT_RUN_TIME = {"torch", "monai", "lightning", "pytorch_lightning", "presidio_analyzer", "spacy", "mlflow", "nvflare",
-                     "sklearn", "matplotlib", "onnxruntime", "dagster_aws"}
+                     "sklearn", "matplotlib", "onnxruntime", "dagster_aws", "highdicom"}
 IMPORT_DEFINITIONS = "import json, sys, definitions; print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
 
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import highdicom as hd
 import numpy as np
 import pydicom
 import SimpleITK as sitk
@@ -33,6 +33,11 @@ import SimpleITK as sitk
 from radplan.errors import InvalidDicomError
 from radplan.imaging.series import instance_header_from_dataset, read_dataset, read_instance_header
 from radplan.imaging.volumes import SeriesGeometry, resample_mask_to, series_geometry
+
+if TYPE_CHECKING:
+    import highdicom as hd
+# highdicom is imported by the functions that read or write a SEG: this module is loaded with the Dagster definitions,
+# and every run process paid highdicom's import (~0.4 s) before its first step.
 
 _CONTOUR_OFF_PLANE_TOLERANCE = 0.25  # fraction of the slice step
 
@@ -93,6 +98,8 @@ def _on_series_pixel_grid(seg: pydicom.Dataset, geometry: SeriesGeometry) -> boo
 
 def _frame_values(seg: hd.seg.Segmentation, frame_index: int, threshold: float) -> np.ndarray:
     """One frame as booleans (BINARY), thresholded fractions (FRACTIONAL) or segment numbers (LABELMAP)."""
+    import highdicom as hd
+
     stored = np.asarray(seg.get_stored_frame(frame_index + 1))
     if seg.segmentation_type == hd.seg.SegmentationTypeValues.FRACTIONAL:
         return stored.astype(np.float64) / float(seg.MaximumFractionalValue) >= threshold
@@ -112,6 +119,8 @@ def _place_frames(
     series of a multi-series SEG that fall outside this series' grid belong to that series and are
     left out.
     """
+    import highdicom as hd
+
     columns, rows, n_slices = geometry.size
     volumes = {number: np.zeros((n_slices, rows, columns), dtype=bool) for number in segment_numbers}
     slice_of_source = {sop_uid: k for k, sop_uid in enumerate(geometry.sop_uids)}
@@ -188,6 +197,8 @@ def mask_from_seg(seg_path: Path, reference_series_paths: Sequence[Path], *, fra
     for anything else (other frame of reference, references into the series that were not given,
     no frames, frames off the series grid).
     """
+    import highdicom as hd
+
     seg_path = Path(seg_path)
     if not 0 < fractional_threshold <= 1:
         raise ValueError(f"fractional_threshold must be in (0, 1], got {fractional_threshold}")
@@ -248,6 +259,8 @@ def masks_to_seg(
     Every mask must be on the series grid (use ``resample_mask_to`` first). Default coding
     is SNOMED CT 'Morphologically abnormal structure' / 'Lesion'. Save with ``.save_as``.
     """
+    import highdicom as hd
+
     from pydicom.sr.codedict import codes
 
     geometry = series_geometry(reference_series_paths)
