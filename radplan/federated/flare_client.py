@@ -133,6 +133,11 @@ def segmentation_main(args: argparse.Namespace) -> None:
             flare.send(FLModel(params={}, meta={"eligible_patients": 0}, metrics={}))
             continue
         round_number = received.current_round or 0
-        parameters, metrics = train_locally(received.params, train_pairs, config, args.local_epochs, seed=args.seed + round_number)
+        # The rounds are one training: each round's local epochs continue the learning-rate cosine over all rounds
+        # (restarting it every round left the global model at 0.23 Dice against 0.76 pooled, benchmarks/bench_federated.py).
+        rounds = received.total_rounds or round_number + 1
+        schedule = (round_number * args.local_epochs, rounds * args.local_epochs)
+        parameters, metrics = train_locally(received.params, train_pairs, config, args.local_epochs, seed=args.seed + round_number,
+                                            schedule=schedule)
         flare.send(FLModel(params=parameters, metrics=_finite_metrics(metrics),
                            meta={"NUM_STEPS_CURRENT_ROUND": float(len(train_pairs)), "eligible_patients": len(train_pairs)}))

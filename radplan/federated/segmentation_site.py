@@ -96,8 +96,11 @@ def network_from(parameters: dict[str, np.ndarray], config: SegmentationTraining
 
 
 def train_locally(parameters: dict[str, np.ndarray], pairs: list[tuple[Path, Path]], config: SegmentationTrainingConfig,
-                  epochs: int, seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """``epochs`` epochs of the segmentation recipe from ``parameters`` on ``pairs``; new weights and the last loss."""
+                  epochs: int, seed: int = 0, schedule: tuple[int, int] | None = None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """``epochs`` epochs of the segmentation recipe from ``parameters`` on ``pairs``; new weights and the last loss.
+
+    ``schedule`` (epochs before this fit, epochs in all): the fit is part of a longer training, a federated round's
+    local epochs, and its learning rate continues that training's cosine instead of restarting it."""
     import lightning as L
     from monai.data import CacheDataset, DataLoader
     from monai.utils import set_determinism
@@ -105,6 +108,8 @@ def train_locally(parameters: dict[str, np.ndarray], pairs: list[tuple[Path, Pat
     if not pairs:
         raise ValueError("no training images: every patient of this site is held out or none has a mask")
     config = dataclasses.replace(config, max_epochs=epochs)
+    if schedule is not None:
+        config = dataclasses.replace(config, schedule_epochs_before=schedule[0], schedule_epochs_total=schedule[1])
     set_determinism(seed=seed)
     L.seed_everything(seed, verbose=False)
     items = [{IMAGE_KEY: str(i), LABEL_KEY: str(l)} for i, l in pairs]

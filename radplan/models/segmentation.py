@@ -130,6 +130,11 @@ class SegmentationTrainingConfig:
     # cosine learning rate anneals over the budget's elapsed fraction instead of over the epochs.
     max_train_seconds: float | None = None
     max_train_cpu_seconds: float | None = None
+    # A fit that is part of a longer training (a federated round's local epochs): its cosine learning rate continues
+    # one schedule of schedule_epochs_total epochs from epoch schedule_epochs_before, rather than annealing within the
+    # fit and restarting at the full rate in the next one. None: the fit is the whole schedule.
+    schedule_epochs_before: int = 0
+    schedule_epochs_total: int | None = None
     # Post-processing: predicted connected components (26-connectivity) below this volume are dropped.
     # The generator's smallest lesion (radius 6 mm x 0.8 shrunk to 0.55 at follow-up) is ~75 mm3.
     min_lesion_volume_mm3: float = 30.0
@@ -141,6 +146,8 @@ class SegmentationTrainingConfig:
             raise ValueError("val_fraction must be in (0, 1)")
         if self.precision not in ("32-true", "16-mixed", "bf16-mixed"):
             raise ValueError(f"precision must be '32-true', '16-mixed' or 'bf16-mixed', not {self.precision!r}")
+        if self.schedule_epochs_before < 0 or (self.schedule_epochs_total is not None and self.schedule_epochs_total < 1):
+            raise ValueError("schedule_epochs_before must be >= 0 and schedule_epochs_total >= 1")
         if self.min_lesion_volume_mm3 < 0 or self.pos_samples < 0 or self.neg_samples < 0 or self.pos_samples + self.neg_samples == 0:
             raise ValueError("min_lesion_volume_mm3, pos_samples and neg_samples must be >= 0, pos + neg > 0")
         # Sliding-window tiles must survive every down-sampling step.
@@ -372,13 +379,20 @@ class LesionSegmentationModule(L.LightningModule):
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.config.learning_rate, weight_decay=1e-5)
         if not TrainingBudget(self.config).limited:
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.config.max_epochs, 1))
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(self.config))
             return {"optimizer": optimizer, "lr_scheduler": scheduler}
         # The cosine runs over the budget's elapsed fraction, so the rate has annealed when the budget ends the fit
         # however many epochs the machine allowed. Not reproducible step for step (it depends on timing).
         cosine = lambda _: 0.5 * (1.0 + np.cos(np.pi * (self.budget.used() if hasattr(self, "budget") else 0.0)))  # noqa: E731
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def cosine_schedule(config: SegmentationTrainingConfig):
+    """Learning-rate factor per epoch of a fit: cosine annealing over the whole schedule (the fit's own epochs, or
+    ``schedule_epochs_total`` of which ``schedule_epochs_before`` ran in earlier fits)."""
+    total = config.schedule_epochs_total or max(config.max_epochs, 1)
+    return lambda epoch: 0.5 * (1.0 + float(np.cos(np.pi * min(config.schedule_epochs_before + epoch, total) / total)))
 
 
 class TrainingBudget:

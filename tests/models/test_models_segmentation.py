@@ -23,6 +23,7 @@ from radplan.models.segmentation import (
     SegmentationTrainingConfig,
     bootstrap_mean_ci,
     build_network,
+    cosine_schedule,
     dice_confidence_interval,
     dice_per_image,
     lesion_metrics,
@@ -132,6 +133,24 @@ def test_bootstrap_resamples_whole_clusters_and_counts_undefined_values():
     assert with_missing["mean"] == 3.0 and with_missing["n"] == 2 and with_missing["n_undefined"] == 1
     assert 2.0 <= with_missing["ci_low"] <= with_missing["ci_high"] <= 4.0
     assert np.isnan(bootstrap_mean_ci([np.nan])["mean"])
+
+
+def test_learning_rate_schedule_is_torchs_cosine_and_rounds_continue_one_schedule():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    reference = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=8)
+    expected = []
+    for _ in range(8):
+        expected.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        reference.step()
+    whole = cosine_schedule(dataclasses.replace(TINY, max_epochs=8))
+    assert [whole(epoch) for epoch in range(8)] == pytest.approx(expected)
+    # Four rounds of two local epochs (a federated training): each fit continues the cosine where the last one ended.
+    rounds = [cosine_schedule(dataclasses.replace(TINY, max_epochs=2, schedule_epochs_before=2 * r, schedule_epochs_total=8))
+              for r in range(4)]
+    assert [factor(epoch) for factor in rounds for epoch in range(2)] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="schedule_epochs"):
+        SegmentationTrainingConfig(schedule_epochs_before=-1)
 
 
 def test_training_logs_registers_and_is_deterministic(volumes, tmp_path):
