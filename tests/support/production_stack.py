@@ -13,6 +13,7 @@ deployment; the daemon and webserver load it from there, and run workers are its
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -371,7 +372,7 @@ def request_key(record) -> str | None:
     return tags.get("radplan/retried_run_key") or tags.get(RUN_KEY_TAG)
 
 
-def study_chain(records, seq: int, patient_key: str, fingerprint: str | None) -> dict | None:
+def study_chain(records, seq: int, patient_key: str, fingerprint: str | None, report_at) -> dict | None:
     """For one stable study: the intake that covered its change, the refresh of the patient's final inputs (which ends
     with the patient's report), the first export of the recommendations table after that refresh (run records), or None
     while the chain is incomplete.
@@ -390,8 +391,13 @@ def study_chain(records, seq: int, patient_key: str, fingerprint: str | None) ->
         refresh = next((r for r in refreshes if request_key(r) == f"patient-refresh-{patient_key}-{fingerprint}"), None)
     if refresh is None:
         return None
-    # The refresh wrote the patient's report; the recommendations table is rewritten by the next export run.
-    export = next((r for r in successful(records, "export_job") if r.start_time and r.start_time >= refresh.end_time), None)
+    # The refresh wrote the patient's report (``report_at``: run id -> when); the recommendations table is rewritten by
+    # the first export run that starts after it, which may start before the refresh run ends (its last checks run after
+    # the report).
+    report = report_at(refresh.dagster_run.run_id)
+    if report is None:
+        return None
+    export = next((r for r in successful(records, "export_job") if r.start_time and r.start_time >= report), None)
     if export is None:
         return None
     return {"intake": intake, "refresh": refresh, "export": export}
@@ -416,7 +422,8 @@ def patient_fingerprints(stack: ProductionStack) -> dict[str, str]:
 
 def chains_complete(stack: ProductionStack, studies: dict[str, str], timeout_s: float) -> dict[str, dict]:
     """Wait until every study (Orthanc id -> patient key) is stable, covered by an intake, its patient's final inputs
-    refreshed and exported after that, and no run is queued or running; returns study id -> its chain (run records)."""
+    refreshed (its report written) and the recommendations table exported after that, and no run is queued or running;
+    returns study id -> its chain (run records)."""
     deadline = time.monotonic() + timeout_s
     while True:
         if stack.daemon is not None and stack.daemon.poll() is not None:
@@ -425,12 +432,14 @@ def chains_complete(stack: ProductionStack, studies: dict[str, str], timeout_s: 
         stable = stable_study_changes(stack.orthanc)
         with stack.instance() as instance:
             records = instance.get_run_records()
-        chains = {study: study_chain(records, stable[study], key, None) for study, key in studies.items() if study in stable}
-        if not all(chains.values()) and all(r.dagster_run.is_finished for r in records):
-            # Nothing is running: is an incomplete chain's patient already refreshed on its final inputs? (read after
-            # the runs, so every finished intake has written its fingerprints; read rarely, each read is audited)
-            fingerprints = patient_fingerprints(stack)
-            chains = {study: study_chain(records, stable[study], key, fingerprints.get(key)) for study, key in studies.items() if study in stable}
+            report_at = functools.cache(functools.partial(report_written_at, instance))
+            chains = {study: study_chain(records, stable[study], key, None, report_at) for study, key in studies.items() if study in stable}
+            if not all(chains.values()) and all(r.dagster_run.is_finished for r in records):
+                # Nothing is running: is an incomplete chain's patient already refreshed on its final inputs? (read after
+                # the runs, so every finished intake has written its fingerprints; read rarely, each read is audited)
+                fingerprints = patient_fingerprints(stack)
+                chains = {study: study_chain(records, stable[study], key, fingerprints.get(key), report_at)
+                          for study, key in studies.items() if study in stable}  # fmt: skip
         if len(chains) == len(studies) and all(chains.values()) and all(r.dagster_run.is_finished for r in records):
             return chains
         if time.monotonic() > deadline:
