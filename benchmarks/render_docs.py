@@ -120,19 +120,21 @@ METHODS = """\
   `python benchmarks/bench_e2e.py --sizes 100 --merge` measures the 100-patient point on its own (about
   11 minutes) and keeps the sizes measured before on the same machine (`make bench` merges the same way);
   the per-size table gives when each size was measured and the load at its start.
-* **Production path (`daemon.*`)**: measured on a quiet machine (1-minute load 1.7 before the burst, 4.9 after
-  it: the benchmark's own processes). A single study's chain is three runs, each a process
-  (`daemon.single_study_hops_median_s`, `daemon.single_study_runs`): study stable to intake end ~7 s (queue to
-  start ~3 s, run 0.6 s), the patient's refresh ~15 s (~3 s to start, ~10.5 s to run: since a refresh reruns
-  only the changed sources' branches, a follow-up study rebuilds imaging, radiomics, features and
-  recommendations, not notes, EHR or variants; it was 18 s to run and 36.8 s for the chain before), export ~6 s
-  (~3 s to start, ~1 s to run); the chain's sensors ticked every 5.0 s (median; `daemon.sensor_tick_gaps`).
-  About 17 s of the 27.6 s are sensor waits and run start-ups of three runs: the 15 s target needs fewer hops
-  (the export inside the refresh run, or one run from study to export), not faster assets. Loading the code
-  location no longer imports torch, MONAI, Presidio/spaCy or MLflow (`daemon.definitions_import_s`). In the
-  burst every patient is new, so each refresh rebuilds all its sources: 20 refresh runs of ~46 s share the
-  queue's 4 slots on 2 cores (`daemon.burst_runs`: refresh queued to started, median 145 s): the burst is bound
-  by CPU, not by ticks.
+* **Production path (`daemon.*`)**: the latency of a study ends when its patient's FHIR bundle and report are
+  written; a refresh run now writes them (`patient_report`), so a single study's chain is two runs, each a process
+  (`daemon.single_study_hops_median_s`, `daemon.single_study_runs`): study stable to intake end ~6 s (queue to start
+  ~3.5 s, run 0.7 s), intake end to the report ~17 s (the refresh ~3.7 s to start; in its run, the report ~12 s
+  after the start, then the imaging metadata check, which nothing waits on). It was 27.6 s with the export as a
+  third run; on this run's host every step was ~1.3x slower than in that measurement (same steps, e.g.
+  `deid_studies` 1.0 s against 0.8 s), so the gain is not from faster assets. `daemon.single_study_table_s` runs on
+  to the rewritten recommendations table (one more run). What is left of the 15 s target is sensor waits (the
+  daemon's 5 s loop, `daemon.sensor_tick_gaps`) and two run start-ups (`daemon.definitions_import_s`: loading the
+  code location imports no torch, MONAI, Presidio/spaCy, MLflow, dagster-aws or highdicom). In the burst every
+  patient is new, so each refresh rebuilds all its sources: 20 refresh runs share the queue's 4 slots on 2 cores
+  (`daemon.burst_runs`: refresh queued to started, median 197 s; ~75 s to run): the burst is bound by CPU, not by
+  ticks. The burst measured 346 s at p95 before this change and 509 s after it; its steps that the change did not
+  touch (EHR de-identification, extracts, the variants check) ran 1.3-1.6x slower too, so most of the difference
+  is the host, and one run each cannot separate the rest.
 """
 
 
