@@ -26,7 +26,7 @@ both scored on that site's held-out images. Target: transfer beats scratch by >=
 Writes benchmarks/results/federated.json (a part run keeps the other part's keys). Usage:
 python benchmarks/bench_federated.py [--part all|response|segmentation] [--sizes 400,250,150] [--rounds 10]
 [--local-epochs 2] [--seg-sizes 18,16,14] [--seg-held-out 10] [--seg-rounds 8] [--seg-local-epochs 2]
-[--transfer-epochs 16]   (segmentation part: about 45 min at load ~10 on 2 cores; 4, 4 and 1 epochs learnt nothing, Dice < 0.03)
+[--transfer-epochs 16]   (segmentation part: 16-25 min on 2 cores, 45 min at load ~10; 4, 4 and 1 epochs learnt nothing, Dice < 0.03)
 """
 
 from __future__ import annotations
