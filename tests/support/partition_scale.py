@@ -5,7 +5,8 @@ benchmarks/bench_scale.py (wall times at 1,000 and 100,000 patients on Postgres)
 
 What is seeded, and why only that: every patient gets a dynamic partition (added in batches of ``BATCH``, the
 intake's way) and one materialization of each asset in ``SEEDED_ASSETS``: the per-patient assets the measured
-operations read (the patient sensors read ``patient_features`` and ``patient_recommendations``; the asset page
+operations read (the patient sensors read ``patient_features`` and the asset that ends a patient refresh,
+``sensors.patients.REFRESH_DONE_KEY``; the asset page
 shows ``patient_features``' status over every partition). The events are written in batches through the event
 log storage's ``store_event_batch``, the same tables and indexes a run's events land in. Runs are not seeded per
 patient: the measured operations look runs up by indexed tags and status, not by partition.
@@ -20,9 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from sensors.patients import REFRESH_DONE_KEY
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BATCH = 1000
-SEEDED_ASSETS = ("patient_features", "patient_recommendations")
+# Every seeded patient has been refreshed, as in a running hospital: the patient sensors look up the last asset of a
+# patient's refresh per patient.
+SEEDED_ASSETS = ("patient_features", REFRESH_DONE_KEY.path[-1])
 INVENTORY_KEY = "landing_inventory"
 
 
