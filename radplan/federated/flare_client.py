@@ -112,10 +112,11 @@ def segmentation_main(args: argparse.Namespace) -> None:
     import nvflare.client as flare
     from nvflare.app_common.abstract.fl_model import FLModel
 
-    from radplan.federated.segmentation_site import federated_segmentation_config, held_out_dice, site_pairs, train_locally
+    from radplan.federated.segmentation_site import OptimizerMoments, federated_segmentation_config, held_out_dice, site_pairs, train_locally
 
     train_pairs, test_pairs = site_pairs(args.site_dir)
     config = federated_segmentation_config(seed=args.seed)
+    moments = OptimizerMoments()  # this site's optimizer state across its rounds (stays in this process)
     flare.init()
     while flare.is_running():
         received = flare.receive()
@@ -138,6 +139,6 @@ def segmentation_main(args: argparse.Namespace) -> None:
         rounds = received.total_rounds or round_number + 1
         schedule = (round_number * args.local_epochs, rounds * args.local_epochs)
         parameters, metrics = train_locally(received.params, train_pairs, config, args.local_epochs, seed=args.seed + round_number,
-                                            schedule=schedule)
+                                            schedule=schedule, moments=moments)
         flare.send(FLModel(params=parameters, metrics=_finite_metrics(metrics),
                            meta={"NUM_STEPS_CURRENT_ROUND": float(len(train_pairs)), "eligible_patients": len(train_pairs)}))

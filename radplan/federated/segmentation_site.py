@@ -13,6 +13,7 @@ whole-image sliding-window Dice.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from pathlib import Path
@@ -95,12 +96,40 @@ def network_from(parameters: dict[str, np.ndarray], config: SegmentationTraining
     return network
 
 
+@dataclasses.dataclass
+class OptimizerMoments:
+    """One site's AdamW state (moments and step counts), carried from one round's local fit to the next in the site's
+    own process; never sent. Only the per-parameter state is carried: the learning rate is the round's schedule."""
+
+    state: dict | None = None
+
+
+class _MomentsCarryingModule(LesionSegmentationModule):
+    def __init__(self, network: torch.nn.Module, config: SegmentationTrainingConfig, moments: OptimizerMoments) -> None:
+        super().__init__(network, config)
+        self.moments = moments
+
+    def configure_optimizers(self):
+        configured = super().configure_optimizers()
+        if self.moments.state is not None:
+            optimizer = configured["optimizer"]
+            groups = [{**fresh, "params": saved["params"]}
+                      for fresh, saved in zip(optimizer.state_dict()["param_groups"], self.moments.state["param_groups"])]
+            optimizer.load_state_dict({"state": self.moments.state["state"], "param_groups": groups})
+        return configured
+
+    def on_train_end(self) -> None:
+        self.moments.state = copy.deepcopy(self.trainer.optimizers[0].state_dict())
+
+
 def train_locally(parameters: dict[str, np.ndarray], pairs: list[tuple[Path, Path]], config: SegmentationTrainingConfig,
-                  epochs: int, seed: int = 0, schedule: tuple[int, int] | None = None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+                  epochs: int, seed: int = 0, schedule: tuple[int, int] | None = None,
+                  moments: OptimizerMoments | None = None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """``epochs`` epochs of the segmentation recipe from ``parameters`` on ``pairs``; new weights and the last loss.
 
     ``schedule`` (epochs before this fit, epochs in all): the fit is part of a longer training, a federated round's
-    local epochs, and its learning rate continues that training's cosine instead of restarting it."""
+    local epochs, and its learning rate continues that training's cosine instead of restarting it. ``moments``: the
+    optimizer state starts from it (when set) and is left in it, for the site's next round."""
     import lightning as L
     from monai.data import CacheDataset, DataLoader
     from monai.utils import set_determinism
@@ -115,7 +144,8 @@ def train_locally(parameters: dict[str, np.ndarray], pairs: list[tuple[Path, Pat
     items = [{IMAGE_KEY: str(i), LABEL_KEY: str(l)} for i, l in pairs]
     dataset = CacheDataset(items, training_transforms(config), cache_rate=1.0, num_workers=0, progress=False)
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, num_workers=0, generator=torch.Generator().manual_seed(seed))
-    module = LesionSegmentationModule(network_from(parameters, config), config)
+    network = network_from(parameters, config)
+    module = LesionSegmentationModule(network, config) if moments is None else _MomentsCarryingModule(network, config, moments)
     trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, deterministic="warn", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
     trainer.fit(module, train_dataloaders=loader)

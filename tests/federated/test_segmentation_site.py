@@ -1,0 +1,28 @@
+"""A site's local fit of the segmentation network in a federated round (radplan.federated.segmentation_site)."""
+
+from __future__ import annotations
+
+from models.models_synthetic import sphere_volumes
+from radplan.federated.segmentation_site import OptimizerMoments, initial_parameters, train_locally
+from radplan.models.segmentation import SegmentationTrainingConfig
+
+TINY = SegmentationTrainingConfig(roi_size=(24, 24, 16), samples_per_volume=2, batch_size=2, channels=(4, 8, 16, 32), val_every_n_epochs=1)
+
+
+def _steps(moments: OptimizerMoments) -> set[int]:
+    return {int(state["step"]) for state in moments.state["state"].values()}
+
+
+def test_a_site_carries_its_optimizer_state_from_round_to_round(tmp_path):
+    pairs = sphere_volumes(tmp_path, 2, shape=(32, 32, 20))
+    moments = OptimizerMoments()
+    first, _ = train_locally(initial_parameters(TINY), pairs, TINY, 1, schedule=(0, 4), moments=moments)
+    (steps_one_round,) = _steps(moments)
+    assert steps_one_round > 0
+    # The next round starts from the averaged weights and from this site's AdamW moments and step counts.
+    train_locally(first, pairs, TINY, 1, seed=1, schedule=(1, 4), moments=moments)
+    assert _steps(moments) == {2 * steps_one_round}
+    # A fit without carried moments starts its optimizer afresh.
+    fresh = OptimizerMoments()
+    train_locally(first, pairs, TINY, 1, seed=1, schedule=(1, 4), moments=fresh)
+    assert _steps(fresh) == {steps_one_round}
