@@ -374,8 +374,8 @@ def request_key(record) -> str | None:
 
 def study_chain(records, seq: int, patient_key: str, fingerprint: str | None, report_at) -> dict | None:
     """For one stable study: the intake that covered its change, the refresh of the patient's final inputs (which ends
-    with the patient's report), the first export of the recommendations table after that refresh (run records), or None
-    while the chain is incomplete.
+    with the patient's report; ``report_at``: when it was written), the first export of the recommendations table after
+    that report (run records), or None while the chain is incomplete.
 
     The refresh is the first successful one that started after the intake, or, if there is none, the one whose run key
     names the patient's current input fingerprint. An intake rescans the whole PACS, so an intake triggered by another
@@ -400,7 +400,7 @@ def study_chain(records, seq: int, patient_key: str, fingerprint: str | None, re
     export = next((r for r in successful(records, "export_job") if r.start_time and r.start_time >= report), None)
     if export is None:
         return None
-    return {"intake": intake, "refresh": refresh, "export": export}
+    return {"intake": intake, "refresh": refresh, "report_at": report, "export": export}
 
 
 def report_written_at(instance, run_id: str) -> float | None:
