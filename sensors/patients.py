@@ -10,7 +10,7 @@
   is current when the refresh run ends.
 - ``patient_export_sensor`` rewrites the cohort's recommendations table once patients' recommendations were
   rematerialized, without the cohort run.
-- ``cohort_batch_sensor`` rebuilds the cohort table, strata, response model and full exports once
+- ``cohort_batch_sensor`` rebuilds the cohort table, strata, response model and recommendations table once
   patient updates have settled: one run per batch of arrivals, never one per study.
 """
 
