@@ -16,6 +16,11 @@ Here building each storage, and every new database connection of the run, event-
 ``outage_wait_seconds`` (dagster.yaml, default 300 s) before the error is raised, in every process that loads the
 instance: daemon, webserver, code server, run workers. Only connecting is retried, never a statement: a statement
 cut off by the database's death fails as before (retrying it could write an event twice).
+
+The webserver is the one process that keeps connections open (dagster's ``optimize_for_webserver``: a pool per
+storage). After a database restart each pooled connection was dead and failed the next query the UI made (HTTP 500
+on the pages an operator opens to see what the outage did). Here a pooled connection is pinged when it is taken from
+the pool, and a dead one is replaced by a new connection (which waits out the outage like any other).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator, TypeVar
 
+import sqlalchemy.event
 import sqlalchemy.exc
 from dagster import Field, IntSource
 from dagster._core.storage.base_storage import DagsterStorage
@@ -69,11 +75,28 @@ def _unreachable(error: Exception) -> bool:
     return not any(word in text for word in ("authentication", "does not exist", "permission denied"))
 
 
+def _ping_pooled_connection(dbapi_connection, connection_record, connection_proxy) -> None:
+    """SQLAlchemy's pool ``checkout`` event: a connection the database no longer serves (it restarted) is discarded;
+    raising DisconnectionError makes the pool open a new one instead of handing out the dead one."""
+    try:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("SELECT 1")
+        finally:
+            cursor.close()
+    except Exception as error:  # psycopg2's OperationalError / InterfaceError: closed by the server, or reset
+        raise sqlalchemy.exc.DisconnectionError(f"pooled connection is dead: {type(error).__name__}") from error
+
+
 class _WaitsForTheDatabase:
     """Mixin for the three dagster-postgres storages: connections wait out an outage (``_outage_wait_s``)."""
 
     _outage_wait_s: float = DEFAULT_OUTAGE_WAIT_S
     _engine: sqlalchemy.engine.Engine
+
+    def optimize_for_webserver(self, statement_timeout: int, pool_recycle: int, max_overflow: int) -> None:
+        super().optimize_for_webserver(statement_timeout, pool_recycle, max_overflow)  # ty: ignore[unresolved-attribute]
+        sqlalchemy.event.listen(self._engine, "checkout", _ping_pooled_connection)
 
     @contextmanager
     def _patient_connection(self) -> Iterator[sqlalchemy.engine.Connection]:

@@ -206,3 +206,29 @@ def test_a_storage_whose_database_dies_while_it_is_built_waits_for_it():
                 timer.join()
         assert restarts and time.monotonic() - started >= RESTART_AFTER_S - 1
         assert storage.get_runs() == [] and storage._outage_wait_s == 120
+
+
+@pytest.mark.slow
+def test_the_webservers_pooled_connections_survive_a_database_restart():
+    # dagster-webserver keeps a pool per storage (optimize_for_webserver); after a Postgres restart each pooled
+    # connection is dead, and the UI's next query failed with HTTP 500 (seen in test_daemon_operations' fault test).
+    from production.local_services import kill_postgres, start_postgres
+    from radplan_resources.instance_storage import OutageTolerantPostgresStorage
+
+    with postgres_server() as server:
+        storage = OutageTolerantPostgresStorage(server.url, outage_wait_s=60)
+        storages = (storage.run_storage, storage.event_log_storage, storage.schedule_storage)
+        for part in storages:
+            part.optimize_for_webserver(statement_timeout=5000, pool_recycle=3600, max_overflow=20)
+
+        def queries():
+            return (storage.run_storage.get_runs_count(), storage.event_log_storage.get_asset_keys(),
+                    storage.schedule_storage.all_instigator_state())
+
+        assert queries() == (0, [], [])  # every pool now holds an open connection
+        assert all(part._engine.pool.checkedin() == 1 for part in storages)
+        kill_postgres(server)
+        start_postgres(server)
+        assert queries() == (0, [], [])
+        for part in storages:
+            part.dispose()

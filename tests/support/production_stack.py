@@ -151,19 +151,13 @@ class ProductionStack:
             f"{self.webserver_url}/graphql", data=json.dumps({"query": query, "variables": variables or {}}).encode(),
             headers={"Content-Type": "application/json"},
         )  # fmt: skip
-        for attempt in range(5):
-            try:
-                with urllib.request.urlopen(request, timeout=60) as response:
-                    answer = json.loads(response.read())
-                break
-            except urllib.error.HTTPError as error:
-                # Right after a Postgres restart: HTTP 500 from the stale pooled database connections of the webserver
-                # (one per storage; each failed query drops its pool), seen twice in a row.
-                body = error.read().decode(errors="replace")[:2000]
-                print(f"GraphQL answered HTTP {error.code} (try {attempt + 1}): {body}", file=sys.stderr)
-                if error.code < 500 or attempt == 4:
-                    raise RuntimeError(f"GraphQL HTTP {error.code}: {body}") from error
-                time.sleep(2)
+        try:
+            # No retry: after a Postgres restart the webserver's pooled connections are replaced, not failed
+            # (radplan_resources/instance_storage.py), so an HTTP 500 here is a defect the fault test must show.
+            with urllib.request.urlopen(request, timeout=60) as response:
+                answer = json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            raise RuntimeError(f"GraphQL HTTP {error.code}: {error.read().decode(errors='replace')[:2000]}") from error
         if answer.get("errors"):
             raise RuntimeError(f"GraphQL errors: {answer['errors']}")
         return answer["data"]
