@@ -14,13 +14,15 @@ class FederatedTrainingConfig(Config):
     local_epochs: int = 2
     min_sites: int = 2
     fedprox_mu: float = 0.0
+    server_momentum: float = 0.0
+    server_learning_rate: float = 1.0
     dp_noise_multiplier: float = 0.0
 
 
 @asset(
     group_name="models",
-    description="The response model trained where the data lives: FedAvg (FedProx with fedprox_mu > 0, DP-SGD with "
-    "dp_noise_multiplier > 0) on NVIDIA FLARE across synthetic hospital sites, each with its own lake and key; the "
+    description="The response model trained where the data lives: FedAvg (FedProx with fedprox_mu > 0, FedAvgM with "
+    "server_momentum > 0 or a server_learning_rate, DP-SGD with dp_noise_multiplier > 0) on NVIDIA FLARE across synthetic hospital sites, each with its own lake and key; the "
     "server aggregates weights only. Per-site and global metrics in MLflow; the global model is registered as "
     "radplan-response-federated (champion/challenger) only when every round completed.",
 )
@@ -30,7 +32,8 @@ def federated_response_model(context: AssetExecutionContext, config: FederatedTr
     from radplan.federated.engine import FederatedJobConfig
 
     job_config = FederatedJobConfig(num_rounds=config.num_rounds, local_epochs=config.local_epochs, min_sites=config.min_sites,
-                                    fedprox_mu=config.fedprox_mu, dp_noise_multiplier=config.dp_noise_multiplier)
+                                    fedprox_mu=config.fedprox_mu, server_momentum=config.server_momentum,
+                                    server_learning_rate=config.server_learning_rate, dp_noise_multiplier=config.dp_noise_multiplier)
     summary = run_federated_training(lake.zone("models") / "federated", tracking_uri=mlflow.tracking_uri, artifact_root=mlflow.artifact_path,
                                      sizes=tuple(config.site_sizes), config=job_config, progress=context.log.info)
     for event in summary["events"]:

@@ -1,4 +1,4 @@
-"""Server-side checks of site updates and weighted averaging (FedAvg), in plain numpy.
+"""Server-side checks of site updates, weighted averaging (FedAvg) and the server's step (FedAvgM), in plain numpy.
 
 An update is *malformed* when its parameter names or shapes differ from the global model's, a value is not
 finite, or its sample count is not a positive number; it is *diverging* when its distance from the global
@@ -79,3 +79,41 @@ def weighted_average(updates: list[SiteUpdate]) -> dict[str, np.ndarray]:
     total = sum(u.n_samples for u in updates)
     names = list(updates[0].parameters)
     return {n: sum(np.asarray(u.parameters[n], float) * (u.n_samples / total) for u in updates) for n in names}
+
+
+@dataclass
+class ServerMomentum:
+    """FedAvgM (Hsu, Qi & Brown 2019): the server treats the round's average update as a gradient step and keeps a
+    momentum of it across rounds, ``v = momentum * v + (average - global)``, ``global += learning_rate * v``.
+
+    With ``momentum=0`` and ``learning_rate=1`` it is plain FedAvg (the new global model is the average). Why one
+    would raise either: each of K sites takes only its share of a pooled training's optimizer steps, and the
+    average of their moves travels about one site's distance, so the global model lags pooled training in steps
+    (benchmarks/bench_federated.py measures whether a server step makes up for it). The velocity is the server's
+    own state; nothing of it reaches a site except the global model it produces."""
+
+    momentum: float = 0.0
+    learning_rate: float = 1.0
+    velocity: dict[str, np.ndarray] | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"server momentum {self.momentum!r} must be in [0, 1)")
+        if not self.learning_rate > 0.0:
+            raise ValueError(f"server learning rate {self.learning_rate!r} must be positive")
+
+    def step(self, global_parameters: dict[str, np.ndarray], average: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The next global model from the current one and the round's (weighted) average of the accepted updates.
+        Integer-valued entries (counters) take the average as it is."""
+        if self.velocity is None:
+            self.velocity = {}
+        new = {}
+        for name, averaged in average.items():
+            current = np.asarray(global_parameters[name])
+            if not np.issubdtype(current.dtype, np.floating):
+                new[name] = averaged
+                continue
+            velocity = self.momentum * self.velocity.get(name, 0.0) + (np.asarray(averaged, float) - current)
+            self.velocity[name] = velocity
+            new[name] = current + self.learning_rate * velocity
+        return new

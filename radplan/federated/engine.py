@@ -45,6 +45,8 @@ class FederatedJobConfig:
     round_timeout_s: int = 120
     grace_s: int = 10
     fedprox_mu: float = 0.0
+    server_momentum: float = 0.0  # FedAvgM's momentum on the server (0: plain FedAvg), aggregation.ServerMomentum
+    server_learning_rate: float = 1.0  # the server's step along the averaged update (1: plain FedAvg)
     local_epochs: int = 5
     learning_rate: float = 0.1
     batch_size: int = 32
@@ -207,6 +209,7 @@ class FlareDeployment:
         job.to_server(flare_server.RadplanFedAvg(num_rounds=config.num_rounds, min_sites=config.min_sites,
                                                  round_timeout_s=config.round_timeout_s, grace_s=config.grace_s,
                                                  fedprox_mu=config.fedprox_mu, model_kind=config.model, seed=config.seed,
+                                                 server_momentum=config.server_momentum, server_learning_rate=config.server_learning_rate,
                                                  champion_parameters=None if champion_parameters is None else
                                                  {k: np.asarray(v).tolist() for k, v in champion_parameters.items()}))
         for site, site_dir in site_dirs.items():

@@ -1,9 +1,10 @@
-"""The NVIDIA FLARE controller (runs inside the FLARE server's job process): FedAvg / FedProx rounds.
+"""The NVIDIA FLARE controller (runs inside the FLARE server's job process): FedAvg / FedProx / FedAvgM rounds.
 
 Each round sends the global weights to every site, waits until ``min_sites`` sites have answered (plus
 ``grace_s`` for the others, at most ``round_timeout_s``), screens the updates
-(:func:`radplan.federated.aggregation.screen_updates`) and averages the accepted ones. A site that sent nothing
-(dropped out, timed out), reported zero eligible patients, or sent a malformed or diverging update is left out
+(:func:`radplan.federated.aggregation.screen_updates`) and averages the accepted ones; the new global model is that
+average, or with a server momentum or learning rate the server's step along it
+(:class:`~radplan.federated.aggregation.ServerMomentum`). A site that sent nothing (dropped out, timed out), reported zero eligible patients, or sent a malformed or diverging update is left out
 of that round, and the event is written to the server's event log. A round with fewer than ``min_sites``
 accepted updates ends the run as *incomplete*.
 
@@ -31,7 +32,7 @@ import numpy as np
 from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.workflows.model_controller import ModelController
 
-from radplan.federated.aggregation import SiteUpdate, screen_updates, weighted_average
+from radplan.federated.aggregation import ServerMomentum, SiteUpdate, screen_updates, weighted_average
 
 
 def initial_parameters(model_kind: str, seed: int) -> dict[str, np.ndarray]:
@@ -80,7 +81,8 @@ def _audited(params: Any) -> Any:
 
 class RadplanFedAvg(ModelController):
     def __init__(self, num_rounds: int = 2, min_sites: int = 2, round_timeout_s: int = 120, grace_s: int = 10,
-                 fedprox_mu: float = 0.0, champion_parameters: dict | None = None, model_kind: str = "response", seed: int = 0) -> None:
+                 fedprox_mu: float = 0.0, champion_parameters: dict | None = None, model_kind: str = "response", seed: int = 0,
+                 server_momentum: float = 0.0, server_learning_rate: float = 1.0) -> None:
         # resilient: a site's error result is left out of the round; this controller decides if the round holds
         super().__init__(ignore_result_error=True, allow_empty_global_weights=True)
         self.num_rounds = num_rounds
@@ -88,6 +90,9 @@ class RadplanFedAvg(ModelController):
         self.round_timeout_s = round_timeout_s
         self.grace_s = grace_s
         self.fedprox_mu = fedprox_mu
+        # momentum 0 and learning rate 1: plain FedAvg; otherwise FedAvgM / a server step size (aggregation.ServerMomentum)
+        self.server_momentum = server_momentum
+        self.server_learning_rate = server_learning_rate
         # the registered champion's weights (name -> nested lists), evaluated beside the new model on the same sites
         self.champion_parameters = champion_parameters
         self.model_kind = model_kind
@@ -106,6 +111,7 @@ class RadplanFedAvg(ModelController):
 
     def run(self) -> None:
         global_parameters = initial_parameters(self.model_kind, self.seed)
+        server = ServerMomentum(momentum=self.server_momentum, learning_rate=self.server_learning_rate)
         sites = sorted(client.name for client in self.engine.get_clients())
         rounds: list[dict] = []
         status, reason = "complete", ""
@@ -141,7 +147,7 @@ class RadplanFedAvg(ModelController):
                 status, reason = "incomplete", f"round {round_number}: {len(accepted)} accepted update(s) < min_sites {self.min_sites}"
                 self._event("round_failed", round=round_number, reason=reason)
                 break
-            global_parameters = weighted_average(accepted)
+            global_parameters = server.step(global_parameters, weighted_average(accepted))
             shared = set.intersection(*(set(site_metrics.get(u.site, {})) for u in accepted)) - {"n_train"}
             record["global_metrics"] = {name: float(np.average([site_metrics[u.site][name] for u in accepted], weights=[u.n_samples for u in accepted]))
                                         for name in sorted(shared) if not name.startswith("dp_")}
@@ -153,7 +159,8 @@ class RadplanFedAvg(ModelController):
             np.savez(self._run_dir() / GLOBAL_MODEL_FILE, **global_parameters)
         self._event("run_end", status=status, reason=reason, rounds_completed=sum(1 for r in rounds if "global_metrics" in r))
         summary = {"status": status, "reason": reason, "num_rounds": self.num_rounds, "min_sites": self.min_sites,
-                   "fedprox_mu": self.fedprox_mu, "sites": sites, "rounds": rounds, "evaluation": evaluation}
+                   "fedprox_mu": self.fedprox_mu, "server_momentum": self.server_momentum,
+                   "server_learning_rate": self.server_learning_rate, "sites": sites, "rounds": rounds, "evaluation": evaluation}
         tmp = self._run_dir() / (SUMMARY_FILE + ".tmp")  # written last: its presence means the run ended
         tmp.write_text(json.dumps(_jsonable(summary), indent=1, sort_keys=True))
         os.replace(tmp, self._run_dir() / SUMMARY_FILE)

@@ -18,6 +18,7 @@ import pandas as pd
 import psutil
 import pytest
 
+from radplan.federated.aggregation import ServerMomentum, SiteUpdate, weighted_average
 from radplan.federated.engine import FederatedJobConfig, FlareDeployment, server_process_files
 from radplan.federated.flare_server import RECEIVED_FILE
 from radplan.federated.model import FEATURE_NAMES, initial_parameters
@@ -42,7 +43,7 @@ def federation(tmp_path_factory):
     tracking = {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "artifact_root": root / "mlartifacts"}
     with FlareDeployment(root / "flare", list(SITES)) as deployment:
         listening = sorted({c.laddr.ip for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == deployment.port})
-        healthy_config = FederatedJobConfig(num_rounds=2, min_sites=2, grace_s=20, round_timeout_s=90)
+        healthy_config = FederatedJobConfig(num_rounds=2, min_sites=2, grace_s=20, round_timeout_s=90, server_momentum=0.5)
         healthy = deployment.run({s: site_dirs[s] for s in SITES[:3]}, healthy_config, job_name="healthy", timeout_s=240)
         fault_config = FederatedJobConfig(num_rounds=4, min_sites=2, grace_s=6, round_timeout_s=90, faults={
             "site-1": ("diverging", (0,)), "site-2": ("malformed", (1, 3)), "site-3": ("dropout", (2,))})
@@ -63,6 +64,16 @@ def test_three_site_processes_complete_two_fedavg_rounds_and_the_model_is_regist
     assert all(set(r["site_metrics"]) == {"site-1", "site-2", "site-3"} for r in rounds)
     assert any(not np.allclose(run.global_parameters[k], v) for k, v in initial_parameters().items())
     assert set(run.summary["evaluation"]) == {"site-1", "site-2", "site-3"}
+    # The server's global model is what its FedAvgM step makes of the updates it received and kept, round by round.
+    received = [json.loads(line) for line in (run.server_files / RECEIVED_FILE).read_text().splitlines()]
+    server, expected = ServerMomentum(momentum=0.5), initial_parameters()
+    for round_number in (0, 1):
+        updates = [SiteUpdate(r["site"], {k: np.asarray(v) for k, v in r["params"].items()}, r["meta"]["NUM_STEPS_CURRENT_ROUND"])
+                   for r in received if r.get("round") == round_number]
+        expected = server.step(expected, weighted_average(updates))
+    for name, value in expected.items():
+        np.testing.assert_allclose(run.global_parameters[name], value, rtol=1e-6, atol=1e-9)
+    assert run.summary["server_momentum"] == 0.5
     result = log_and_register(run, federation["configs"][0], **federation["tracking"])
     assert result["registered"] and result["registration"]["alias"] == "champion"
     client = registry.mlflow_client(federation["tracking"]["tracking_uri"], federation["tracking"]["artifact_root"], ())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from radplan.federated.aggregation import SiteUpdate, screen_updates, weighted_average
+from radplan.federated.aggregation import ServerMomentum, SiteUpdate, screen_updates, weighted_average
 from radplan.federated.model import LocalTrainer, TrainingConfig, design, initial_parameters
 from radplan.federated.sites import KEY_FILE, SiteSpec, default_site_specs, read_site, write_site_lakes
 
@@ -51,6 +51,25 @@ def test_malformed_and_diverging_updates_are_left_out_of_the_average():
     averaged = weighted_average(accepted)
     np.testing.assert_allclose(averaged["linear.bias"], base["linear.bias"] + 0.1 * 0.25 + 0.2 * 0.75)
 
+
+
+def test_server_momentum_is_fedavg_at_zero_and_accumulates_the_rounds_updates_otherwise():
+    start = {"w": np.zeros(3), "count": np.array(4, dtype=np.int64)}
+    plain, momentum = ServerMomentum(), ServerMomentum(momentum=0.5)
+    # every round the sites' average lands one unit past the global model it was sent
+    g_plain, g_momentum = start, start
+    for _ in range(3):
+        g_plain = plain.step(g_plain, {"w": g_plain["w"] + 1.0, "count": np.array(5, dtype=np.int64)})
+        g_momentum = momentum.step(g_momentum, {"w": g_momentum["w"] + 1.0, "count": np.array(5, dtype=np.int64)})
+    np.testing.assert_allclose(g_plain["w"], 3.0)  # FedAvg: the global model is the average
+    np.testing.assert_allclose(g_momentum["w"], 1.0 + 1.5 + 1.75)  # velocity 1, 1.5, 1.75
+    assert g_momentum["count"] == 5 and g_momentum["count"].dtype == np.int64  # counters are averaged, not stepped
+    doubled = ServerMomentum(learning_rate=2.0).step(start, {"w": np.full(3, 0.5), "count": np.array(5)})
+    np.testing.assert_allclose(doubled["w"], 1.0)  # twice the averaged move
+    with pytest.raises(ValueError, match="momentum"):
+        ServerMomentum(momentum=1.0)
+    with pytest.raises(ValueError, match="learning rate"):
+        ServerMomentum(learning_rate=0.0)
 
 def _site_arrays(site_lakes, name):
     features, labels = read_site(site_lakes[name]).train
