@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -44,18 +45,32 @@ def orthanc(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def demo_home(tmp_path_factory, shared_data) -> Path:
+def demo_home(tmp_path_factory, worker_id, shared_data) -> Path:
     """One `radplan demo` of the whole graph, in its own process, shared by the slow tests (read it, copy it to change it).
 
-    A 12-patient demo takes ~3 min on a quiet machine; the end-to-end checks read it and the
-    incremental test copies it, so the suite pays for it once.
+    A 12-patient demo takes ~3 min on a quiet machine; the end-to-end checks read it and the incremental test
+    copies it, so the suite pays for it once: the first pytest-xdist worker to need it builds it under a file lock
+    in the run's common temporary folder, and the other worker reads the same home (building one each, at the same
+    time on two cores, cost each worker ~3 min).
     """
-    home = tmp_path_factory.mktemp("radplan-home")
-    env = {**os.environ, "RADPLAN_DEMO": "1", "DAGSTER_HOME": str(home / "dagster_home")}
-    env.pop("RADPLAN_HOME", None)
-    command = [sys.executable, "-m", "radplan_cli.main", "demo", "--patients", str(DEMO_PATIENTS), "--seed", str(DEMO_SEED), "--home", str(home),
-               "--segmentation-epochs", "1", "--trials", str(shared_data / "trials")]  # fmt: skip
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1700)
-    (home / "demo.log").write_text(result.stdout + result.stderr)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        root = root.parent  # the folder every worker's basetemp is in
+    home = root / "radplan-demo-home"
+    built = home / "demo-built"
+    with FileLock(str(root / "radplan-demo-home.lock")):
+        if not built.exists():
+            if home.exists():
+                shutil.rmtree(home)  # a build that failed in the other worker: build it again here
+            home.mkdir()
+            env = {**os.environ, "RADPLAN_DEMO": "1", "DAGSTER_HOME": str(home / "dagster_home")}
+            env.pop("RADPLAN_HOME", None)
+            command = [sys.executable, "-m", "radplan_cli.main", "demo", "--patients", str(DEMO_PATIENTS), "--seed", str(DEMO_SEED), "--home",
+                       str(home), "--segmentation-epochs", "1", "--trials", str(shared_data / "trials")]  # fmt: skip
+            result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1700)
+            (home / "demo.log").write_text(result.stdout + result.stderr)
+            assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+            built.touch()
     return home
