@@ -35,7 +35,8 @@ def _federated_demo(args: argparse.Namespace) -> int:
         previous = faults.get(site, (fault, ()))[1]
         faults[site] = (fault, (*previous, round_number))
     config = FederatedJobConfig(num_rounds=args.rounds, local_epochs=args.local_epochs, min_sites=args.min_sites,
-                                fedprox_mu=args.fedprox_mu, dp_noise_multiplier=args.dp_noise_multiplier, faults=faults)
+                                fedprox_mu=args.fedprox_mu, server_momentum=args.server_momentum, server_learning_rate=args.server_learning_rate,
+                                dp_noise_multiplier=args.dp_noise_multiplier, faults=faults)
     summary = run_federated_training(settings.lake_dir / "models" / "federated", tracking_uri=settings.mlflow_tracking_uri,
                                      artifact_root=Path(settings.mlflow_artifact_root), sizes=tuple(args.sizes), config=config, progress=print)
     print(json.dumps(summary, indent=1, default=str))
@@ -50,6 +51,8 @@ def register(subparsers) -> None:
     parser.add_argument("--local-epochs", type=int, default=2)
     parser.add_argument("--min-sites", type=int, default=2, help="accepted updates a round needs, else the run ends incomplete")
     parser.add_argument("--fedprox-mu", type=float, default=0.0, help="FedProx proximal coefficient (0: FedAvg)")
+    parser.add_argument("--server-momentum", type=float, default=0.0, help="FedAvgM: the server's momentum over rounds (0: FedAvg)")
+    parser.add_argument("--server-learning-rate", type=float, default=1.0, help="the server's step along the averaged update (1: FedAvg)")
     parser.add_argument("--dp-noise-multiplier", type=float, default=0.0, help="DP-SGD noise multiplier at each site (0: off)")
     parser.add_argument("--fault", type=_fault, action="append", metavar="SITE:FAULT:ROUND",
                         help="make a site misbehave: FAULT is dropout, malformed or diverging (repeatable)")
