@@ -9,6 +9,11 @@ new run tagged ``radplan/retry_of``; a run that still waits for the daemon's ret
 treated the same way. The policy's limits hold: a step failure is retried only where the instance retries step
 failures or where the step raised a database error (an outage under the run: ``DATABASE_ERRORS``), and each failed
 run's lineage gets at most ``max_retries`` of these runs.
+
+A retry the daemon created but could not submit (the database went away between writing the run and queueing it)
+stays NOT_STARTED; Dagster's run monitoring fails it only after its start timeout (10 min here), and the UI shows
+it waiting all that time. Once such a run is ``ORPHAN_AFTER_S`` old and its parent says the daemon's retry failed,
+this sensor cancels it with the reason, and the work is run again as above.
 """
 
 import datetime as dt
@@ -39,6 +44,9 @@ PARTITION_TAG = "dagster/partition"
 DATABASE_ERRORS = frozenset({"OperationalError", "InterfaceError", "DagsterPostgresException"})
 # The daemon retries within seconds of the failure; one still pending after this is taken as lost.
 RETRY_OVERDUE_S = 600
+# A run submits within seconds of its creation: a daemon retry still NOT_STARTED after this was never submitted.
+ORPHAN_AFTER_S = 60
+PARENT_RUN_TAG = "dagster/parent_run_id"
 # Failed runs looked at: those updated in the last day (older ones are the operator's, in the UI).
 LOOKBACK_S = 24 * 3600
 
@@ -97,6 +105,19 @@ def _step_database_error(instance, run_id: str) -> str | None:
     return database_error(entry.dagster_event.step_failure_data.error for entry in failures if entry.dagster_event)
 
 
+def _cancel_orphaned_retries(context: SensorEvaluationContext, run, now: float) -> None:
+    """Cancel the daemon's retries of ``run`` that were created and never submitted (module docstring)."""
+    instance = context.instance
+    orphans = instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.NOT_STARTED], tags={PARENT_RUN_TAG: run.run_id}))
+    for record in orphans:
+        if now - record.create_timestamp.timestamp() < ORPHAN_AFTER_S:
+            continue
+        orphan = record.dagster_run
+        instance.report_run_canceled(orphan, f"Never started: the daemon created this retry of run {run.run_id} but could not submit it "
+                                             "(dagster/will_retry=false on that run); missed_retry_sensor runs the same work again instead.")
+        context.log.warning(f"canceled run {orphan.run_id}: a retry of {run.run_id} created but never submitted")
+
+
 def _same_work(run, other) -> bool:
     return (other.job_name == run.job_name and other.tags.get(PARTITION_TAG) == run.tags.get(PARTITION_TAG)
             and other.asset_selection == run.asset_selection and dict(other.run_config or {}) == dict(run.run_config or {}))  # fmt: skip
@@ -137,6 +158,8 @@ def missed_retry_sensor(context: SensorEvaluationContext) -> SensorResult:
     requests = []
     for record in failed:
         run = record.dagster_run
+        if run.tags.get(WILL_RETRY_TAG) == "false" and not run.tags.get(AUTO_RETRY_RUN_ID_TAG):
+            _cancel_orphaned_retries(context, run, now)
         reason = missed_retry_reason(dict(run.tags), record.end_time, now, policy, partial(_step_database_error, instance, run.run_id))
         if reason is None:
             continue

@@ -172,7 +172,16 @@ def test_missed_retry_sensor_runs_the_same_work_again_once(tmp_path, monkeypatch
         instance.create_run_for_job(refresh_job, status=DagsterRunStatus.FAILURE,
                                     tags={**tags, "dagster/will_retry": "true", "dagster/auto_retry_run_id": "elsewhere"})  # fmt: skip
 
+        # The daemon's retry of the lost run, created but never submitted (the database went away in between).
+        orphan = instance.create_run_for_job(refresh_job, status=DagsterRunStatus.NOT_STARTED, asset_selection=imaging,
+                                             tags={**tags, "dagster/parent_run_id": lost.run_id})
+        monkeypatch.setattr("sensors.retries.ORPHAN_AFTER_S", 3600)
         [request] = daemon.evaluate("missed_retry_sensor")
+        assert instance.get_run_by_id(orphan.run_id).status == DagsterRunStatus.NOT_STARTED  # young: may still be submitted
+        monkeypatch.setattr("sensors.retries.ORPHAN_AFTER_S", 0)
+        [request] = daemon.evaluate("missed_retry_sensor")
+        assert instance.get_run_by_id(orphan.run_id).status == DagsterRunStatus.CANCELED
+        assert any("Never started" in (entry.message or "") for entry in instance.all_logs(orphan.run_id))
         assert request.job_name == "patient_refresh_job" and request.partition_key == partition
         assert set(request.asset_selection) == imaging
         assert request.tags["radplan/retry_of"] == lost.run_id and request.tags["radplan/sources"] == "imaging"
