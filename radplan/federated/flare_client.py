@@ -138,7 +138,8 @@ def segmentation_main(args: argparse.Namespace) -> None:
         # (restarting it every round left the global model at 0.23 Dice against 0.76 pooled, benchmarks/bench_federated.py).
         rounds = received.total_rounds or round_number + 1
         schedule = (round_number * args.local_epochs, rounds * args.local_epochs)
+        mu = float((received.meta or {}).get("fedprox_mu", 0.0))  # FedProx when the server sends mu > 0
         parameters, metrics = train_locally(received.params, train_pairs, config, args.local_epochs, seed=args.seed + round_number,
-                                            schedule=schedule, moments=moments)
+                                            schedule=schedule, moments=moments, fedprox_mu=mu)
         flare.send(FLModel(params=parameters, metrics=_finite_metrics(metrics),
                            meta={"NUM_STEPS_CURRENT_ROUND": float(len(train_pairs)), "eligible_patients": len(train_pairs)}))

@@ -7,8 +7,8 @@ the site's pseudonym. ``<site>/lake/segmentation_pairs.parquet`` lists them with
 the site's response labels.
 
 Local training is the segmentation recipe of :mod:`radplan.models.segmentation` (network, transforms,
-Dice+CE Lightning module and optimizer) for ``local_epochs`` epochs from the received weights; evaluation is its
-whole-image sliding-window Dice.
+Dice+CE Lightning module and optimizer) for ``local_epochs`` epochs from the received weights, with FedProx's
+proximal term when the server sends ``fedprox_mu`` > 0; evaluation is its whole-image sliding-window Dice.
 """
 
 from __future__ import annotations
@@ -104,14 +104,27 @@ class OptimizerMoments:
     state: dict | None = None
 
 
-class _MomentsCarryingModule(LesionSegmentationModule):
-    def __init__(self, network: torch.nn.Module, config: SegmentationTrainingConfig, moments: OptimizerMoments) -> None:
+class _SiteModule(LesionSegmentationModule):
+    """The recipe's module as a site trains it in a round: its optimizer state carried from the last round
+    (``moments``, when given), and FedProx's proximal term ``(mu/2) ||w - w_received||^2`` added to the loss when
+    ``fedprox_mu`` > 0, which keeps the site's weights near the global model it received (the skewed-site case)."""
+
+    def __init__(self, network: torch.nn.Module, config: SegmentationTrainingConfig, moments: OptimizerMoments | None,
+                 fedprox_mu: float = 0.0) -> None:
         super().__init__(network, config)
         self.moments = moments
+        self.fedprox_mu = fedprox_mu
+        self.received = [p.detach().clone() for p in network.parameters()] if fedprox_mu > 0 else []
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        if self.fedprox_mu > 0:
+            loss = loss + self.fedprox_mu / 2 * sum(((p - r) ** 2).sum() for p, r in zip(self.network.parameters(), self.received))
+        return loss
 
     def configure_optimizers(self):
         configured = super().configure_optimizers()
-        if self.moments.state is not None:
+        if self.moments is not None and self.moments.state is not None:
             optimizer = configured["optimizer"]
             groups = [{**fresh, "params": saved["params"]}
                       for fresh, saved in zip(optimizer.state_dict()["param_groups"], self.moments.state["param_groups"])]
@@ -119,17 +132,19 @@ class _MomentsCarryingModule(LesionSegmentationModule):
         return configured
 
     def on_train_end(self) -> None:
-        self.moments.state = copy.deepcopy(self.trainer.optimizers[0].state_dict())
+        if self.moments is not None:
+            self.moments.state = copy.deepcopy(self.trainer.optimizers[0].state_dict())
 
 
 def train_locally(parameters: dict[str, np.ndarray], pairs: list[tuple[Path, Path]], config: SegmentationTrainingConfig,
                   epochs: int, seed: int = 0, schedule: tuple[int, int] | None = None,
-                  moments: OptimizerMoments | None = None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+                  moments: OptimizerMoments | None = None, fedprox_mu: float = 0.0) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """``epochs`` epochs of the segmentation recipe from ``parameters`` on ``pairs``; new weights and the last loss.
 
     ``schedule`` (epochs before this fit, epochs in all): the fit is part of a longer training, a federated round's
     local epochs, and its learning rate continues that training's cosine instead of restarting it. ``moments``: the
-    optimizer state starts from it (when set) and is left in it, for the site's next round."""
+    optimizer state starts from it (when set) and is left in it, for the site's next round. ``fedprox_mu`` > 0:
+    FedProx, the loss holds the weights near ``parameters``."""
     import lightning as L
     from monai.data import CacheDataset, DataLoader
     from monai.utils import set_determinism
@@ -145,7 +160,7 @@ def train_locally(parameters: dict[str, np.ndarray], pairs: list[tuple[Path, Pat
     dataset = CacheDataset(items, training_transforms(config), cache_rate=1.0, num_workers=0, progress=False)
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, num_workers=0, generator=torch.Generator().manual_seed(seed))
     network = network_from(parameters, config)
-    module = LesionSegmentationModule(network, config) if moments is None else _MomentsCarryingModule(network, config, moments)
+    module = _SiteModule(network, config, moments, fedprox_mu)
     trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, deterministic="warn", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
     trainer.fit(module, train_dataloaders=loader)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from models.models_synthetic import sphere_volumes
 from radplan.federated.segmentation_site import OptimizerMoments, initial_parameters, train_locally
 from radplan.models.segmentation import SegmentationTrainingConfig
@@ -26,3 +28,15 @@ def test_a_site_carries_its_optimizer_state_from_round_to_round(tmp_path):
     fresh = OptimizerMoments()
     train_locally(first, pairs, TINY, 1, seed=1, schedule=(1, 4), moments=fresh)
     assert _steps(fresh) == {steps_one_round}
+
+
+def test_fedprox_keeps_a_sites_segmentation_weights_near_the_global_model(tmp_path):
+    pairs = sphere_volumes(tmp_path, 2, shape=(32, 32, 20))
+    start = initial_parameters(TINY)
+
+    def moved(parameters) -> float:
+        return float(np.sqrt(sum(((parameters[k] - start[k]) ** 2).sum() for k in start if np.issubdtype(start[k].dtype, np.floating))))
+
+    plain, _ = train_locally(start, pairs, TINY, 2, seed=3)
+    proximal, _ = train_locally(start, pairs, TINY, 2, seed=3, fedprox_mu=100.0)
+    assert moved(proximal) < 0.9 * moved(plain)
