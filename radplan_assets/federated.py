@@ -22,8 +22,8 @@ class FederatedTrainingConfig(Config):
 @asset(
     group_name="models",
     description="The response model trained where the data lives: FedAvg (FedProx with fedprox_mu > 0, FedAvgM with "
-    "server_momentum > 0 or a server_learning_rate, DP-SGD with dp_noise_multiplier > 0) on NVIDIA FLARE across synthetic hospital sites, each with its own lake and key; the "
-    "server aggregates weights only. Per-site and global metrics in MLflow; the global model is registered as "
+    "server_momentum > 0 or a server_learning_rate, DP-SGD with dp_noise_multiplier > 0) on NVIDIA FLARE across "
+    "synthetic hospital sites, each with its own lake and key; the server aggregates weights only. Per-site and global metrics in MLflow; the global model is registered as "
     "radplan-response-federated (champion/challenger) only when every round completed.",
 )
 def federated_response_model(context: AssetExecutionContext, config: FederatedTrainingConfig, lake: LakeResource,

@@ -10,7 +10,7 @@ are left out of the average, with the reason recorded; they never touch the glob
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -94,7 +94,7 @@ class ServerMomentum:
 
     momentum: float = 0.0
     learning_rate: float = 1.0
-    velocity: dict[str, np.ndarray] | None = None
+    velocity: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.momentum < 1.0:
@@ -105,8 +105,6 @@ class ServerMomentum:
     def step(self, global_parameters: dict[str, np.ndarray], average: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The next global model from the current one and the round's (weighted) average of the accepted updates.
         Integer-valued entries (counters) take the average as it is."""
-        if self.velocity is None:
-            self.velocity = {}
         new = {}
         for name, averaged in average.items():
             current = np.asarray(global_parameters[name])

@@ -4,8 +4,8 @@ Each round sends the global weights to every site, waits until ``min_sites`` sit
 ``grace_s`` for the others, at most ``round_timeout_s``), screens the updates
 (:func:`radplan.federated.aggregation.screen_updates`) and averages the accepted ones; the new global model is that
 average, or with a server momentum or learning rate the server's step along it
-(:class:`~radplan.federated.aggregation.ServerMomentum`). A site that sent nothing (dropped out, timed out), reported zero eligible patients, or sent a malformed or diverging update is left out
-of that round, and the event is written to the server's event log. A round with fewer than ``min_sites``
+(:class:`~radplan.federated.aggregation.ServerMomentum`). A site that sent nothing (dropped out, timed out),
+reported zero eligible patients, or sent a malformed or diverging update is left out of that round, and the event is written to the server's event log. A round with fewer than ``min_sites``
 accepted updates ends the run as *incomplete*.
 
 What the server keeps, all in its run folder (downloaded with the job result):

@@ -159,8 +159,7 @@ def train_locally(parameters: dict[str, np.ndarray], pairs: list[tuple[Path, Pat
     items = [{IMAGE_KEY: str(i), LABEL_KEY: str(l)} for i, l in pairs]
     dataset = CacheDataset(items, training_transforms(config), cache_rate=1.0, num_workers=0, progress=False)
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, num_workers=0, generator=torch.Generator().manual_seed(seed))
-    network = network_from(parameters, config)
-    module = _SiteModule(network, config, moments, fedprox_mu)
+    module = _SiteModule(network_from(parameters, config), config, moments, fedprox_mu)
     trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, deterministic="warn", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
     trainer.fit(module, train_dataloaders=loader)
