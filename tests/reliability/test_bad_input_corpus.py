@@ -68,11 +68,13 @@ def corpus_run(tmp_path_factory):
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     assert defs.resolve_job_def("ingest_job").execute_in_process(instance=instance, run_config=quiet).success
     keys = instance.get_dynamic_partitions(PATIENTS_PARTITION_NAME)
-    failed = [
-        key for key in keys
-        if not defs.resolve_job_def("patient_preparation_job").execute_in_process(
-            instance=instance, partition_key=key, run_config=quiet, raise_on_error=False).success
-    ]
+    failed = {}  # patient key -> the failed steps and their errors, so a failure says what broke
+    for key in keys:
+        result = defs.resolve_job_def("patient_preparation_job").execute_in_process(
+            instance=instance, partition_key=key, run_config=quiet, raise_on_error=False)
+        if not result.success:
+            failed[key] = [f"{event.step_key}: {event.event_specific_data.error.to_string()}"
+                           for event in result.all_events if event.is_step_failure] or ["the run failed outside a step"]
     return {"home": home, "instance": instance, "keys": list(keys), "failed": failed, "lake": defs.resources["lake"]}
 
 
@@ -108,7 +110,7 @@ def _matching_reasons(case: dict, reasons: list[dict], home: Path) -> list[dict]
 
 def test_every_patient_run_succeeds(corpus_run):
     # Bad files are quarantined file by file: no patient run fails because of one (the corpus patient included).
-    assert corpus_run["failed"] == []
+    assert corpus_run["failed"] == {}
     assert len(corpus_run["keys"]) == GOOD_PATIENTS + 1
 
 
