@@ -24,7 +24,7 @@ from radplan_resources import (
 )
 
 disable_telemetry()
-name_a_bare_main_module()  # before the asset modules import Great Expectations (and with it pyspark)
+name_a_bare_main_module()  # a run worker's __main__ is bare: named before any library looks at it (radplan.quality)
 SETTINGS = Settings.from_env()
 # The key is checked once, here, before the asset modules (torch, MONAI, Spark) are imported: a misconfigured
 # start-up fails in about two seconds instead of after the whole import (the message never shows the key).

@@ -12,6 +12,18 @@ from functools import lru_cache
 
 import pandas as pd
 
+from radplan.settings import name_a_bare_main_module
+
+
+def _great_expectations():
+    """Import Great Expectations, which imports pyspark's Spark Connect modules. In a process whose ``__main__`` is
+    bare (``python -c``, a pytest-xdist worker, a spawned worker) pyspark then calls ``sys.exit(0)``: the import
+    ends the calling step with ``SystemExit: 0``. Naming ``__main__`` first prevents that."""
+    name_a_bare_main_module()
+    import great_expectations
+
+    return great_expectations
+
 
 @dataclass(frozen=True)
 class ValidationSummary:
@@ -22,7 +34,7 @@ class ValidationSummary:
 
 @lru_cache(maxsize=1)
 def _batch_definition():
-    import great_expectations as gx
+    gx = _great_expectations()
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
@@ -33,15 +45,14 @@ def _batch_definition():
 
 def expectation(kind: str, **kwargs):
     """Build one GX expectation by its snake_case name, e.g. expectation("expect_column_values_to_not_be_null", column="x")."""
-    import great_expectations.expectations as gxe
+    gxe = _great_expectations().expectations
 
     class_name = "".join(part.capitalize() for part in kind.split("_"))
     return getattr(gxe, class_name)(**kwargs)
 
 
 def validate_frame(frame: pd.DataFrame, expectations: list) -> ValidationSummary:
-    import great_expectations as gx
-
+    gx = _great_expectations()
     batch_definition = _batch_definition()  # creates the context the suite needs
     suite = gx.ExpectationSuite(name="radplan-check")
     for item in expectations:
