@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shlex
 import shutil
 import socket
 import tempfile
@@ -56,15 +55,25 @@ class FederatedJobConfig:
     seed: int = 0
     faults: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)  # site -> (fault, rounds), see flare_client
     model: str = "response"  # or "segmentation" (the lesion segmentation network on the sites' CT images)
+    # segmentation only: overrides of the CPU recipe's fields (SegmentationTrainingConfig), the same at the server and
+    # every site, e.g. a smaller network and crops for a quick run
+    segmentation_recipe: dict[str, Any] = field(default_factory=dict)
 
     def site_arguments(self, site: str, site_dir: Path) -> str:
         arguments = ["--site-dir", str(site_dir), "--local-epochs", str(self.local_epochs), "--learning-rate", str(self.learning_rate),
                      "--batch-size", str(self.batch_size), "--dp-noise-multiplier", str(self.dp_noise_multiplier),
                      "--dp-max-grad-norm", str(self.dp_max_grad_norm), "--dp-delta", str(self.dp_delta), "--seed", str(self.seed), "--model", self.model]
+        if self.segmentation_recipe:
+            arguments += ["--segmentation-recipe", json.dumps(self.segmentation_recipe, sort_keys=True, separators=(",", ":"))]
         if site in self.faults:
             fault, rounds = self.faults[site]
             arguments += ["--fault", fault, "--fault-rounds", ",".join(str(r) for r in rounds)]
-        return shlex.join(arguments)
+        # FLARE's script runner splits the arguments on whitespace and passes quotes and backslashes on as they are.
+        unfit = [a for a in arguments if not a or any(c.isspace() or c in "'\\" for c in a)]
+        if unfit:
+            raise ValueError(f"site arguments {unfit} contain whitespace, a single quote or a backslash: FLARE splits "
+                             "a site's arguments on whitespace and does not unquote them (a site folder path with a space cannot be passed)")
+        return " ".join(arguments)
 
 
 @dataclass
@@ -210,6 +219,7 @@ class FlareDeployment:
                                                  round_timeout_s=config.round_timeout_s, grace_s=config.grace_s,
                                                  fedprox_mu=config.fedprox_mu, model_kind=config.model, seed=config.seed,
                                                  server_momentum=config.server_momentum, server_learning_rate=config.server_learning_rate,
+                                                 segmentation_recipe=config.segmentation_recipe,
                                                  champion_parameters=None if champion_parameters is None else
                                                  {k: np.asarray(v).tolist() for k, v in champion_parameters.items()}))
         for site, site_dir in site_dirs.items():

@@ -14,6 +14,7 @@ without eligible training patients answers with ``eligible_patients = 0`` and no
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 
@@ -36,6 +37,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dp-delta", type=float, default=1e-5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", choices=("response", "segmentation"), default="response")
+    parser.add_argument("--segmentation-recipe", type=json.loads, default={},
+                        help="JSON object: overrides of the segmentation CPU recipe's fields (the server uses the same)")
     parser.add_argument("--fault", choices=FAULTS, default="none")
     parser.add_argument("--fault-rounds", default="1", help="comma-separated round numbers (0-based)")
     return parser.parse_args(argv)
@@ -115,7 +118,7 @@ def segmentation_main(args: argparse.Namespace) -> None:
     from radplan.federated.segmentation_site import OptimizerMoments, federated_segmentation_config, held_out_dice, site_pairs, train_locally
 
     train_pairs, test_pairs = site_pairs(args.site_dir)
-    config = federated_segmentation_config(seed=args.seed)
+    config = federated_segmentation_config(**{**args.segmentation_recipe, "seed": args.seed})
     moments = OptimizerMoments()  # this site's optimizer state across its rounds (stays in this process)
     flare.init()
     while flare.is_running():

@@ -35,8 +35,9 @@ from nvflare.app_common.workflows.model_controller import ModelController
 from radplan.federated.aggregation import ServerMomentum, SiteUpdate, screen_updates, weighted_average
 
 
-def initial_parameters(model_kind: str, seed: int) -> dict[str, np.ndarray]:
-    """Round 0 weights: the response model's (zeros) or the segmentation network's (seeded initialization)."""
+def initial_parameters(model_kind: str, seed: int, segmentation_recipe: dict | None = None) -> dict[str, np.ndarray]:
+    """Round 0 weights: the response model's (zeros) or the segmentation network's (seeded initialization, the
+    architecture of ``segmentation_recipe``: overrides of the CPU recipe the sites train with)."""
     if model_kind == "response":
         from radplan.federated.model import initial_parameters as response_parameters
 
@@ -45,7 +46,7 @@ def initial_parameters(model_kind: str, seed: int) -> dict[str, np.ndarray]:
         from radplan.federated.segmentation_site import federated_segmentation_config
         from radplan.federated.segmentation_site import initial_parameters as segmentation_parameters
 
-        return segmentation_parameters(federated_segmentation_config(seed=seed))
+        return segmentation_parameters(federated_segmentation_config(**{**(segmentation_recipe or {}), "seed": seed}))
     raise ValueError(f"unknown model kind {model_kind!r} (response or segmentation)")
 
 SUMMARY_FILE = "federated_summary.json"
@@ -82,7 +83,7 @@ def _audited(params: Any) -> Any:
 class RadplanFedAvg(ModelController):
     def __init__(self, num_rounds: int = 2, min_sites: int = 2, round_timeout_s: int = 120, grace_s: int = 10,
                  fedprox_mu: float = 0.0, champion_parameters: dict | None = None, model_kind: str = "response", seed: int = 0,
-                 server_momentum: float = 0.0, server_learning_rate: float = 1.0) -> None:
+                 server_momentum: float = 0.0, server_learning_rate: float = 1.0, segmentation_recipe: dict | None = None) -> None:
         # resilient: a site's error result is left out of the round; this controller decides if the round holds
         super().__init__(ignore_result_error=True, allow_empty_global_weights=True)
         self.num_rounds = num_rounds
@@ -97,6 +98,7 @@ class RadplanFedAvg(ModelController):
         self.champion_parameters = champion_parameters
         self.model_kind = model_kind
         self.seed = seed
+        self.segmentation_recipe = segmentation_recipe or {}
 
     def _run_dir(self) -> Path:
         return Path(self.engine.get_workspace().get_run_dir(self.fl_ctx.get_job_id()))
@@ -110,7 +112,7 @@ class RadplanFedAvg(ModelController):
         self.warning(f"federated event {kind}: {details}")
 
     def run(self) -> None:
-        global_parameters = initial_parameters(self.model_kind, self.seed)
+        global_parameters = initial_parameters(self.model_kind, self.seed, self.segmentation_recipe)
         server = ServerMomentum(momentum=self.server_momentum, learning_rate=self.server_learning_rate)
         sites = sorted(client.name for client in self.engine.get_clients())
         rounds: list[dict] = []
@@ -160,7 +162,8 @@ class RadplanFedAvg(ModelController):
         self._event("run_end", status=status, reason=reason, rounds_completed=sum(1 for r in rounds if "global_metrics" in r))
         summary = {"status": status, "reason": reason, "num_rounds": self.num_rounds, "min_sites": self.min_sites,
                    "fedprox_mu": self.fedprox_mu, "server_momentum": self.server_momentum,
-                   "server_learning_rate": self.server_learning_rate, "sites": sites, "rounds": rounds, "evaluation": evaluation}
+                   "server_learning_rate": self.server_learning_rate, "sites": sites, "rounds": rounds, "evaluation": evaluation,
+                   "model": self.model_kind, "segmentation_recipe": self.segmentation_recipe}
         tmp = self._run_dir() / (SUMMARY_FILE + ".tmp")  # written last: its presence means the run ended
         tmp.write_text(json.dumps(_jsonable(summary), indent=1, sort_keys=True))
         os.replace(tmp, self._run_dir() / SUMMARY_FILE)

@@ -34,8 +34,12 @@ PAIRS_FILE = "lake/segmentation_pairs.parquet"
 
 
 def federated_segmentation_config(**overrides) -> SegmentationTrainingConfig:
-    """The CPU recipe of the segmentation model (its defaults), one local epoch at a time unless overridden."""
-    return dataclasses.replace(SegmentationTrainingConfig(), **overrides)
+    """The CPU recipe of the segmentation model (its defaults) with ``overrides`` of its fields. A federated job
+    sends the same overrides to the server (round 0 weights) and every site as JSON: lists come back as tuples."""
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(SegmentationTrainingConfig)})
+    if unknown:
+        raise ValueError(f"unknown segmentation recipe fields {unknown} (fields of radplan.models.segmentation.SegmentationTrainingConfig)")
+    return dataclasses.replace(SegmentationTrainingConfig(), **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
 
 
 def _to_image(array: np.ndarray, spacing_xy: float, spacing_z: float, origin: tuple[float, float, float]) -> sitk.Image:

@@ -1,12 +1,14 @@
 """NVIDIA FLARE's own server and one client process per site, over 127.0.0.1, on tiny site lakes.
 
-One deployment (server + four site processes) runs two jobs:
+One deployment (server + four site processes) runs three jobs:
 
 - three healthy sites, two FedAvg rounds: the run completes, the global model is registered in MLflow, and
   nothing the server received or stored contains a patient pseudonym, a source identity or a site key;
 - faults: a site with zero eligible patients (every round), a diverging update (round 0), a malformed update
   (rounds 1 and 3), a site that leaves mid-round (round 2: its process ends before it answers): rounds 0-2 complete with the rest, each event
-  is logged, round 3 has too few accepted updates, and no global model is stored or registered.
+  is logged, round 3 has too few accepted updates, and no global model is stored or registered;
+- the segmentation network (a small recipe) on three sites' CT images, two rounds with FedProx: every site trains
+  in its own process and the server's global model has the recipe's architecture.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import pytest
 from radplan.federated.aggregation import ServerMomentum, SiteUpdate, weighted_average
 from radplan.federated.engine import FederatedJobConfig, FlareDeployment, server_process_files
 from radplan.federated.flare_server import RECEIVED_FILE
+from radplan.federated.flare_server import initial_parameters as round_zero_parameters
 from radplan.federated.model import FEATURE_NAMES, initial_parameters
+from radplan.federated.segmentation_site import write_site_images
 from radplan.federated.reporting import FEDERATED_MODEL_NAME, log_and_register
 from radplan.federated.sites import KEY_FILE, SiteSpec, default_site_specs, write_site_lakes
 from radplan.models import registry
@@ -31,7 +35,9 @@ pytestmark = pytest.mark.slow
 
 SITES = ("site-1", "site-2", "site-3", "site-4")
 ALLOWED_METRICS = {"train_loss", "n_train", "local_auc", "received_global_auc", "n_held_out", "n_held_out_responders",
-                   "global_held_out_auc", "champion_held_out_auc", "dp_epsilon", "dp_delta"}
+                   "global_held_out_auc", "champion_held_out_auc", "dp_epsilon", "dp_delta", "global_held_out_dice", "champion_held_out_dice"}
+# A network and crops small enough for seconds per round on CPU (the benchmark trains the full CPU recipe).
+SMALL_SEGMENTATION_RECIPE = {"roi_size": [24, 24, 16], "samples_per_volume": 2, "batch_size": 2, "channels": [4, 8, 16, 32]}
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +46,10 @@ def federation(tmp_path_factory):
     specs = default_site_specs((16, 14, 12))
     specs.append(SiteSpec("site-4", 0, 9901))  # a hospital with no eligible patient
     site_dirs = write_site_lakes(specs, root / "sites")
+    segmentation_specs = [SiteSpec(**{**spec.__dict__, "n_held_out": 1}) for spec in default_site_specs((3, 3, 3), base_seed=7300)]
+    segmentation_dirs = write_site_lakes(segmentation_specs, root / "segmentation-sites")
+    for spec in segmentation_specs:
+        write_site_images(spec, segmentation_dirs[spec.name])
     tracking = {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "artifact_root": root / "mlartifacts"}
     with FlareDeployment(root / "flare", list(SITES)) as deployment:
         listening = sorted({c.laddr.ip for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == deployment.port})
@@ -48,10 +58,15 @@ def federation(tmp_path_factory):
         fault_config = FederatedJobConfig(num_rounds=4, min_sites=2, grace_s=6, round_timeout_s=90, faults={
             "site-1": ("diverging", (0,)), "site-2": ("malformed", (1, 3)), "site-3": ("dropout", (2,))})
         faulty = deployment.run(site_dirs, fault_config, job_name="faults", timeout_s=240)
+        segmentation_config = FederatedJobConfig(model="segmentation", num_rounds=2, local_epochs=1, min_sites=3, grace_s=20,
+                                                 round_timeout_s=180, fedprox_mu=0.01, segmentation_recipe=SMALL_SEGMENTATION_RECIPE)
+        segmentation = deployment.run(segmentation_dirs, segmentation_config, job_name="segmentation", timeout_s=300)
     server_files = server_process_files(deployment)  # after the stop: what the server left on disk
+    runs = (healthy, faulty, segmentation)
     yield {"specs": specs, "site_dirs": site_dirs, "healthy": healthy, "faulty": faulty, "tracking": tracking,
-           "server_files": server_files + [p for run in (healthy, faulty) for p in run.server_files.rglob("*") if p.is_file()],
-           "configs": (healthy_config, fault_config), "listening": listening}
+           "segmentation": segmentation, "segmentation_specs": segmentation_specs, "segmentation_dirs": segmentation_dirs,
+           "server_files": server_files + [p for run in runs for p in run.server_files.rglob("*") if p.is_file()],
+           "configs": (healthy_config, fault_config, segmentation_config), "listening": listening}
 
 
 def test_three_site_processes_complete_two_fedavg_rounds_and_the_model_is_registered(federation):
@@ -103,14 +118,33 @@ def test_faults_are_logged_rounds_complete_with_the_rest_and_no_partial_model_is
     assert len(client.search_model_versions(f"name='{FEDERATED_MODEL_NAME}'")) == versions_before
 
 
+def test_the_segmentation_network_trains_in_three_site_processes_with_fedprox(federation):
+    run, config = federation["segmentation"], federation["configs"][2]
+    assert run.complete, (run.job_status, run.summary.get("reason"), run.events)
+    rounds = run.summary["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1]
+    assert all(r["sites_accepted"] == ["site-1", "site-2", "site-3"] for r in rounds)
+    # Every site trained on its own images: a loss from each, each over its two training patients.
+    assert all(m["n_train"] == 2 and np.isfinite(m["train_loss"]) for r in rounds for m in r["site_metrics"].values())
+    # The server started from the recipe's network and moved it; the sites sent weights of the same architecture.
+    start = round_zero_parameters("segmentation", config.seed, config.segmentation_recipe)
+    assert {k: v.shape for k, v in run.global_parameters.items()} == {k: v.shape for k, v in start.items()}
+    assert any(not np.allclose(run.global_parameters[k], v) for k, v in start.items())
+    assert run.summary["fedprox_mu"] == 0.01 and run.summary["segmentation_recipe"] == SMALL_SEGMENTATION_RECIPE
+    # Each site scored the global model on its held-out patient.
+    assert set(run.summary["evaluation"]) == {"site-1", "site-2", "site-3"}
+    assert all(0.0 <= m["global_held_out_dice"] <= 1.0 and m["n_held_out"] == 1 for m in run.summary["evaluation"].values())
+
+
 def test_the_server_receives_and_stores_only_model_updates(federation):
     secrets_of_sites = []
-    for spec in federation["specs"]:
-        site_dir = federation["site_dirs"][spec.name]
-        pseudonyms = pd.read_parquet(site_dir / "lake" / "response_labels.parquet")["patient_key"].tolist()
-        secrets_of_sites += pseudonyms + [patient_key(spec.seed, i) for i in range(spec.n_patients)]
-        secrets_of_sites.append((site_dir / KEY_FILE).read_bytes().hex())
-    assert len(secrets_of_sites) > 40
+    for specs, site_dirs in ((federation["specs"], federation["site_dirs"]), (federation["segmentation_specs"], federation["segmentation_dirs"])):
+        for spec in specs:
+            site_dir = site_dirs[spec.name]
+            pseudonyms = pd.read_parquet(site_dir / "lake" / "response_labels.parquet")["patient_key"].tolist()
+            secrets_of_sites += pseudonyms + [patient_key(spec.seed, i) for i in range(spec.n_patients)]
+            secrets_of_sites.append((site_dir / KEY_FILE).read_bytes().hex())
+    assert len(secrets_of_sites) > 60
     needles = [s.encode() for s in secrets_of_sites]
     scanned = 0
     for path in federation["server_files"]:
