@@ -88,8 +88,9 @@ bench-models: install
 	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_models.py
 
 # The response model trained across three synthetic hospitals on NVIDIA FLARE (server + one process per site, 127.0.0.1).
+# FEDERATED_ARGS: the command's options, e.g. FEDERATED_ARGS="--model segmentation".
 federated-demo: install
-	OMP_NUM_THREADS=1 $(PY) -m radplan_cli.main federated-demo
+	OMP_NUM_THREADS=1 $(PY) -m radplan_cli.main federated-demo $(FEDERATED_ARGS)
 
 # Federated vs pooled vs site-alone response AUC on each site's held-out patients: benchmarks/results/federated.json.
 bench-federated: install

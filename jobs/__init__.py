@@ -142,8 +142,15 @@ federated_training_job = define_asset_job(
     "the global model registered only when every round completed.",
 )
 
+federated_segmentation_job = define_asset_job(
+    "federated_segmentation_job",
+    selection=AssetSelection.assets("federated_segmentation_model"),
+    description="One federated round set of the lesion segmentation network: FLARE server + one process per hospital site "
+    "training on its own CT images; per-site Dice in MLflow; the global network registered only when every round completed.",
+)
+
 ALL_JOBS = [*DEMO_STAGES, patient_refresh_job, cohort_refresh_job, retraining_job, lake_verify_job, federated_training_job,
-            pacs_segmentation_job]
+            federated_segmentation_job, pacs_segmentation_job]
 
 
 def _utc_schedule(name: str, job, cron_schedule: str, description: str) -> ScheduleDefinition:

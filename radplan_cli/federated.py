@@ -1,6 +1,7 @@
-"""`radplan federated-demo`: the response model trained across three synthetic hospitals on NVIDIA FLARE.
+"""`radplan federated-demo`: the response model (or, with ``--model segmentation``, the lesion segmentation network on
+each site's CT images) trained across three synthetic hospitals on NVIDIA FLARE.
 
-Writes three site lakes (different sizes, case mixes, scanners, keys) under <home>/lake/models/federated/sites,
+Writes three site lakes (different sizes, case mixes, scanners, keys) under <home>/lake/models/federated,
 starts FLARE's server and one client process per site on 127.0.0.1, runs FedAvg (or FedProx / DP-SGD),
 logs per-site and global metrics to the home's MLflow and registers the global model when every round
 completed. ``--fault site-2:malformed:1`` makes a site misbehave on purpose (dropout, malformed, diverging) to
@@ -34,19 +35,34 @@ def _federated_demo(args: argparse.Namespace) -> int:
     for site, fault, round_number in args.fault or []:
         previous = faults.get(site, (fault, ()))[1]
         faults[site] = (fault, (*previous, round_number))
-    config = FederatedJobConfig(num_rounds=args.rounds, local_epochs=args.local_epochs, min_sites=args.min_sites,
-                                fedprox_mu=args.fedprox_mu, server_momentum=args.server_momentum, server_learning_rate=args.server_learning_rate,
-                                dp_noise_multiplier=args.dp_noise_multiplier, faults=faults)
+    extra = {"round_timeout_s": 3600, "grace_s": 120} if args.model == "segmentation" else {}
+    try:
+        config = FederatedJobConfig(model=args.model, num_rounds=args.rounds, local_epochs=args.local_epochs, min_sites=args.min_sites,
+                                    fedprox_mu=args.fedprox_mu, server_momentum=args.server_momentum,
+                                    server_learning_rate=args.server_learning_rate, dp_noise_multiplier=args.dp_noise_multiplier, faults=faults,
+                                    segmentation_recipe=args.segmentation_recipe or {}, **extra)
+    except ValueError as error:
+        raise SystemExit(f"federated-demo: {error}") from None
+    sizes = args.sizes or (SEGMENTATION_SIZES if args.model == "segmentation" else RESPONSE_SIZES)
     summary = run_federated_training(settings.lake_dir / "models" / "federated", tracking_uri=settings.mlflow_tracking_uri,
-                                     artifact_root=Path(settings.mlflow_artifact_root), sizes=tuple(args.sizes), config=config, progress=print)
+                                     artifact_root=Path(settings.mlflow_artifact_root), sizes=tuple(sizes), config=config, progress=print)
     print(json.dumps(summary, indent=1, default=str))
     return 0 if summary["status"] == "complete" else 1
 
 
+RESPONSE_SIZES, SEGMENTATION_SIZES = [120, 80, 50], [12, 10, 8]
+
+
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("federated-demo", help="train the response model across three synthetic hospitals on NVIDIA FLARE (127.0.0.1)")
+    parser = subparsers.add_parser("federated-demo", help="train the response model (or the segmentation network) across three synthetic "
+                                   "hospitals on NVIDIA FLARE (127.0.0.1)")
     parser.add_argument("--home", help=f"data home (default ${HOME_ENV_VAR} or ./.radplan)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[120, 80, 50], help="patients per site (one number per site)")
+    parser.add_argument("--model", choices=("response", "segmentation"), default="response",
+                        help="response: the response model on tabular features; segmentation: the lesion network on each site's CT images")
+    parser.add_argument("--sizes", type=int, nargs="+",
+                        help=f"patients per site, one number per site (default {RESPONSE_SIZES}; segmentation {SEGMENTATION_SIZES})")
+    parser.add_argument("--segmentation-recipe", type=json.loads, metavar="JSON",
+                        help='overrides of the segmentation CPU recipe, e.g. \'{"channels": [8, 16, 32, 64]}\' (the server uses the same)')
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--local-epochs", type=int, default=2)
     parser.add_argument("--min-sites", type=int, default=2, help="accepted updates a round needs, else the run ends incomplete")

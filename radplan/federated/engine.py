@@ -59,6 +59,19 @@ class FederatedJobConfig:
     # every site, e.g. a smaller network and crops for a quick run
     segmentation_recipe: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # The segmentation sites run neither DP-SGD nor the fault injection: refused rather than silently ignored.
+        if self.model not in ("response", "segmentation"):
+            raise ValueError(f"unknown model {self.model!r} (response or segmentation)")
+        if self.model == "segmentation" and (self.dp_noise_multiplier or self.faults):
+            raise ValueError("dp_noise_multiplier and faults apply to the response model only (the segmentation sites do not run them)")
+        if self.model == "response" and self.segmentation_recipe:
+            raise ValueError("segmentation_recipe applies to the segmentation model only")
+        if self.segmentation_recipe:  # a bad field fails here, not later inside the server's and sites' processes
+            from radplan.federated.segmentation_site import federated_segmentation_config
+
+            federated_segmentation_config(**self.segmentation_recipe)
+
     def site_arguments(self, site: str, site_dir: Path) -> str:
         arguments = ["--site-dir", str(site_dir), "--local-epochs", str(self.local_epochs), "--learning-rate", str(self.learning_rate),
                      "--batch-size", str(self.batch_size), "--dp-noise-multiplier", str(self.dp_noise_multiplier),

@@ -4,7 +4,8 @@ A run that did not complete every round (too few accepted updates, aborted, time
 events and status, and nothing is registered: there is no partial global model. A complete run's global model
 is registered like any other champion candidate (:func:`radplan.models.registry.register_with_champion_challenger`),
 compared with the current champion on the same sites' held-out patients (each site scored both in the
-evaluation task of the same job).
+evaluation task of the same job): the response model by held-out AUC, the segmentation network by held-out Dice,
+each under its own registered name.
 """
 
 from __future__ import annotations
@@ -25,15 +26,32 @@ from radplan.models import registry
 
 FEDERATED_EXPERIMENT = "radplan-federated"
 FEDERATED_MODEL_NAME = "radplan-response-federated"
-MODEL_ARTIFACT = "federated_response_model"
+FEDERATED_SEGMENTATION_MODEL_NAME = "radplan-segmentation-federated"
+# Per model kind (FederatedJobConfig.model): registered name, MLflow artifact, held-out metric the sites report.
+MODEL_KINDS = {
+    "response": {"name": FEDERATED_MODEL_NAME, "artifact": "federated_response_model", "metric": "auc"},
+    "segmentation": {"name": FEDERATED_SEGMENTATION_MODEL_NAME, "artifact": "federated_segmentation_model", "metric": "dice"},
+}
 
 
-def held_out_auc(evaluation: dict[str, dict], prefix: str) -> float | None:
-    """Mean of the sites' held-out AUC of the ``prefix`` model, weighted by held-out patients; None if no site scored it."""
-    scored = [(m[f"{prefix}_held_out_auc"], m["n_held_out"]) for m in evaluation.values() if f"{prefix}_held_out_auc" in m and m.get("n_held_out")]
+def held_out_metric(evaluation: dict[str, dict], prefix: str, metric: str = "auc") -> float | None:
+    """Mean of the sites' held-out ``metric`` (auc, dice) of the ``prefix`` model, weighted by held-out patients;
+    None if no site scored it."""
+    name = f"{prefix}_held_out_{metric}"
+    scored = [(m[name], m["n_held_out"]) for m in evaluation.values() if name in m and m.get("n_held_out")]
     if not scored:
         return None
     return float(np.average([a for a, _ in scored], weights=[n for _, n in scored]))
+
+
+def _network_and_example(run: FederatedRun, config: FederatedJobConfig) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The global model as a torch module, and an input of the shape it takes (for the MLflow signature)."""
+    if config.model == "segmentation":
+        from radplan.federated.segmentation_site import federated_segmentation_config, network_from
+
+        recipe = federated_segmentation_config(**{**config.segmentation_recipe, "seed": config.seed})
+        return network_from(run.global_parameters, recipe), torch.zeros((1, 1, *recipe.roi_size), dtype=torch.float32)
+    return from_numpy(run.global_parameters), torch.zeros((1, len(FEATURE_NAMES)), dtype=torch.float32)
 
 
 def champion_parameters(tracking_uri: str, artifact_root: Path, model_name: str = FEDERATED_MODEL_NAME) -> dict[str, np.ndarray] | None:
@@ -44,15 +62,19 @@ def champion_parameters(tracking_uri: str, artifact_root: Path, model_name: str 
 
 
 def log_and_register(run: FederatedRun, config: FederatedJobConfig, *, tracking_uri: str, artifact_root: Path,
-                     model_name: str = FEDERATED_MODEL_NAME) -> dict[str, Any]:
-    """Log the run's per-site and global metrics to MLflow; register the global model only when the run is complete."""
+                     model_name: str | None = None) -> dict[str, Any]:
+    """Log the run's per-site and global metrics to MLflow; register the global model only when the run is complete
+    (under ``model_name``, by default the model kind's name in MODEL_KINDS)."""
+    kind = MODEL_KINDS[config.model]
+    model_name, metric = model_name or kind["name"], kind["metric"]
     client = registry.mlflow_client(tracking_uri, artifact_root, (FEDERATED_EXPERIMENT,))
     experiment_id = registry.ensure_experiment(client, FEDERATED_EXPERIMENT, artifact_root)
     summary = run.summary
     with registry.active_tracking(tracking_uri), mlflow.start_run(experiment_id=experiment_id) as mlflow_run:
-        mlflow.set_tags({"radplan.model": "response-federated", "radplan.federated.status": summary.get("status", "incomplete"),
+        mlflow.set_tags({"radplan.model": f"{config.model}-federated", "radplan.federated.status": summary.get("status", "incomplete"),
                          "radplan.federated.engine": "nvflare", "radplan.federated.job_id": run.job_id})
-        parameters = {k: v for k, v in asdict(config).items() if k != "faults"}
+        parameters = {k: v for k, v in asdict(config).items() if k not in ("faults", "segmentation_recipe")}
+        parameters.update({f"segmentation_recipe.{k}": v for k, v in sorted(config.segmentation_recipe.items())})
         parameters.update(sites=",".join(summary.get("sites", [])), algorithm="fedprox" if config.fedprox_mu > 0 else "fedavg",
                           faults_injected=",".join(f"{s}:{f}@{r}" for s, (f, r) in sorted(config.faults.items())) or "none")
         mlflow.log_params(parameters)
@@ -68,22 +90,24 @@ def log_and_register(run: FederatedRun, config: FederatedJobConfig, *, tracking_
         if epsilons:
             mlflow.log_metrics({"dp_epsilon_max_site": max(epsilons)})
         mlflow.log_dict({"summary": summary, "events": run.events}, "federated_run.json")
-        new_auc = held_out_auc(summary.get("evaluation", {}), "global")
+        new_value = held_out_metric(summary.get("evaluation", {}), "global", metric)
         if not run.complete:
             return {"registered": False, "status": summary.get("status"), "reason": summary.get("reason") or run.job_status,
                     "run_id": mlflow_run.info.run_id, "events": run.events}
-        if new_auc is None:
+        if new_value is None:
             return {"registered": False, "status": "complete", "reason": "no site scored the global model on held-out patients",
                     "run_id": mlflow_run.info.run_id, "events": run.events}
-        mlflow.log_metric("global.held_out_auc", new_auc)
-        network = from_numpy(run.global_parameters)
-        example = torch.zeros((1, len(FEATURE_NAMES)), dtype=torch.float32)
+        mlflow.log_metric(f"global.held_out_{metric}", new_value)
+        network, example = _network_and_example(run, config)
+        network.eval()
         with torch.no_grad():
             signature = infer_signature(example.numpy(), network(example).numpy())
-        mlflow.pytorch.log_model(network, name=MODEL_ARTIFACT, signature=signature, serialization_format="pickle",
-                                 pip_requirements=registry.pinned_requirements("torch", "numpy"))
+        requirements = ("torch", "monai", "numpy") if config.model == "segmentation" else ("torch", "numpy")
+        mlflow.pytorch.log_model(network, name=kind["artifact"], signature=signature, serialization_format="pickle",
+                                 pip_requirements=registry.pinned_requirements(*requirements))
         run_id = mlflow_run.info.run_id
     registration = registry.register_with_champion_challenger(
-        client, model_name=model_name, run_id=run_id, artifact_path=MODEL_ARTIFACT, metric_name="federated_held_out_auc",
-        new_value=new_auc, higher_is_better=True, champion_value_on_same_data=held_out_auc(summary.get("evaluation", {}), "champion"))
-    return {"registered": True, "status": "complete", "run_id": run_id, "held_out_auc": new_auc, "registration": registration, "events": run.events}
+        client, model_name=model_name, run_id=run_id, artifact_path=kind["artifact"], metric_name=f"federated_held_out_{metric}",
+        new_value=new_value, higher_is_better=True, champion_value_on_same_data=held_out_metric(summary.get("evaluation", {}), "champion", metric))
+    return {"registered": True, "status": "complete", "run_id": run_id, f"held_out_{metric}": new_value, "registration": registration,
+            "events": run.events}

@@ -26,7 +26,7 @@ from radplan.federated.flare_server import RECEIVED_FILE
 from radplan.federated.flare_server import initial_parameters as round_zero_parameters
 from radplan.federated.model import FEATURE_NAMES, initial_parameters
 from radplan.federated.segmentation_site import write_site_images
-from radplan.federated.reporting import FEDERATED_MODEL_NAME, log_and_register
+from radplan.federated.reporting import FEDERATED_MODEL_NAME, FEDERATED_SEGMENTATION_MODEL_NAME, log_and_register
 from radplan.federated.sites import KEY_FILE, SiteSpec, default_site_specs, write_site_lakes
 from radplan.models import registry
 from radplan.synth.tabular import patient_key
@@ -134,6 +134,21 @@ def test_the_segmentation_network_trains_in_three_site_processes_with_fedprox(fe
     # Each site scored the global model on its held-out patient.
     assert set(run.summary["evaluation"]) == {"site-1", "site-2", "site-3"}
     assert all(0.0 <= m["global_held_out_dice"] <= 1.0 and m["n_held_out"] == 1 for m in run.summary["evaluation"].values())
+    # Registered under its own name by held-out Dice; the registered network holds the server's global weights.
+    tracking = federation["tracking"]
+    result = log_and_register(run, config, **tracking)
+    expected_dice = np.mean([m["global_held_out_dice"] for m in run.summary["evaluation"].values()])
+    assert result["registered"] and result["registration"]["alias"] == "champion"
+    assert result["held_out_dice"] == pytest.approx(expected_dice)
+    client = registry.mlflow_client(tracking["tracking_uri"], tracking["artifact_root"], ())
+    logged = client.get_run(result["run_id"])
+    assert logged.data.tags["radplan.model"] == "segmentation-federated"
+    assert logged.data.params["segmentation_recipe.channels"] == "[4, 8, 16, 32]"
+    network, _ = registry.load_champion(client, FEDERATED_SEGMENTATION_MODEL_NAME)
+    state = network.state_dict()
+    assert set(state) == set(run.global_parameters)
+    for name, value in run.global_parameters.items():  # the server averages in float64; the network holds float32
+        np.testing.assert_array_equal(state[name].numpy(), np.asarray(value).astype(state[name].numpy().dtype))
 
 
 def test_the_server_receives_and_stores_only_model_updates(federation):
