@@ -25,20 +25,20 @@ both scored on that site's held-out images. Target: transfer beats scratch by >=
 
 Writes benchmarks/results/federated.json (a part run keeps the other part's keys). Usage:
 python benchmarks/bench_federated.py [--part all|response|segmentation] [--sizes 400,250,150] [--rounds 10]
-[--local-epochs 2] [--seg-sizes 18,16,14] [--seg-held-out 10] [--seg-rounds 8] [--seg-local-epochs 2]
+[--local-epochs 2] [--seg-sizes 18,16,14] [--seg-held-out 10] [--seg-rounds 8] [--seg-local-epochs 6]
 [--transfer-epochs 16] [--seg-server-learning-rate 1] [--seg-server-momentum 0] [--seg-fedprox-mu 0]
-(segmentation part: 16-35 min on 2 cores, 45 min at load ~10; 4, 4 and 1 epochs learnt nothing, Dice < 0.03)
+(segmentation part: 15 min on 2 cores with OMP_NUM_THREADS=1 as `make bench-federated` sets it; 4, 4 and 1 epochs
+learnt nothing, Dice < 0.03)
 
-Why 8 rounds of 2 local epochs with plain FedAvg: at the same 16 epochs per site, held-out Dice of the global model
-was 0.678 at 8 x 2 (this benchmark, 2026-12-07), 0.651 at 16 x 1 and 0.587 at 4 x 4; a server step did not make up
-for the sites' share of the pooled steps either: momentum 2/3 (FedAvgM) 0.643, server learning rate 2 0.515, 3 0.359.
-FedProx at the sites (--seg-fedprox-mu): mu 0.01 0.691, 0.1 0.694 (+0.016 on one seed, not taken as a gain), 1 0.382.
-Longer training narrows the gap without
-closing it: 8 rounds of 6 local epochs gave 0.775 against pooled 0.807 at the same 48 passes over each patient
-(pooled at 16: 0.759, the committed figure). Those alternatives ran as an in-process replay of the rounds with the
-same site training and averaging code (radplan.federated.segmentation_site.train_locally,
-radplan.federated.aggregation), which gave FedAvg's 0.678 and pooled's 0.759 to four digits; one seed each, 30
-held-out images, 2026-12-07.
+Why 8 rounds of 6 local epochs (48 passes over each patient, pooled and site-alone trained as long): at 16 epochs per
+site (8 x 2) the global model reached 0.678 Dice against pooled 0.759 (this benchmark, 2026-12-07), and the fourth
+site's fine-tuning gained 0.083 over training from scratch; at 8 x 6 it reaches 0.771 against pooled 0.813 and the
+transfer gain is 0.112 (2026-12-07). Splitting 16 epochs per site differently did worse: 16 x 1 0.651, 4 x 4 0.587;
+a server step did not make up for the sites' share of the pooled steps either: momentum 2/3 (FedAvgM) 0.643, server
+learning rate 2 0.515, 3 0.359. FedProx at the sites (--seg-fedprox-mu): mu 0.01 0.691, 0.1 0.694 (+0.016 on one
+seed, not taken as a gain), 1 0.382. Those alternatives ran as an in-process replay of the rounds with the same site
+training and averaging code (radplan.federated.segmentation_site.train_locally, radplan.federated.aggregation), which
+gave FedAvg's 0.678 and pooled's 0.759 to four digits; one seed each, 30 held-out images, 2026-12-07.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--seg-sizes", default="18,16,14", help="patients per site, held-out ones included")
     parser.add_argument("--seg-held-out", type=int, default=10)
     parser.add_argument("--seg-rounds", type=int, default=8)
-    parser.add_argument("--seg-local-epochs", type=int, default=2)
+    parser.add_argument("--seg-local-epochs", type=int, default=6)
     parser.add_argument("--seg-server-learning-rate", type=float, default=1.0, help="the server's step along the averaged update (1: FedAvg)")
     parser.add_argument("--seg-server-momentum", type=float, default=0.0, help="FedAvgM's server momentum (0: FedAvg)")
     parser.add_argument("--seg-fedprox-mu", type=float, default=0.0, help="FedProx at the sites (0: FedAvg)")
