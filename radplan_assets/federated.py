@@ -10,7 +10,9 @@ from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataVa
 from radplan_resources import LakeResource, MlflowResource
 
 
-class FederatedTrainingConfig(Config):
+class _FederatedRoundsConfig(Config):
+    """What every federated round set sets: sites, rounds, FedProx and the server step (FedAvgM)."""
+
     site_sizes: list[int] = [120, 80, 50]
     num_rounds: int = 5
     local_epochs: int = 2
@@ -18,6 +20,14 @@ class FederatedTrainingConfig(Config):
     fedprox_mu: float = 0.0
     server_momentum: float = 0.0
     server_learning_rate: float = 1.0
+
+    def job_settings(self) -> dict[str, Any]:
+        """The FederatedJobConfig fields these settings give."""
+        return {"num_rounds": self.num_rounds, "local_epochs": self.local_epochs, "min_sites": self.min_sites, "fedprox_mu": self.fedprox_mu,
+                "server_momentum": self.server_momentum, "server_learning_rate": self.server_learning_rate}
+
+
+class FederatedTrainingConfig(_FederatedRoundsConfig):
     dp_noise_multiplier: float = 0.0
 
 
@@ -33,9 +43,7 @@ def federated_response_model(context: AssetExecutionContext, config: FederatedTr
     from radplan.federated.demo import run_federated_training
     from radplan.federated.engine import FederatedJobConfig
 
-    job_config = FederatedJobConfig(num_rounds=config.num_rounds, local_epochs=config.local_epochs, min_sites=config.min_sites,
-                                    fedprox_mu=config.fedprox_mu, server_momentum=config.server_momentum,
-                                    server_learning_rate=config.server_learning_rate, dp_noise_multiplier=config.dp_noise_multiplier)
+    job_config = FederatedJobConfig(**config.job_settings(), dp_noise_multiplier=config.dp_noise_multiplier)
     summary = run_federated_training(lake.zone("models") / "federated", tracking_uri=mlflow.tracking_uri, artifact_root=mlflow.artifact_path,
                                      sizes=tuple(config.site_sizes), config=job_config, progress=context.log.info)
     return _federated_result(context, summary)
@@ -60,14 +68,9 @@ def _federated_result(context: AssetExecutionContext, summary: dict) -> Material
     })
 
 
-class FederatedSegmentationConfig(Config):
+class FederatedSegmentationConfig(_FederatedRoundsConfig):
     site_sizes: list[int] = [12, 10, 8]
     num_rounds: int = 8
-    local_epochs: int = 2
-    min_sites: int = 2
-    fedprox_mu: float = 0.0
-    server_momentum: float = 0.0
-    server_learning_rate: float = 1.0
     # Overrides of the segmentation CPU recipe's fields (radplan.models.segmentation.SegmentationTrainingConfig), the
     # same at the server and every site, e.g. {"channels": [8, 16, 32, 64]}; empty: the recipe as it is.
     segmentation_recipe: dict[str, Any] = {}
@@ -86,9 +89,7 @@ def federated_segmentation_model(context: AssetExecutionContext, config: Federat
     from radplan.federated.demo import run_federated_training
     from radplan.federated.engine import FederatedJobConfig
 
-    job_config = FederatedJobConfig(model="segmentation", num_rounds=config.num_rounds, local_epochs=config.local_epochs,
-                                    min_sites=config.min_sites, fedprox_mu=config.fedprox_mu, server_momentum=config.server_momentum,
-                                    server_learning_rate=config.server_learning_rate, segmentation_recipe=dict(config.segmentation_recipe),
+    job_config = FederatedJobConfig(model="segmentation", **config.job_settings(), segmentation_recipe=dict(config.segmentation_recipe),
                                     round_timeout_s=3600, grace_s=120)
     summary = run_federated_training(lake.zone("models") / "federated", tracking_uri=mlflow.tracking_uri, artifact_root=mlflow.artifact_path,
                                      sizes=tuple(config.site_sizes), config=job_config, progress=context.log.info)
