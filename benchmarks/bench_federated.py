@@ -33,7 +33,11 @@ learnt nothing, Dice < 0.03)
 Why 8 rounds of 6 local epochs (48 passes over each patient, pooled and site-alone trained as long): at 16 epochs per
 site (8 x 2) the global model reached 0.678 Dice against pooled 0.759 (this benchmark, 2026-12-07), and the fourth
 site's fine-tuning gained 0.083 over training from scratch; at 8 x 6 it reaches 0.771 against pooled 0.813 and the
-transfer gain is 0.112 (2026-12-07). Splitting 16 epochs per site differently did worse: 16 x 1 0.651, 4 x 4 0.587;
+transfer gain is 0.112 (2026-12-07). The gap narrows with training without closing: each round averages three
+sites' steps where pooled training takes them one after another; at 144 passes per site (24 x 6) the global model
+reached 0.813, pooled's figure at 48, while pooled at 144 reached 0.839 (gap -0.026; -0.032 at 48 in the replay,
+-0.081 at 16). At 48 passes, 16 x 3 gave 0.775 (as 8 x 6) and FedProx mu 0.01 0.771 (replay, below).
+Splitting 16 epochs per site differently did worse: 16 x 1 0.651, 4 x 4 0.587;
 a server step did not make up for the sites' share of the pooled steps either: momentum 2/3 (FedAvgM) 0.643, server
 learning rate 2 0.515, 3 0.359. FedProx at the sites (--seg-fedprox-mu): mu 0.01 0.691, 0.1 0.694 (+0.016 on one
 seed, not taken as a gain), 1 0.382. Those alternatives ran as an in-process replay of the rounds with the same site
