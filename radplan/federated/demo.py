@@ -1,8 +1,8 @@
 """One federated training run end to end: site lakes, the FLARE deployment, MLflow logging and registration.
 
 Used by the ``federated_response_model`` and ``federated_segmentation_model`` Dagster assets and by ``radplan
-federated-demo``. The synthetic site lakes (with CT images for the segmentation network) are written once under
-``work_dir/sites`` (a real deployment has each hospital's own lake instead);
+federated-demo``. The synthetic site lakes are written once under ``work_dir/sites`` (with CT images for the
+segmentation network: ``work_dir/segmentation-sites``; a real deployment has each hospital's own lake instead);
 FLARE's provisioned workspace lives in ``work_dir/flare`` for the run and is removed afterwards (its job
 results have been read back). Returns a PHI-free summary: status, rounds, per-site counts and metrics, events,
 registration.
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from radplan.federated.engine import FederatedJobConfig, FlareDeployment
+from radplan.federated.flare_server import initial_parameters
 from radplan.federated.reporting import MODEL_KINDS, champion_parameters, log_and_register
 from radplan.federated.sites import SITE_FILE, SiteSpec, default_site_specs, write_site_lakes
 
@@ -53,8 +54,14 @@ def run_federated_training(work_dir: Path, *, tracking_uri: str, artifact_root: 
     model_name = model_name or MODEL_KINDS[config.model]["name"]
     metric = MODEL_KINDS[config.model]["metric"]
     site_dirs = synthetic_sites(work_dir, sizes, config.model)
-    say(f"{len(site_dirs)} site lakes under {work_dir / 'sites'} ({', '.join(f'{n}: {s}' for n, s in zip(site_dirs, sizes))} patients)")
+    say(f"{len(site_dirs)} site lakes under {next(iter(site_dirs.values())).parent} "
+        f"({', '.join(f'{n}: {s}' for n, s in zip(site_dirs, sizes))} patients)")
     champion = champion_parameters(tracking_uri, artifact_root, model_name)
+    start = initial_parameters(config.model, config.seed, config.segmentation_recipe)
+    if champion is not None and {k: v.shape for k, v in champion.items()} != {k: v.shape for k, v in start.items()}:
+        # A champion of another architecture (another segmentation recipe) cannot be scored by the sites beside this model.
+        say(f"the registered {model_name} champion has another architecture: the sites score only the new model")
+        champion = None
     flare_dir = work_dir / "flare"
     shutil.rmtree(flare_dir, ignore_errors=True)
     try:

@@ -97,6 +97,12 @@ def log_and_register(run: FederatedRun, config: FederatedJobConfig, *, tracking_
         if new_value is None:
             return {"registered": False, "status": "complete", "reason": "no site scored the global model on held-out patients",
                     "run_id": mlflow_run.info.run_id, "events": run.events}
+        champion_value = held_out_metric(summary.get("evaluation", {}), "champion", metric)
+        if champion_value is None and registry.champion_version(client, model_name) is not None:
+            # Champion and challenger are compared on the same held-out patients or not at all.
+            return {"registered": False, "status": "complete", "run_id": mlflow_run.info.run_id, "events": run.events,
+                    "reason": f"the current {model_name} champion was not scored on the sites' held-out patients in this run "
+                              "(another architecture, or no site could score it): not compared, not registered"}
         mlflow.log_metric(f"global.held_out_{metric}", new_value)
         network, example = _network_and_example(run, config)
         network.eval()
@@ -108,6 +114,6 @@ def log_and_register(run: FederatedRun, config: FederatedJobConfig, *, tracking_
         run_id = mlflow_run.info.run_id
     registration = registry.register_with_champion_challenger(
         client, model_name=model_name, run_id=run_id, artifact_path=kind["artifact"], metric_name=f"federated_held_out_{metric}",
-        new_value=new_value, higher_is_better=True, champion_value_on_same_data=held_out_metric(summary.get("evaluation", {}), "champion", metric))
+        new_value=new_value, higher_is_better=True, champion_value_on_same_data=champion_value)
     return {"registered": True, "status": "complete", "run_id": run_id, f"held_out_{metric}": new_value, "registration": registration,
             "events": run.events}

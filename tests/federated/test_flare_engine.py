@@ -149,6 +149,11 @@ def test_the_segmentation_network_trains_in_three_site_processes_with_fedprox(fe
     assert set(state) == set(run.global_parameters)
     for name, value in run.global_parameters.items():  # the server averages in float64; the network holds float32
         np.testing.assert_array_equal(state[name].numpy(), np.asarray(value).astype(state[name].numpy().dtype))
+    # Now that there is a champion, a run whose sites did not score it is logged but neither compared nor registered.
+    versions = len(client.search_model_versions(f"name='{FEDERATED_SEGMENTATION_MODEL_NAME}'"))
+    again = log_and_register(run, config, **tracking)
+    assert not again["registered"] and "not scored" in again["reason"]
+    assert len(client.search_model_versions(f"name='{FEDERATED_SEGMENTATION_MODEL_NAME}'")) == versions == 1
 
 
 def test_the_server_receives_and_stores_only_model_updates(federation):
