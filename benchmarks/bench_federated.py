@@ -56,7 +56,7 @@ from pathlib import Path
 import numpy as np
 from _common import QUICK, RESULTS_DIR, load_average, machine, now
 
-from radplan.federated.engine import FederatedJobConfig, FlareDeployment
+from radplan.federated.engine import SEGMENTATION_ROUND_TIMING, FederatedJobConfig, FlareDeployment
 from radplan.federated.model import TrainingConfig, auc_with_ci, design, predict, train_centrally
 from radplan.federated.sites import ScannerSettings, SiteSpec, default_site_specs, read_site, write_site_lakes
 from radplan.lake import atomic_write_json
@@ -183,7 +183,7 @@ def segmentation_part(args) -> dict:
     config = federated_segmentation_config()
     epochs = args.seg_rounds * args.seg_local_epochs
     job = FederatedJobConfig(model="segmentation", num_rounds=args.seg_rounds, local_epochs=args.seg_local_epochs, min_sites=len(specs),
-                             grace_s=120, round_timeout_s=3600, server_learning_rate=args.seg_server_learning_rate,
+                             **SEGMENTATION_ROUND_TIMING, server_learning_rate=args.seg_server_learning_rate,
                              server_momentum=args.seg_server_momentum, fedprox_mu=args.seg_fedprox_mu)
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)

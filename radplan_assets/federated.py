@@ -87,10 +87,10 @@ class FederatedSegmentationConfig(_FederatedRoundsConfig):
 def federated_segmentation_model(context: AssetExecutionContext, config: FederatedSegmentationConfig, lake: LakeResource,
                                  mlflow: MlflowResource) -> MaterializeResult:
     from radplan.federated.demo import run_federated_training
-    from radplan.federated.engine import FederatedJobConfig
+    from radplan.federated.engine import SEGMENTATION_ROUND_TIMING, FederatedJobConfig
 
     job_config = FederatedJobConfig(model="segmentation", **config.job_settings(), segmentation_recipe=dict(config.segmentation_recipe),
-                                    round_timeout_s=3600, grace_s=120)
+                                    **SEGMENTATION_ROUND_TIMING)
     summary = run_federated_training(lake.zone("models") / "federated", tracking_uri=mlflow.tracking_uri, artifact_root=mlflow.artifact_path,
                                      sizes=tuple(config.site_sizes), config=job_config, progress=context.log.info)
     return _federated_result(context, summary)

@@ -25,7 +25,7 @@ def _federated_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from radplan.federated.demo import run_federated_training
-    from radplan.federated.engine import FederatedJobConfig
+    from radplan.federated.engine import SEGMENTATION_ROUND_TIMING, FederatedJobConfig
     from radplan.settings import Settings, use_home
 
     if args.home:
@@ -35,7 +35,7 @@ def _federated_demo(args: argparse.Namespace) -> int:
     for site, fault, round_number in args.fault or []:
         previous = faults.get(site, (fault, ()))[1]
         faults[site] = (fault, (*previous, round_number))
-    extra = {"round_timeout_s": 3600, "grace_s": 120} if args.model == "segmentation" else {}
+    extra = SEGMENTATION_ROUND_TIMING if args.model == "segmentation" else {}
     try:
         config = FederatedJobConfig(model=args.model, num_rounds=args.rounds, local_epochs=args.local_epochs, min_sites=args.min_sites,
                                     fedprox_mu=args.fedprox_mu, server_momentum=args.server_momentum,

@@ -57,11 +57,12 @@ def run_federated_training(work_dir: Path, *, tracking_uri: str, artifact_root: 
     say(f"{len(site_dirs)} site lakes under {next(iter(site_dirs.values())).parent} "
         f"({', '.join(f'{n}: {s}' for n, s in zip(site_dirs, sizes))} patients)")
     champion = champion_parameters(tracking_uri, artifact_root, model_name)
-    start = initial_parameters(config.model, config.seed, config.segmentation_recipe)
-    if champion is not None and {k: v.shape for k, v in champion.items()} != {k: v.shape for k, v in start.items()}:
-        # A champion of another architecture (another segmentation recipe) cannot be scored by the sites beside this model.
-        say(f"the registered {model_name} champion has another architecture: the sites score only the new model")
-        champion = None
+    if champion is not None:
+        start = initial_parameters(config.model, config.seed, config.segmentation_recipe)
+        if {k: v.shape for k, v in champion.items()} != {k: v.shape for k, v in start.items()}:
+            # A champion of another architecture (another segmentation recipe) cannot be scored by the sites beside this model.
+            say(f"the registered {model_name} champion has another architecture: the sites score only the new model")
+            champion = None
     flare_dir = work_dir / "flare"
     shutil.rmtree(flare_dir, ignore_errors=True)
     try:

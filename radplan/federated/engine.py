@@ -37,6 +37,10 @@ CODE_ROOT = Path(__file__).resolve().parents[2]
 SITE_SCRIPT = Path(__file__).resolve().with_name("site_script.py")
 
 
+# A segmentation round trains a 3D network at every site on CPU: minutes, not the response model's seconds.
+SEGMENTATION_ROUND_TIMING = {"round_timeout_s": 3600, "grace_s": 120}
+
+
 @dataclass(frozen=True)
 class FederatedJobConfig:
     num_rounds: int = 2
