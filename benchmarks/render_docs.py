@@ -64,6 +64,12 @@ METHODS = """\
   capped). Held-out Dice and HD95 (MONAI) of post-processed whole-image predictions, and per lesion
   (predicted voxels attributed to the nearest true lesion) grouped by the generator's lesion site (`lung`,
   `soft_tissue`); 95% CIs by bootstrap over patients.
+* **One patient's EHR read as the cohort grows** (`bench_ehr_scope.py`): the real Synthea CSV and FHIR bulk
+  samples (27 + 6 patients) written 1, 10 and 50 times over with every patient id rewritten (33 to 1,650 patients). One CSV and one
+  FHIR patient of the first copy read as `ehr_extracts` reads them (`PatientScope`: the other registered
+  patients' lines skipped before typing and validation) vs validating the whole extract and keeping the
+  patient's rows (the read before); both must find the same records; same process after a warm-up read,
+  median of 3.
 * **Partition scale** (`bench_partitions.py`): a temporary sqlite Dagster instance grown to 1k, 10k and 40k
   "patients" dynamic partitions (batches of 1000), timing the add, the partition queries, a partitioned
   asset's status queries and one tick of every ticking sensor in `sensors.ALL_SENSORS`; then 40k keys

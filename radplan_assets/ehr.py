@@ -49,7 +49,8 @@ def _raw_tables(lake: LakeResource, patient_key: str) -> dict[str, pd.DataFrame]
     group_name="ehr",
     partitions_def=patient_partitions,
     description="The patient's rows of the Synthea-style CSV extracts and FHIR R4 NDJSON (validated with fhir.resources), "
-    "copied into the raw zone (PHI). Malformed rows and invalid resources are quarantined with a reason and counted.",
+    "copied into the raw zone (PHI). Only this patient's lines are typed and validated (the other registered patients' are "
+    "skipped unread). Malformed rows and invalid resources are quarantined with a reason and counted.",
 )
 def ehr_extracts(
     context: AssetExecutionContext, landing_inventory: dict, lake: LakeResource, landing: LandingZoneResource
@@ -61,8 +62,12 @@ def ehr_extracts(
     patient_resources: list = []
     problems: list = []
     if source_id is not None:
-        tables, problems = extracts.read_synthea_csv(landing.ehr_csv_dir, quarantine_dir=quarantine_dir, patient_ids={source_id})
-        resources, fhir_problems = extracts.read_fhir_ndjson(landing.ehr_fhir_dir, EHR_FHIR_TYPES, quarantine_dir=quarantine_dir)
+        # Only this patient's lines of the shared extracts are typed and validated; the other registered patients'
+        # are skipped (their own runs read them), so a refresh does not revalidate the whole cohort's EHR.
+        registered = set(landing_inventory["ehr_patients"]["source_patient_id"])
+        scope = extracts.PatientScope(frozenset({source_id}), patient_key, frozenset(registered - {source_id}))
+        tables, problems = extracts.read_synthea_csv(landing.ehr_csv_dir, quarantine_dir=quarantine_dir, scope=scope)
+        resources, fhir_problems = extracts.read_fhir_ndjson(landing.ehr_fhir_dir, EHR_FHIR_TYPES, quarantine_dir=quarantine_dir, scope=scope)
         problems += fhir_problems
         patient_resources = [r for r in resources.get("Patient", []) if str(r.id) == source_id]
         for name, frame in extracts.fhir_to_tables(resources).items():

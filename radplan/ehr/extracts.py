@@ -11,6 +11,12 @@ of the PHI zone), and a CSV file that cannot be read as its table at all is copi
 there whole with a ``reason.json`` while the other files go on;
 ``deid.quarantined_rows_table`` turns the rejected lines into per-patient-key counts.
 
+A per-patient read of a shared extract (a ``PatientScope``) skips the lines of every other registered
+patient before they are typed or validated, so one patient's refresh costs a scan of the extract's
+lines, not a validation of the whole cohort's records. Its rejected lines are written to
+``<source>.<patient label>.rejected.jsonl``; lines no registered patient owns go to
+``<source>.rejected.jsonl``, the same file whichever patient's run wrote it.
+
 FHIR resources are parsed and validated with ``fhir.resources`` R4B models
 (FHIR 4.3, wire-compatible with R4 for the resources used here).
 """
@@ -20,6 +26,8 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import re
+from dataclasses import dataclass
 from collections.abc import Iterable, Iterator
 from importlib import resources as importlib_resources
 from pathlib import Path
@@ -44,21 +52,70 @@ CSV_STAGE = "ehr-csv"
 FHIR_STAGE = "ehr-fhir"
 
 
+_LABEL = re.compile(r"[A-Za-z0-9_-]+")
+
+
+@dataclass(frozen=True)
+class PatientScope:
+    """Whose records a per-patient read takes from an extract that holds many patients.
+
+    ``ids``: the source patient ids read (PHI). ``label``: names their quarantine files, so it must be a
+    pseudonym (the patient key), never a source id. ``others``: every other registered patient; their lines are
+    skipped before they are typed or validated, because their own runs read them. Lines of neither (no patient
+    id, or an id no registered patient has) are validated in every patient's run, and their rejections go to
+    the extract's shared quarantine file.
+    """
+
+    ids: frozenset[str]
+    label: str
+    others: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if not _LABEL.fullmatch(self.label):
+            raise ValueError("PatientScope.label must be letters, digits, '_' or '-' (it names quarantine files)")
+        if self.ids & self.others:
+            raise ValueError("PatientScope.ids and .others overlap")
+
+    def reads(self, patient_id: str | None) -> bool:
+        """Whether a line of this patient (None: cannot be told) is read here."""
+        return patient_id is None or patient_id.strip() not in self.others
+
+    def quarantine_name(self, name: str, patient_id: str | None) -> str | None:
+        """The quarantine file (stem) a rejected line goes to here; None when another patient's run writes it."""
+        patient_id = patient_id.strip() if patient_id else None
+        if patient_id in self.ids:
+            return f"{name}.{self.label}"
+        return None if patient_id in self.others else name
+
+
 def _quarantine_record(table: str, line: int | None, reason: str) -> dict:
     return {"table": table, "line": line, "reason": reason}
 
 
 def _write_quarantine(quarantine_dir: Path | None, name: str, source: Path, stage: str, rejected: list[dict]) -> None:
-    """Rejected raw lines with their reasons, one JSON object per line (PHI zone).
-
-    Every line of ``source`` that was rejected is written, whichever patient it belongs to, so the
-    per-patient runs that each read the shared extract all write the same, complete file.
-    """
+    """Rejected raw lines with their reasons, one JSON object per line (PHI zone), in ``<name>.rejected.jsonl``."""
     if quarantine_dir is None or not rejected:
         return
     records = [{"file": source.name, "stage": stage, "error_class": InvalidEhrRecordError.__name__, "message": r["reason"], **r}
                for r in rejected]
     atomic_write_text(Path(quarantine_dir) / f"{name}.rejected.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+
+
+def _quarantine_in_scope(quarantine_dir: Path | None, name: str, source: Path, stage: str, rejected: list[dict],
+                         scope: PatientScope | None) -> list[dict]:
+    """Write a file's rejected lines (all of them, or per ``scope``: the patient's file and the shared one) and
+    return those this read answers for."""
+    if scope is None:
+        _write_quarantine(quarantine_dir, name, source, stage, rejected)
+        return rejected
+    files: dict[str, list[dict]] = {}
+    for record in rejected:
+        target = scope.quarantine_name(name, record["patient_id"])
+        if target is not None:
+            files.setdefault(target, []).append(record)
+    for target, records in files.items():
+        _write_quarantine(quarantine_dir, target, source, stage, records)
+    return [record for records in files.values() for record in records]
 
 
 def table_files(folder: Path, table: str, suffix: str = ".csv") -> list[Path]:
@@ -171,12 +228,19 @@ def _typed_chunk(table: str, rows: list[tuple[int, list[str]]], header: list[str
 
 
 def _read_csv_file(path: Path, table: str, spec: dict, patient_ids: set[str] | None, chunksize: int,
-                   rejected: list[dict]) -> pd.DataFrame:
-    """One CSV file of ``table``, typed and filtered; bad lines appended to ``rejected`` with their patient id."""
+                   rejected: list[dict], scope: PatientScope | None = None) -> pd.DataFrame:
+    """One CSV file of ``table``, typed and filtered; bad lines appended to ``rejected`` with their patient id.
+    With a ``scope``, lines of the scope's other patients are dropped before they are typed."""
     chunks: list[pd.DataFrame] = []
     buffer: list[tuple[int, list[str]]] = []
     header: list[str] = []
+    column: int | None = None
     for line_number, header, fields in _csv_rows(path, table, rejected):
+        if scope is not None:
+            if column is None:
+                column = header.index(spec["patient_column"]) if spec["patient_column"] in header else -1
+            if column >= 0 and not scope.reads(fields[column] or None):
+                continue
         buffer.append((line_number, fields))
         if len(buffer) >= chunksize:
             chunks.append(_filter_patients(_typed_chunk(table, buffer, header, spec, rejected), spec, patient_ids))
@@ -191,7 +255,8 @@ def _read_csv_file(path: Path, table: str, spec: dict, patient_ids: set[str] | N
 
 
 def read_synthea_csv(
-    folder: Path, quarantine_dir: Path | None = None, patient_ids: set[str] | None = None, chunksize: int = 100_000
+    folder: Path, quarantine_dir: Path | None = None, patient_ids: set[str] | None = None, chunksize: int = 100_000,
+    scope: PatientScope | None = None,
 ) -> tuple[dict[str, pd.DataFrame], list[dict]]:
     """The Synthea tables in ``folder`` with typed columns, and a PHI-free record per quarantined row.
 
@@ -200,7 +265,14 @@ def read_synthea_csv(
     table (unreadable header, a required column missing) raises InvalidEhrRecordError; with a
     ``quarantine_dir`` it is quarantined whole instead (one record with ``line`` None) and the
     other files go on.
+
+    ``patient_ids`` keeps those patients' rows. A ``scope`` reads one patient's rows (its ``ids``) without
+    typing the other registered patients' rows, and quarantines per the scope (module docstring).
     """
+    if scope is not None:
+        if patient_ids is not None:
+            raise ValueError("read_synthea_csv takes patient_ids or a scope, not both")
+        patient_ids = set(scope.ids)
     folder = Path(folder)
     schema = _schema()
     tables: dict[str, pd.DataFrame] = {}
@@ -211,15 +283,16 @@ def read_synthea_csv(
         for path in table_files(folder, table):
             rejected: list[dict] = []
             try:
-                frames.append(_read_csv_file(path, table, spec, patient_ids, chunksize, rejected))
+                frames.append(_read_csv_file(path, table, spec, patient_ids, chunksize, rejected, scope))
             except InvalidEhrRecordError as error:
                 if quarantine_dir is None:
                     raise
                 quarantine_file(quarantine_dir, path, CSV_STAGE, error)
                 quarantined.append(_quarantine_record(table, None, str(error)))
                 continue
-            _write_quarantine(quarantine_dir, f"synthea_{path.stem}", path, CSV_STAGE, [{"table": table, **r} for r in rejected])
-            if patient_ids is not None:
+            rejected = _quarantine_in_scope(quarantine_dir, f"synthea_{path.stem}", path, CSV_STAGE,
+                                            [{"table": table, **r} for r in rejected], scope)
+            if scope is None and patient_ids is not None:
                 rejected = [r for r in rejected if r["patient_id"] is None or r["patient_id"] in patient_ids]
             quarantined += [_quarantine_record(table, r["line"], r["reason"]) for r in rejected]
         if frames:
@@ -309,10 +382,23 @@ def _bulk_resource(resource):
     return resource
 
 
+def _line_patient_id(raw: bytes) -> str | None:
+    """The patient of an NDJSON line before validation (None when it is not JSON or names no patient)."""
+    try:
+        return fhir_patient_id(json.loads(raw))
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        return None
+
+
 def read_fhir_ndjson(
-    folder: Path, resource_types: Iterable[str] | None = None, quarantine_dir: Path | None = None
+    folder: Path, resource_types: Iterable[str] | None = None, quarantine_dir: Path | None = None,
+    scope: PatientScope | None = None,
 ) -> tuple[dict[str, list], list[dict]]:
-    """Validated resources per type from a bulk-export folder; invalid lines quarantined."""
+    """Validated resources per type from a bulk-export folder; invalid lines quarantined.
+
+    With a ``scope``, the lines of the scope's other patients are skipped before validation (a line's patient is
+    its Patient id or its subject/patient reference), and quarantine follows the scope (module docstring); the
+    resources returned are the scope's patients' and those no registered patient owns."""
     wanted = set(resource_types) if resource_types is not None else None
     resources: dict[str, list] = {}
     quarantined: list[dict] = []
@@ -323,7 +409,7 @@ def read_fhir_ndjson(
         kept = resources.setdefault(resource_type, [])
         with open(path, "rb") as handle:
             for line_number, raw in enumerate(handle, start=1):
-                if not raw.strip():
+                if not raw.strip() or (scope is not None and not scope.reads(_line_patient_id(raw))):
                     continue
                 try:
                     kept.append(_bulk_resource(parse_fhir_line(raw.decode("utf-8"), resource_type)))
@@ -333,7 +419,8 @@ def read_fhir_ndjson(
                     rejected.append({"line": line_number, "reason": str(error), "raw": raw.decode("utf-8", "replace")})
         for record in rejected:
             record["patient_id"] = _fhir_patient_id(record["raw"])
-        _write_quarantine(quarantine_dir, f"fhir_{path.stem}", path, FHIR_STAGE, [{"table": resource_type, **r} for r in rejected])
+        rejected = _quarantine_in_scope(quarantine_dir, f"fhir_{path.stem}", path, FHIR_STAGE,
+                                        [{"table": resource_type, **r} for r in rejected], scope)
         quarantined += [_quarantine_record(resource_type, r["line"], r["reason"]) for r in rejected]
     return resources, quarantined
 
@@ -504,5 +591,8 @@ def fhir_to_tables(resources: dict[str, list]) -> dict[str, pd.DataFrame]:
         for column in columns:
             if column in tables[name]:
                 tables[name][column] = pd.to_datetime(tables[name][column], utc=True)
+    # Typed whatever the rows hold: one patient without a geolocation would otherwise give an object column.
+    for column in ("LAT", "LON"):
+        tables["patients"][column] = tables["patients"][column].astype("float64")
     return tables
 

@@ -144,3 +144,125 @@ def test_only_accepted_patient_rows_and_lines_name_patients(shared_data, tmp_pat
     tables, quarantined = read_synthea_csv(csv_dir, patient_ids=None)
     assert len(tables["patients"]) == 1 and len(quarantined) == 1
     assert accepted_patient_ids(csv_dir, fhir_dir) == {first[columns.index("Id")], json.loads(lines[0])["id"]}
+
+
+def _registered_ids(shared_data) -> tuple[list[str], list[str]]:
+    csv_ids = pd.read_csv(shared_data / "ehr" / "synthea_csv" / "patients.csv", dtype=str)["Id"].tolist()
+    fhir_lines = (shared_data / "ehr" / "synthea_fhir_bulk" / "Patient.ndjson").read_text().splitlines()
+    return csv_ids, [json.loads(line)["id"] for line in fhir_lines]
+
+
+def test_a_patient_scoped_read_gives_that_patients_rows_of_the_real_extracts(shared_data):
+    """The per-patient read (what ehr_extracts does) equals reading everything and keeping the patient's rows."""
+    from radplan.ehr.extracts import PatientScope
+
+    csv_ids, fhir_ids = _registered_ids(shared_data)
+    registered = set(csv_ids) | set(fhir_ids)
+    full_csv, _ = read_synthea_csv(shared_data / "ehr" / "synthea_csv")
+    full_fhir = fhir_to_tables(read_fhir_ndjson(shared_data / "ehr" / "synthea_fhir_bulk")[0])
+    compared = 0
+    for patient in (csv_ids[0], csv_ids[-1], fhir_ids[0], fhir_ids[-1]):
+        scope = PatientScope(frozenset({patient}), "p0", frozenset(registered - {patient}))
+        scoped_csv, _ = read_synthea_csv(shared_data / "ehr" / "synthea_csv", scope=scope)
+        for table, frame in full_csv.items():
+            expected = frame[frame["Id" if table == "patients" else "PATIENT"] == patient].reset_index(drop=True)
+            pd.testing.assert_frame_equal(scoped_csv[table], expected)
+            compared += len(expected)
+        scoped_fhir = fhir_to_tables(read_fhir_ndjson(shared_data / "ehr" / "synthea_fhir_bulk", scope=scope)[0])
+        for table, frame in full_fhir.items():
+            column = next(name for name in ("PATIENT", "patient", "Id") if name in frame.columns)
+            expected = frame[frame[column] == patient].reset_index(drop=True)
+            got = scoped_fhir[table][scoped_fhir[table][column] == patient].reset_index(drop=True)
+            pd.testing.assert_frame_equal(got, expected)
+            compared += len(expected)
+    assert compared > 500  # the four patients have rows in both extracts' tables
+
+
+def test_a_patient_scoped_read_validates_only_its_lines_and_nothing_rejected_is_lost(shared_data, tmp_path, monkeypatch):
+    """Two registered patients, an orphan (an id no registered patient has) and a line with no patient, each with a bad
+    record: each patient's read validates its own lines and the unowned ones, never the other patient's, and the
+    quarantine files of the two runs hold every rejected line exactly once."""
+    from radplan.ehr import extracts
+    from radplan.ehr.extracts import PatientScope
+
+    source = (shared_data / "ehr" / "synthea_fhir_bulk" / "Condition.ndjson").read_text().splitlines()
+    by_patient: dict[str, list[dict]] = {}
+    for line in source:
+        resource = json.loads(line)
+        by_patient.setdefault(resource["subject"]["reference"].split("/", 1)[1], []).append(resource)
+    first, second = sorted(by_patient, key=lambda p: -len(by_patient[p]))[:2]
+
+    def bad(resource: dict, subject: str) -> str:
+        return json.dumps({**resource, "subject": {"reference": f"Patient/{subject}"}, "onsetDateTime": "yesterday"})
+
+    template = by_patient[first][0]
+    lines = [json.dumps(r) for p in (first, second) for r in by_patient[p]]
+    lines += [bad(template, first), bad(template, second), bad(template, "orphan-patient"), "{not json"]
+    folder = tmp_path / "fhir"
+    folder.mkdir()
+    (folder / "Condition.ndjson").write_text("\n".join(lines) + "\n")
+    everything, all_rejected = read_fhir_ndjson(folder)
+    assert len(all_rejected) == 4
+
+    validated: list[str] = []
+    real_parse = extracts.parse_fhir_line
+    monkeypatch.setattr(extracts, "parse_fhir_line", lambda line, *a: validated.append(line) or real_parse(line, *a))
+    quarantine = tmp_path / "q"
+    reports = {}
+    for label, patient, other in (("pa", first, second), ("pb", second, first)):
+        validated.clear()
+        resources, rejected = read_fhir_ndjson(folder, quarantine_dir=quarantine,
+                                               scope=PatientScope(frozenset({patient}), label, frozenset({other})))
+        reports[label] = rejected
+        # Its own lines and the two unowned ones are validated; none of the other patient's.
+        assert len(validated) == len(by_patient[patient]) + 1 + 2
+        assert not any(f"Patient/{other}" in line for line in validated)
+        assert {r.id for r in resources["Condition"]} == {r["id"] for r in by_patient[patient]}
+    # Each run reports its own bad record and the two unowned ones.
+    assert all(len(rejected) == 3 for rejected in reports.values())
+    written = {path.name: [json.loads(line) for line in path.read_text().splitlines()] for path in quarantine.glob("*.rejected.jsonl")}
+    assert sorted(written) == ["fhir_Condition.pa.rejected.jsonl", "fhir_Condition.pb.rejected.jsonl", "fhir_Condition.rejected.jsonl"]
+    assert [r["patient_id"] for r in written["fhir_Condition.pa.rejected.jsonl"]] == [first]
+    assert [r["patient_id"] for r in written["fhir_Condition.pb.rejected.jsonl"]] == [second]
+    assert sorted(r["line"] for records in written.values() for r in records) == [r["line"] for r in all_rejected]
+    assert len(everything["Condition"]) == len(by_patient[first]) + len(by_patient[second])
+
+
+def test_a_patient_scoped_csv_read_types_only_its_rows_and_quarantines_per_patient(shared_data, tmp_path):
+    from radplan.ehr.extracts import PatientScope
+
+    source = shared_data / "ehr" / "synthea_csv" / "conditions.csv"
+    header, *rows = source.read_text().splitlines()
+    patient_column = header.split(",").index("PATIENT")
+    patients = sorted({row.split(",")[patient_column] for row in rows})
+    first, second = patients[:2]
+
+    def bad_date(patient: str) -> str:
+        fields = rows[0].split(",")
+        fields[0], fields[patient_column] = "2023-13-45", patient
+        return ",".join(fields)
+
+    folder = tmp_path / "csv"
+    folder.mkdir()
+    (folder / "conditions.csv").write_text("\n".join([header, *rows, bad_date(first), bad_date(second), bad_date("orphan"), "a,b"]) + "\n")
+    quarantine = tmp_path / "q"
+    registered = frozenset(patients)
+    tables, rejected = read_synthea_csv(folder, quarantine_dir=quarantine,
+                                        scope=PatientScope(frozenset({first}), "pa", registered - {first}))
+    assert set(tables["conditions"]["PATIENT"]) == {first}
+    assert len(tables["conditions"]) == sum(1 for row in rows if row.split(",")[patient_column] == first)
+    # Its own bad row, the orphan's and the unreadable line; not the second patient's bad date.
+    assert len(rejected) == 3
+    own = [json.loads(line) for line in (quarantine / "synthea_conditions.pa.rejected.jsonl").read_text().splitlines()]
+    shared = [json.loads(line) for line in (quarantine / "synthea_conditions.rejected.jsonl").read_text().splitlines()]
+    assert [r["patient_id"] for r in own] == [first]
+    assert sorted(str(r["patient_id"]) for r in shared) == ["None", "orphan"]
+
+
+def test_patient_scope_refuses_a_label_that_is_not_a_pseudonym_file_name():
+    from radplan.ehr.extracts import PatientScope
+
+    with pytest.raises(ValueError, match="label"):
+        PatientScope(frozenset({"a"}), "../a")
+    with pytest.raises(ValueError, match="overlap"):
+        PatientScope(frozenset({"a"}), "pa", frozenset({"a"}))
