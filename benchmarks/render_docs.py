@@ -69,7 +69,8 @@ METHODS = """\
   FHIR patient of the first copy read as `ehr_extracts` reads them (`PatientScope`: the other registered
   patients' lines skipped before typing and validation) vs validating the whole extract and keeping the
   patient's rows (the read before); both must find the same records; same process after a warm-up read,
-  median of 3.
+  median of 3. Also the EHR part of an intake when the EHR folders did not change (a new study or VCF): the
+  landing token only, the previous EHR patients kept, vs re-reading and re-validating every row as before.
 * **Partition scale** (`bench_partitions.py`): a temporary sqlite Dagster instance grown to 1k, 10k and 40k
   "patients" dynamic partitions (batches of 1000), timing the add, the partition queries, a partitioned
   asset's status queries and one tick of every ticking sensor in `sensors.ALL_SENSORS`; then 40k keys

@@ -36,6 +36,9 @@ CHANGED_PATIENTS = "changed_patients"
 CHANGED_SOURCES = "changed_sources"
 # Metadata entry: {watched folder name: keyed landing token} as this intake found the landing zone.
 LANDING_TOKENS = "landing_tokens"
+# Inventory table: the landing tokens this intake's tables describe (lets the next intake skip unchanged EHR extracts).
+LANDING_STATE = "landing_state"
+EHR_PATIENT_COLUMNS = ["patient_key", "source_patient_id", "rows_fingerprint"]
 
 
 @asset(
@@ -104,18 +107,24 @@ def landing_inventory(
                 }
             )
 
-    ehr_hashes = landing.ehr_fingerprints()
-    ehr_rows = [
-        {"patient_key": pseudonymizer.patient_key(pid), "source_patient_id": pid, "rows_fingerprint": ehr_hashes.get(pid, "")}
-        for pid in sorted(accepted_patient_ids(landing.ehr_csv_dir, landing.ehr_fhir_dir))
-    ]
+    ehr_rows = _unchanged_ehr_rows(previous_inventory, landing_tokens["ehr"])
+    if ehr_rows is None:
+        ehr_hashes = landing.ehr_fingerprints()
+        ehr_rows = [
+            {"patient_key": pseudonymizer.patient_key(pid), "source_patient_id": pid, "rows_fingerprint": ehr_hashes.get(pid, "")}
+            for pid in sorted(accepted_patient_ids(landing.ehr_csv_dir, landing.ehr_fhir_dir))
+        ]
+    else:
+        context.log.info(f"EHR extracts unchanged since the previous intake: its {len(ehr_rows)} EHR patients kept, not re-read")
 
     tables = {
         "dicom_studies": pd.DataFrame(study_rows, columns=["patient_key", "source_patient_id", "study_ref", "files", "content_fingerprint"]),
         "genomics_files": pd.DataFrame(
             genomics_rows, columns=["patient_key", "source_patient_id", "path", "kind", "sample", "size", "mtime_ns", "sha256"]
         ),
-        "ehr_patients": pd.DataFrame(ehr_rows, columns=["patient_key", "source_patient_id", "rows_fingerprint"]),
+        "ehr_patients": pd.DataFrame(ehr_rows, columns=EHR_PATIENT_COLUMNS),
+        # After ehr_patients: a landing token stored here always describes the EHR rows stored before it.
+        LANDING_STATE: pd.DataFrame(sorted(landing_tokens.items()), columns=["folder", "token"]),
     }
 
     by_source: dict[str, dict[str, list[str]]] = {}
@@ -168,6 +177,18 @@ def landing_inventory(
             "quarantine_ids": MetadataValue.json(quarantined),
         }
     )
+
+
+def _unchanged_ehr_rows(previous_inventory: dict, ehr_token: str) -> list[dict] | None:
+    """The previous intake's EHR patients when the EHR landing folders are as it found them (same keyed token over every
+    file's path, size and modification time), else None: every intake, a PACS-triggered one too, would otherwise
+    re-read and re-validate the whole cohort's extracts."""
+    state, previous = previous_inventory.get(LANDING_STATE), previous_inventory.get("ehr_patients")
+    if state is None or previous is None or not {"folder", "token"} <= set(state.columns):
+        return None
+    if dict(zip(state["folder"], state["token"])).get("ehr") != ehr_token or not set(EHR_PATIENT_COLUMNS) <= set(previous.columns):
+        return None
+    return previous[EHR_PATIENT_COLUMNS].to_dict("records")
 
 
 def _per_source(table: pd.DataFrame) -> dict[str, dict[str, str]]:

@@ -64,7 +64,8 @@ def one_table_of(key: str, **kwargs) -> AssetIn:
 LAKE_LAYOUT: dict[str, dict[str, Any]] = {
     # Raw zone (PHI: source ids and paths); the fingerprints last, so a failed intake is seen again.
     "landing_inventory": lake_table("raw", tables={name: f"inventory_{name}" for name in (
-        "dicom_studies", "genomics_files", "ehr_patients", "patient_source_fingerprints", "patient_fingerprints")}),
+        "dicom_studies", "genomics_files", "ehr_patients", "landing_state", "patient_source_fingerprints",
+        "patient_fingerprints")}),
     # One deid table per EHR extract: deid/ehr_patients, ehr_conditions, ehr_medications, ehr_observations, ...
     "deid_ehr": lake_table("deid", table_prefix="ehr_"),
     "deid_notes": lake_table("deid", table="notes"),
