@@ -124,7 +124,7 @@ def landing_inventory(
         ),
         "ehr_patients": pd.DataFrame(ehr_rows, columns=EHR_PATIENT_COLUMNS),
         # After ehr_patients: a landing token stored here always describes the EHR rows stored before it.
-        LANDING_STATE: pd.DataFrame(sorted(landing_tokens.items()), columns=["folder", "token"]),
+        LANDING_STATE: pd.DataFrame(sorted(landing_tokens.items()), columns=["folder", "landing_token"]),
     }
 
     by_source: dict[str, dict[str, list[str]]] = {}
@@ -184,9 +184,9 @@ def _unchanged_ehr_rows(previous_inventory: dict, ehr_token: str) -> list[dict] 
     file's path, size and modification time), else None: every intake, a PACS-triggered one too, would otherwise
     re-read and re-validate the whole cohort's extracts."""
     state, previous = previous_inventory.get(LANDING_STATE), previous_inventory.get("ehr_patients")
-    if state is None or previous is None or not {"folder", "token"} <= set(state.columns):
+    if state is None or previous is None or not {"folder", "landing_token"} <= set(state.columns):
         return None
-    if dict(zip(state["folder"], state["token"])).get("ehr") != ehr_token or not set(EHR_PATIENT_COLUMNS) <= set(previous.columns):
+    if dict(zip(state["folder"], state["landing_token"])).get("ehr") != ehr_token or not set(EHR_PATIENT_COLUMNS) <= set(previous.columns):
         return None
     return previous[EHR_PATIENT_COLUMNS].to_dict("records")
 

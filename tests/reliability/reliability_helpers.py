@@ -34,8 +34,9 @@ STAGING_NAME = re.compile(r"^\.")
 # - inventory "mtime_ns": modification time of the landing copy (two homes hold two copies); the
 #   content hash beside it ("sha256") pins the content.
 # - patient_features "source_versions": the Dagster run ids that produced each input (lineage).
+# - inventory "landing_token": keyed hash over the landing files' sizes and modification times (as "mtime_ns").
 VOLATILE_JSON_FIELDS = {"quarantined_at", "quarantine_id"}
-VOLATILE_COLUMNS = {"mtime_ns", "source_versions"}
+VOLATILE_COLUMNS = {"mtime_ns", "source_versions", "landing_token"}
 
 
 def stage_env(home: Path, **extra: str) -> dict[str, str]:

@@ -66,7 +66,7 @@ def test_an_intake_without_a_matching_landing_state_reads_the_extracts(stale):
     import pandas as pd
 
     previous = {"ehr_patients": pd.DataFrame({"patient_key": ["p1"], "source_patient_id": ["s"], "rows_fingerprint": ["f"]}),
-                ingest.LANDING_STATE: pd.DataFrame() if stale == "no state" else pd.DataFrame({"folder": ["ehr"], "token": ["old"]})}
+                ingest.LANDING_STATE: pd.DataFrame() if stale == "no state" else pd.DataFrame({"folder": ["ehr"], "landing_token": ["old"]})}
     assert ingest._unchanged_ehr_rows(previous, "new") is None
-    previous[ingest.LANDING_STATE] = pd.DataFrame({"folder": ["ehr"], "token": ["new"]})
+    previous[ingest.LANDING_STATE] = pd.DataFrame({"folder": ["ehr"], "landing_token": ["new"]})
     assert ingest._unchanged_ehr_rows(previous, "new") == [{"patient_key": "p1", "source_patient_id": "s", "rows_fingerprint": "f"}]
