@@ -71,6 +71,11 @@ METHODS = """\
   patient's rows (the read before); both must find the same records; same process after a warm-up read,
   median of 3. Also the EHR part of an intake when the EHR folders did not change (a new study or VCF): the
   landing token only, the previous EHR patients kept, vs re-reading and re-validating every row as before.
+* **The intake's PACS listing** (`bench_pacs_listing.py`): a real Orthanc on loopback filled with 100, 400 and
+  1,600 single-instance studies (one real CT instance, new UIDs). Once they are stable, one more study arrives.
+  The listing a change-feed intake makes (`list_studies(known=...)` with the previous listing) is compared with
+  a full listing (every study's series and instances read, as every intake did before). Both must give the
+  same studies and fingerprints; median of 3.
 * **Partition scale** (`bench_partitions.py`): a temporary sqlite Dagster instance grown to 1k, 10k and 40k
   "patients" dynamic partitions (batches of 1000), timing the add, the partition queries, a partitioned
   asset's status queries and one tick of every ticking sensor in `sensors.ALL_SENSORS`; then 40k keys

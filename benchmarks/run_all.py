@@ -22,7 +22,8 @@ from _common import QUICK, RESULTS_DIR, load_average, machine, now
 HERE = Path(__file__).resolve().parent
 # Cheapest first: a failure late in the run still leaves the early figures.
 BENCHMARKS = ("bench_cli.py", "bench_deid.py", "bench_notes.py", "bench_vcf.py", "bench_radiomics.py", "bench_memory.py",
-              "bench_partitions.py", "bench_lake_integrity.py", "bench_ehr_scope.py")
+              "bench_partitions.py", "bench_lake_integrity.py", "bench_ehr_scope.py",
+              "bench_pacs_listing.py")
 # The long benchmarks of the imaging model, the federated engine and the production stack: each trains, starts
 # services or seeds 100,000 partitions, so they run after the pipeline's figures (scripts not present are skipped).
 LONG_BENCHMARKS = ("bench_inference.py", "bench_segmentation.py", "bench_federated.py", "bench_operations.py", "bench_scale.py",

@@ -25,6 +25,7 @@ from radplan.inventory import (
 )
 from radplan_assets.partitions import PATIENTS_PARTITION_NAME
 from radplan_resources import DeidKeyResource, LakeResource, LandingZoneResource, PacsResource
+from radplan_resources.pacs import StudyLocation
 from radplan_resources.io_manager import own_previous_output, table_metadata
 
 FINGERPRINTS = "patient_fingerprints"
@@ -36,6 +37,9 @@ CHANGED_PATIENTS = "changed_patients"
 CHANGED_SOURCES = "changed_sources"
 # Metadata entry: {watched folder name: keyed landing token} as this intake found the landing zone.
 LANDING_TOKENS = "landing_tokens"
+# Run tag of every sensor-requested run, and its value on intakes the PACS change feed asked for (sensors/landing.py).
+TRIGGER_TAG = "radplan/trigger"
+PACS_FEED_TRIGGER = "pacs-changes"
 # Inventory table: the landing tokens this intake's tables describe (lets the next intake skip unchanged EHR extracts).
 LANDING_STATE = "landing_state"
 EHR_PATIENT_COLUMNS = ["patient_key", "source_patient_id", "rows_fingerprint"]
@@ -65,7 +69,15 @@ def landing_inventory(
         name: landing_state(pseudonymizer.token, folders)[0] for name, folders in landing.watched_folders(pacs).items()
     }
 
-    studies, unreadable = pacs.list_studies()
+    # An intake the PACS change feed asked for reuses the fingerprints of stable studies whose revision did not change
+    # (two PACS requests fewer per study); every other intake (the landing sensors', the catch-up after an outage, a
+    # manual or scheduled one) re-reads every study, which also sees instances deleted from a stable study.
+    known = _known_studies(previous_inventory["dicom_studies"]) if context.run.tags.get(TRIGGER_TAG) == PACS_FEED_TRIGGER else None
+    studies, unreadable = pacs.list_studies(known=known)
+    if known is not None:
+        reused = sum(1 for study in studies if study.study_ref in known and study.revision
+                     and known[study.study_ref].revision == study.revision)
+        context.log.info(f"PACS change feed intake: {reused} of {len(studies)} studies unchanged since the previous intake, not re-read")
     for item in unreadable:
         quarantined.append(lake.quarantine(item.path, "pacs-scan", item.error).safe_summary())
     study_rows = [
@@ -75,6 +87,7 @@ def landing_inventory(
             "study_ref": study.study_ref,
             "files": list(study.files),
             "content_fingerprint": study.content_fingerprint,
+            "revision": study.revision,
         }
         for study in studies
     ]
@@ -118,7 +131,8 @@ def landing_inventory(
         context.log.info(f"EHR extracts unchanged since the previous intake: its {len(ehr_rows)} EHR patients kept, not re-read")
 
     tables = {
-        "dicom_studies": pd.DataFrame(study_rows, columns=["patient_key", "source_patient_id", "study_ref", "files", "content_fingerprint"]),
+        "dicom_studies": pd.DataFrame(study_rows, columns=["patient_key", "source_patient_id", "study_ref", "files", "content_fingerprint",
+                                                           "revision"]),
         "genomics_files": pd.DataFrame(
             genomics_rows, columns=["patient_key", "source_patient_id", "path", "kind", "sample", "size", "mtime_ns", "sha256"]
         ),
@@ -177,6 +191,18 @@ def landing_inventory(
             "quarantine_ids": MetadataValue.json(quarantined),
         }
     )
+
+
+def _known_studies(previous: pd.DataFrame) -> dict[str, StudyLocation]:
+    """The previous intake's studies with a PACS revision (study_ref -> StudyLocation), for PacsResource.list_studies."""
+    if not {"study_ref", "source_patient_id", "content_fingerprint", "revision"} <= set(previous.columns):
+        return {}
+    return {
+        ref: StudyLocation(source_patient_id=pid, study_ref=ref, content_fingerprint=fingerprint, revision=revision)
+        for ref, pid, fingerprint, revision in previous[["study_ref", "source_patient_id", "content_fingerprint", "revision"]]
+        .itertuples(index=False, name=None)
+        if revision
+    }
 
 
 def _unchanged_ehr_rows(previous_inventory: dict, ehr_token: str) -> list[dict] | None:

@@ -8,7 +8,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -32,6 +32,11 @@ class StudyLocation:
     files: tuple[str, ...] = ()
     # Identity of the study's content (instance UIDs/ids and sizes): equal for a re-sent identical study.
     content_fingerprint: str = ""
+    # The PACS's revision of the study when it was listed as stable (Orthanc: its LastUpdate); "" while the study was
+    # still settling or where the PACS has none. A stable study that gets another instance is no longer stable and
+    # gets a later LastUpdate (a second or more later), so the same non-empty revision means the same instances
+    # had arrived: OrthancPacs.list_studies(known=...) reuses the fingerprint.
+    revision: str = ""
 
 
 def content_fingerprint(items: list[tuple[str, int]]) -> str:
@@ -51,7 +56,9 @@ class UnreadableFile:
 class PacsResource(ConfigurableResource):
     """Common interface; use LandingFolderPacs or OrthancPacs."""
 
-    def list_studies(self) -> tuple[list[StudyLocation], list[UnreadableFile]]:
+    def list_studies(self, known: Mapping[str, StudyLocation] | None = None) -> tuple[list[StudyLocation], list[UnreadableFile]]:
+        """Every study in the PACS. ``known`` (study_ref -> the study as listed before) lets a PACS that tracks
+        revisions skip re-reading unchanged studies; one that does not ignores it."""
         raise NotImplementedError
 
     def fetch_study(self, study: StudyLocation, dest: Path) -> list[Path]:
@@ -66,7 +73,7 @@ class LandingFolderPacs(PacsResource):
     def iter_files(self) -> Iterator[Path]:
         yield from landing_files(Path(self.folder))
 
-    def list_studies(self) -> tuple[list[StudyLocation], list[UnreadableFile]]:
+    def list_studies(self, known: Mapping[str, StudyLocation] | None = None) -> tuple[list[StudyLocation], list[UnreadableFile]]:
         studies: dict[tuple[str, str], list[tuple[str, str, int]]] = {}
         unreadable: list[UnreadableFile] = []
         for path in self.iter_files():
@@ -124,6 +131,15 @@ def redacted_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+def _patient_id(study: dict) -> str:
+    return study["PatientMainDicomTags"].get("PatientID", "")
+
+
+def _revision(study: dict) -> str:
+    """An Orthanc study's LastUpdate when the study is stable, else "" (StudyLocation.revision)."""
+    return str(study.get("LastUpdate") or "") if study.get("IsStable") else ""
+
+
 class OrthancPacs(PacsResource):
     """An Orthanc server over its REST API (study listing, instance download, /changes feed, storing radplan's SEG/RTSTRUCT)."""
 
@@ -159,9 +175,23 @@ class OrthancPacs(PacsResource):
                 time.sleep(backoff_delay(attempt, self.backoff_s, self.max_backoff_s))
         raise PacsUnavailableError(redacted_url(self.url), attempts, failure)
 
-    def list_studies(self) -> tuple[list[StudyLocation], list[UnreadableFile]]:
-        studies = self._get("/studies", expand="").json()
-        locations = [self._location(study) for study in studies]
+    def list_studies(self, known: Mapping[str, StudyLocation] | None = None) -> tuple[list[StudyLocation], list[UnreadableFile]]:
+        """Every study (one request), and for each its source instances (two requests per study) for the fingerprint.
+
+        With ``known``, a study listed stable at the same LastUpdate as before keeps its known fingerprint without
+        those two requests. Orthanc before 1.12.1 does not move LastUpdate when an instance is deleted (nor write a
+        change for it), so a caller passes ``known`` only where a later full listing reconciles deletions.
+        """
+        known = known or {}
+        locations = []
+        for study in self._get("/studies", expand="").json():
+            before = known.get(study["ID"])
+            revision = _revision(study)
+            if revision and before is not None and before.revision == revision and before.content_fingerprint:
+                locations.append(StudyLocation(source_patient_id=_patient_id(study), study_ref=study["ID"],
+                                               content_fingerprint=before.content_fingerprint, revision=revision))
+            else:
+                locations.append(self._location(study))
         return sorted(locations, key=lambda s: s.study_ref), []
 
     def study_location(self, orthanc_study_id: str) -> StudyLocation:
@@ -171,9 +201,10 @@ class OrthancPacs(PacsResource):
         # Orthanc's instance ids are hashes of the UIDs: a re-sent identical study keeps its fingerprint.
         instances = self.source_instances(study["ID"])
         return StudyLocation(
-            source_patient_id=study["PatientMainDicomTags"].get("PatientID", ""),
+            source_patient_id=_patient_id(study),
             study_ref=study["ID"],
             content_fingerprint=content_fingerprint([(i["ID"], int(i.get("FileSize", 0))) for i in instances]),
+            revision=_revision(study),
         )
 
     def fetch_study(self, study: StudyLocation, dest: Path) -> list[Path]:

@@ -17,7 +17,7 @@ from jobs import ingest_job
 from radplan.errors import PacsUnavailableError
 from radplan.inventory import landing_state
 from radplan.settings import Settings
-from radplan_assets.ingest import LANDING_TOKENS
+from radplan_assets.ingest import LANDING_TOKENS, PACS_FEED_TRIGGER, TRIGGER_TAG
 from radplan_resources import DeidKeyResource, LandingZoneResource, OrthancPacs, PacsResource
 from radplan_resources.pacs import LandingFolderPacs
 from sensors.cursors import PacsOutage, SensorCursor, pacs_outage_delay, read_change_feed
@@ -107,7 +107,7 @@ def _orthanc_tick(context: SensorEvaluationContext, pacs: OrthancPacs) -> Sensor
     )
     request = RunRequest(
         run_key=feed.run_key,
-        tags={"radplan/trigger": "pacs-changes", "radplan/stable_studies": str(len(feed.stable_studies))},
+        tags={TRIGGER_TAG: PACS_FEED_TRIGGER, "radplan/stable_studies": str(len(feed.stable_studies))},
     )
     return SensorResult(run_requests=[request], cursor=next_cursor)
 

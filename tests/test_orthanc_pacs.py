@@ -54,3 +54,75 @@ def test_orthanc_rejects_stores_from_unknown_calling_aet(orthanc, shared_data):
     )
     assert result.returncode != 0
     assert OrthancPacs(url=orthanc.url).list_studies()[0] == []
+
+
+def _store_study(orthanc_url: str, template, instances: int, study_uid: str | None = None, series_uid: str | None = None) -> list[str]:
+    """``instances`` copies of one real CT instance as one study (new UIDs), stored through the REST API."""
+    import io
+
+    import requests
+    from pydicom.uid import generate_uid
+
+    study_uid, series_uid = study_uid or generate_uid(), series_uid or generate_uid()
+    ids = []
+    for _ in range(instances):
+        ds = template.copy()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study_uid, series_uid, generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        buffer = io.BytesIO()
+        ds.save_as(buffer)
+        answer = requests.post(f"{orthanc_url}/instances", data=buffer.getvalue(), timeout=30)
+        answer.raise_for_status()
+        ids.append(answer.json()["ID"])
+    return ids
+
+
+def _stable_listing(pacs, timeout_s: float = 60):
+    """The full listing once every study is stable (each has a revision)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        studies, _ = pacs.list_studies()
+        if all(study.revision for study in studies) or time.monotonic() > deadline:
+            return studies
+        time.sleep(0.5)
+
+
+def test_a_listing_with_known_studies_re_reads_only_the_changed_ones(orthanc, shared_data, monkeypatch):
+    """Unchanged stable studies keep their fingerprints without their two requests; a study that got an instance
+    is re-read; a deletion (which Orthanc before 1.12.1 does not record in LastUpdate) is seen by a full listing."""
+    import time
+
+    import requests
+
+    template = pydicom.dcmread(sorted((shared_data / "imaging" / "ibsi_sts_002" / "dicom" / "CT" / "image").glob("*.dcm"))[0])
+    first = _store_study(orthanc.url, template, 2)
+    _store_study(orthanc.url, template, 2)
+    pacs = OrthancPacs(url=orthanc.url)
+    full = _stable_listing(pacs)
+    assert len(full) == 2 and all(study.revision for study in full)
+
+    read = []
+    real_read = OrthancPacs.source_instances
+    monkeypatch.setattr(OrthancPacs, "source_instances", lambda self, ref: read.append(ref) or real_read(self, ref))
+    assert pacs.list_studies(known={s.study_ref: s for s in full})[0] == full
+    assert read == []  # nothing changed: no study re-read
+
+    time.sleep(1.1)  # the next instance lands in a later second than the study's LastUpdate
+    study = requests.get(f"{orthanc.url}/instances/{first[0]}/study", timeout=30).json()
+    _store_study(orthanc.url, template, 1, study["MainDicomTags"]["StudyInstanceUID"], template.SeriesInstanceUID)
+    after_addition = _stable_listing(pacs)
+    read.clear()
+    incremental = pacs.list_studies(known={s.study_ref: s for s in full})[0]
+    assert read == [study["ID"]]  # only the study that got an instance
+    assert incremental == after_addition
+    assert {s.study_ref: s.content_fingerprint for s in incremental} != {s.study_ref: s.content_fingerprint for s in full}
+
+    requests.delete(f"{orthanc.url}/instances/{first[0]}", timeout=30).raise_for_status()
+    version = tuple(int(part) for part in requests.get(f"{orthanc.url}/system", timeout=30).json()["Version"].split(".")[:3])
+    incremental = pacs.list_studies(known={s.study_ref: s for s in after_addition})[0]
+    full_again = pacs.list_studies()[0]
+    if version < (1, 12, 1):
+        assert incremental == after_addition  # LastUpdate did not move: the deletion is left to a full listing
+    assert full_again != after_addition  # a full listing sees it
