@@ -59,6 +59,19 @@ def load_average() -> float | None:
         return None
 
 
+def median_seconds(fn, repeats: int, *args):
+    """(median wall seconds of ``repeats`` calls of ``fn(*args)``, the last call's result)."""
+    import statistics
+    import time
+
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn(*args)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
 def result_row(name: str, *, radplan: float, peer: float, unit: str, ratio: float, runs: int, **extra) -> dict:
     """One comparison in the schema docs/benchmarks.md is rendered from (extra keys are kept)."""
     return {"name": name, "radplan": radplan, "peer": peer, "unit": unit, "ratio": ratio, "runs": runs,

@@ -24,16 +24,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from _common import QUICK, result_row, write_results  # noqa: E402
+from _common import QUICK, median_seconds, result_row, write_results  # noqa: E402
 
 SHARED_EHR = HERE.parent.parent / "shared" / "data" / "ehr"
 FHIR_TYPES = ("Patient", "Condition", "MedicationRequest", "Observation", "DocumentReference")  # radplan_assets.ehr
@@ -123,13 +121,6 @@ def _intake_reread(csv_dir: Path, fhir_dir: Path) -> int:
     return len(accepted_patient_ids(csv_dir, fhir_dir))
 
 
-def _median_s(fn, repeats: int, *args) -> tuple[float, int]:
-    times, records = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        records = fn(*args)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), records
 
 
 def main() -> int:
@@ -148,13 +139,13 @@ def main() -> int:
             # A patient of the CSV sample and one of the FHIR sample, from the first copy: both readers timed.
             csv_ids, fhir_ids = _source_ids()
             for label, patient in (("csv_patient", _copy_id(csv_ids[0], 0)), ("fhir_patient", _copy_id(fhir_ids[0], 0))):
-                scoped_s, scoped_records = _median_s(_scoped, args.repeats, csv_dir, fhir_dir, patient, registered)
-                whole_s, whole_records = _median_s(_whole, args.repeats, csv_dir, fhir_dir, patient, registered)
+                scoped_s, scoped_records = median_seconds(_scoped, args.repeats, csv_dir, fhir_dir, patient, registered)
+                whole_s, whole_records = median_seconds(_whole, args.repeats, csv_dir, fhir_dir, patient, registered)
                 if scoped_records != whole_records:
                     raise SystemExit(f"{label}: the scoped read found {scoped_records} records, the whole read {whole_records}")
                 step["patients_read"][label] = {"records": scoped_records, "scoped_s": round(scoped_s, 3), "whole_s": round(whole_s, 3)}
-            unchanged_s, _ = _median_s(_intake_unchanged, args.repeats, csv_dir, fhir_dir)
-            reread_s, patients_found = _median_s(_intake_reread, args.repeats, csv_dir, fhir_dir)
+            unchanged_s, _ = median_seconds(_intake_unchanged, args.repeats, csv_dir, fhir_dir)
+            reread_s, patients_found = median_seconds(_intake_reread, args.repeats, csv_dir, fhir_dir)
             if patients_found != len(registered):
                 raise SystemExit(f"the intake found {patients_found} EHR patients of {len(registered)}")
             step["intake_unchanged_s"], step["intake_reread_s"] = round(unchanged_s, 4), round(reread_s, 3)

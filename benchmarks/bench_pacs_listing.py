@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(HERE), str(REPO), str(REPO / "tests")]
 
-from _common import QUICK, result_row, write_results  # noqa: E402
+from _common import QUICK, median_seconds, result_row, write_results  # noqa: E402
 
 TEMPLATE = next(iter(sorted((REPO.parent / "shared" / "data" / "imaging" / "ibsi_sts_002" / "dicom" / "CT" / "image").glob("*.dcm"))))
 
@@ -60,13 +59,6 @@ def _stable(pacs, expected: int, timeout_s: float = 300):
         time.sleep(1)
 
 
-def _median_s(fn, repeats: int):
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
 
 
 def main() -> int:
@@ -95,8 +87,8 @@ def main() -> int:
                 stored = size
                 after = _stable(pacs, size)
                 known = {study.study_ref: study for study in before}
-                known_s, incremental = _median_s(lambda: pacs.list_studies(known=known)[0], args.repeats)
-                full_s, full = _median_s(lambda: pacs.list_studies()[0], args.repeats)
+                known_s, incremental = median_seconds(lambda: pacs.list_studies(known=known)[0], args.repeats)
+                full_s, full = median_seconds(lambda: pacs.list_studies()[0], args.repeats)
                 if incremental != full or full != after:
                     raise SystemExit(f"{size} studies: the listing with known studies differs from the full listing")
                 step = {"studies": size, "known_s": round(known_s, 4), "full_s": round(full_s, 4),
