@@ -166,6 +166,9 @@ def _utc_schedule(name: str, job, cron_schedule: str, description: str) -> Sched
 
 
 ALL_SCHEDULES = [
+    _utc_schedule("nightly_full_intake", ingest_job, "30 1 * * *",
+                  "Nightly: an intake that lists every study in the PACS (the change feed's intakes re-read only changed "
+                  "studies, and Orthanc before 1.12.1 records no deletion of an instance from a stable study)."),
     _utc_schedule("nightly_cohort_refresh", cohort_job, "0 2 * * *",
                   "Nightly: rebuild the cohort table, strata and response scores from the patients' latest features."),
     _utc_schedule("nightly_export", export_job, "0 4 * * *", "Nightly: rewrite the recommendations table after the cohort refresh."),

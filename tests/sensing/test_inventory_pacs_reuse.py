@@ -40,3 +40,14 @@ def test_feed_triggered_intakes_reuse_unchanged_studies_and_others_rescan(orthan
     assert intake(**{ingest.TRIGGER_TAG: ingest.PACS_FEED_TRIGGER}) == []  # the feed's intake: unchanged, not re-read
     assert own_previous_output(lake, "landing_inventory")["dicom_studies"].equals(studies)
     assert len(intake(**{ingest.TRIGGER_TAG: "landing-genomics"})) == 1  # any other intake re-reads every study
+
+
+def test_the_nightly_full_intake_lists_every_study():
+    from dagster import build_schedule_context
+
+    from jobs import ALL_SCHEDULES
+
+    schedule = next(s for s in ALL_SCHEDULES if s.name == "nightly_full_intake")
+    assert schedule.job_name == "ingest_job"
+    (request,) = schedule.evaluate_tick(build_schedule_context()).run_requests
+    assert request.tags.get(ingest.TRIGGER_TAG) != ingest.PACS_FEED_TRIGGER  # so the intake re-reads every study
