@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 from radplan.ehr.extracts import fhir_patient_id
 from radplan.errors import InvalidAlignmentError, InvalidVcfError, RadplanInputError
@@ -97,9 +97,22 @@ def landing_state(token: Callable[..., str], folders: list[Path]) -> tuple[str, 
     return token("landing-sensor", "\n".join(digests), 24), count
 
 
-def scan_genomics(folder: Path) -> Iterator[GenomicsFile | tuple[Path, RadplanInputError]]:
-    """Each genomics file with its sample names, or (path, error) for one whose header is unreadable."""
+def scan_genomics(
+    folder: Path, known: Mapping[tuple[str, int, int], GenomicsFile] | None = None
+) -> Iterator[GenomicsFile | tuple[Path, RadplanInputError]]:
+    """Each genomics file with its sample names, or (path, error) for one whose header is unreadable.
+
+    ``known`` ((path, size, mtime_ns) -> the file as scanned before): a file with the same path, size and
+    modification time is taken as it was, without opening it (as ``genomics_content_hashes`` reuses hashes), so an
+    intake does not re-read every VCF and BAM header in the landing zone.
+    """
     for path in landing_files(folder):
+        if known:
+            stat = path.stat()
+            before = known.get((str(path), stat.st_size, stat.st_mtime_ns))
+            if before is not None:
+                yield before
+                continue
         try:
             if _has_suffix(path, VCF_SUFFIXES):
                 yield GenomicsFile(path, "vcf", vcf_samples(path))

@@ -9,6 +9,8 @@ lists in its metadata the patients whose fingerprint changed since the previous
 inventory: the patient refresh sensor reruns exactly those partitions.
 """
 
+from pathlib import Path
+
 import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
@@ -93,7 +95,7 @@ def landing_inventory(
     ]
 
     genomics_files = []
-    for found in scan_genomics(landing.genomics_dir):
+    for found in scan_genomics(landing.genomics_dir, known=_known_genomics_files(previous_inventory["genomics_files"])):
         if not isinstance(found, GenomicsFile):
             path, error = found
             quarantined.append(lake.quarantine(path, "genomics-scan", error).safe_summary())
@@ -191,6 +193,19 @@ def landing_inventory(
             "quarantine_ids": MetadataValue.json(quarantined),
         }
     )
+
+
+def _known_genomics_files(previous: pd.DataFrame) -> dict[tuple[str, int, int], GenomicsFile]:
+    """The previous intake's genomics files by (path, size, mtime_ns), their samples in the order scanned."""
+    if not {"path", "kind", "sample", "size", "mtime_ns"} <= set(previous.columns):
+        return {}
+    samples: dict[tuple[str, int, int], list[str]] = {}
+    kinds: dict[tuple[str, int, int], str] = {}
+    for path, kind, sample, size, mtime_ns in previous[["path", "kind", "sample", "size", "mtime_ns"]].itertuples(index=False, name=None):
+        key = (str(path), int(size), int(mtime_ns))
+        samples.setdefault(key, []).append(sample)
+        kinds[key] = kind
+    return {key: GenomicsFile(Path(key[0]), kinds[key], tuple(names)) for key, names in samples.items()}
 
 
 def _known_studies(previous: pd.DataFrame) -> dict[str, StudyLocation]:
