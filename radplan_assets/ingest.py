@@ -77,8 +77,7 @@ def landing_inventory(
     known = _known_studies(previous_inventory["dicom_studies"]) if context.run.tags.get(TRIGGER_TAG) == PACS_FEED_TRIGGER else None
     studies, unreadable = pacs.list_studies(known=known)
     if known is not None:
-        reused = sum(1 for study in studies if study.study_ref in known and study.revision
-                     and known[study.study_ref].revision == study.revision)
+        reused = sum(1 for study in studies if study.study_ref in known and known[study.study_ref].unchanged_at(study.revision))
         context.log.info(f"PACS change feed intake: {reused} of {len(studies)} studies unchanged since the previous intake, not re-read")
     for item in unreadable:
         quarantined.append(lake.quarantine(item.path, "pacs-scan", item.error).safe_summary())

@@ -38,6 +38,10 @@ class StudyLocation:
     # had arrived: OrthancPacs.list_studies(known=...) reuses the fingerprint.
     revision: str = ""
 
+    def unchanged_at(self, revision: str) -> bool:
+        """Whether a study now listed at ``revision`` still has this listing's content (and its fingerprint)."""
+        return bool(revision) and self.revision == revision and bool(self.content_fingerprint)
+
 
 def content_fingerprint(items: list[tuple[str, int]]) -> str:
     """Order-independent hash of (instance identifier, size) pairs."""
@@ -187,7 +191,7 @@ class OrthancPacs(PacsResource):
         for study in self._get("/studies", expand="").json():
             before = known.get(study["ID"])
             revision = _revision(study)
-            if revision and before is not None and before.revision == revision and before.content_fingerprint:
+            if before is not None and before.unchanged_at(revision):
                 locations.append(StudyLocation(source_patient_id=_patient_id(study), study_ref=study["ID"],
                                                content_fingerprint=before.content_fingerprint, revision=revision))
             else:
