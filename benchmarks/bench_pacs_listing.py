@@ -18,7 +18,6 @@ seconds at the largest size, ratio known / full).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import tempfile
@@ -34,18 +33,11 @@ from _common import QUICK, median_seconds, result_row, write_results  # noqa: E4
 TEMPLATE = next(iter(sorted((REPO.parent / "shared" / "data" / "imaging" / "ibsi_sts_002" / "dicom" / "CT" / "image").glob("*.dcm"))))
 
 
-def _store_studies(url: str, template, count: int, first: int) -> None:
-    import requests
+def _store_studies(server, template, count: int, first: int) -> None:
     from pydicom.uid import generate_uid
 
     for index in range(first, first + count):
-        ds = template.copy()
-        ds.PatientID = f"BENCH{index:06d}"
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        buffer = io.BytesIO()
-        ds.save_as(buffer)
-        requests.post(f"{url}/instances", data=buffer.getvalue(), timeout=60).raise_for_status()
+        server.store_copy(template, PatientID=f"BENCH{index:06d}", StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid())
 
 
 def _stable(pacs, expected: int, timeout_s: float = 300):
@@ -81,9 +73,9 @@ def main() -> int:
             pacs = OrthancPacs(url=server.url)
             stored = 0
             for size in sorted(args.studies):
-                _store_studies(server.url, template, size - 1 - stored, stored)
+                _store_studies(server, template, size - 1 - stored, stored)
                 before = _stable(pacs, size - 1)
-                _store_studies(server.url, template, 1, size - 1)  # the arrival the change feed reports
+                _store_studies(server, template, 1, size - 1)  # the arrival the change feed reports
                 stored = size
                 after = _stable(pacs, size)
                 known = {study.study_ref: study for study in before}

@@ -56,25 +56,12 @@ def test_orthanc_rejects_stores_from_unknown_calling_aet(orthanc, shared_data):
     assert OrthancPacs(url=orthanc.url).list_studies()[0] == []
 
 
-def _store_study(orthanc_url: str, template, instances: int, study_uid: str | None = None, series_uid: str | None = None) -> list[str]:
-    """``instances`` copies of one real CT instance as one study (new UIDs), stored through the REST API."""
-    import io
-
-    import requests
+def _store_study(orthanc, template, instances: int, study_uid: str | None = None, series_uid: str | None = None) -> list[str]:
+    """``instances`` copies of one real CT instance as one study (new UIDs unless given)."""
     from pydicom.uid import generate_uid
 
     study_uid, series_uid = study_uid or generate_uid(), series_uid or generate_uid()
-    ids = []
-    for _ in range(instances):
-        ds = template.copy()
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study_uid, series_uid, generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        buffer = io.BytesIO()
-        ds.save_as(buffer)
-        answer = requests.post(f"{orthanc_url}/instances", data=buffer.getvalue(), timeout=30)
-        answer.raise_for_status()
-        ids.append(answer.json()["ID"])
-    return ids
+    return [orthanc.store_copy(template, StudyInstanceUID=study_uid, SeriesInstanceUID=series_uid) for _ in range(instances)]
 
 
 def _stable_listing(pacs, timeout_s: float = 60):
@@ -97,8 +84,8 @@ def test_a_listing_with_known_studies_re_reads_only_the_changed_ones(orthanc, sh
     import requests
 
     template = pydicom.dcmread(sorted((shared_data / "imaging" / "ibsi_sts_002" / "dicom" / "CT" / "image").glob("*.dcm"))[0])
-    first = _store_study(orthanc.url, template, 2)
-    _store_study(orthanc.url, template, 2)
+    first = _store_study(orthanc, template, 2)
+    _store_study(orthanc, template, 2)
     pacs = OrthancPacs(url=orthanc.url)
     full = _stable_listing(pacs)
     assert len(full) == 2 and all(study.revision for study in full)
@@ -111,7 +98,7 @@ def test_a_listing_with_known_studies_re_reads_only_the_changed_ones(orthanc, sh
 
     time.sleep(1.1)  # the next instance lands in a later second than the study's LastUpdate
     study = requests.get(f"{orthanc.url}/instances/{first[0]}/study", timeout=30).json()
-    _store_study(orthanc.url, template, 1, study["MainDicomTags"]["StudyInstanceUID"], template.SeriesInstanceUID)
+    _store_study(orthanc, template, 1, study["MainDicomTags"]["StudyInstanceUID"], template.SeriesInstanceUID)
     after_addition = _stable_listing(pacs)
     read.clear()
     incremental = pacs.list_studies(known={s.study_ref: s for s in full})[0]

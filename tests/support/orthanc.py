@@ -92,3 +92,20 @@ class OrthancServer:
             capture_output=True,
             timeout=120,
         )
+
+    def store_copy(self, template, **elements) -> str:
+        """A copy of the pydicom dataset ``template`` with a new SOP Instance UID and ``elements`` set (e.g. a study's
+        UIDs), stored through the REST API; Orthanc's id of the instance."""
+        import io
+
+        from pydicom.uid import generate_uid
+
+        dataset = template.copy()
+        for keyword, value in elements.items():
+            setattr(dataset, keyword, value)
+        dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        buffer = io.BytesIO()
+        dataset.save_as(buffer)
+        answer = requests.post(f"{self.url}/instances", data=buffer.getvalue(), timeout=60)
+        answer.raise_for_status()
+        return answer.json()["ID"]
