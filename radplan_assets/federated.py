@@ -29,13 +29,17 @@ class _FederatedRoundsConfig(Config):
 
 class FederatedTrainingConfig(_FederatedRoundsConfig):
     dp_noise_multiplier: float = 0.0
+    # Every update encrypted (FLARE's HE provisioning, TenSEAL CKKS): the server averages ciphertexts it cannot decrypt.
+    # Plain FedAvg only (no server momentum or learning rate); radplan.federated.secure_aggregation says why.
+    secure_aggregation: bool = False
 
 
 @asset(
     group_name="models",
     description="The response model trained where the data lives: FedAvg (FedProx with fedprox_mu > 0, FedAvgM with "
     "server_momentum > 0 or a server_learning_rate, DP-SGD with dp_noise_multiplier > 0) on NVIDIA FLARE across "
-    "synthetic hospital sites, each with its own lake and key; the server aggregates weights only. Per-site and global metrics in MLflow; the global model is registered as "
+    "synthetic hospital sites, each with its own lake and key; the server aggregates weights only (with secure_aggregation: "
+    "encrypted weights it cannot decrypt). Per-site and global metrics in MLflow; the global model is registered as "
     "radplan-response-federated (champion/challenger) only when every round completed.",
 )
 def federated_response_model(context: AssetExecutionContext, config: FederatedTrainingConfig, lake: LakeResource,
@@ -43,7 +47,8 @@ def federated_response_model(context: AssetExecutionContext, config: FederatedTr
     from radplan.federated.demo import run_federated_training
     from radplan.federated.engine import FederatedJobConfig
 
-    job_config = FederatedJobConfig(**config.job_settings(), dp_noise_multiplier=config.dp_noise_multiplier)
+    job_config = FederatedJobConfig(**config.job_settings(), dp_noise_multiplier=config.dp_noise_multiplier,
+                                    secure_aggregation=config.secure_aggregation)
     summary = run_federated_training(lake.zone("models") / "federated", tracking_uri=mlflow.tracking_uri, artifact_root=mlflow.artifact_path,
                                      sizes=tuple(config.site_sizes), config=job_config, progress=context.log.info)
     return _federated_result(context, summary)

@@ -2,7 +2,8 @@
 each site's CT images) trained across three synthetic hospitals on NVIDIA FLARE.
 
 Writes three site lakes (different sizes, case mixes, scanners, keys) under <home>/lake/models/federated,
-starts FLARE's server and one client process per site on 127.0.0.1, runs FedAvg (or FedProx / DP-SGD),
+starts FLARE's server and one client process per site on 127.0.0.1, runs FedAvg (or FedProx / DP-SGD; with
+``--secure-aggregation`` on encrypted updates),
 logs per-site and global metrics to the home's MLflow and registers the global model when every round
 completed. ``--fault site-2:malformed:1`` makes a site misbehave on purpose (dropout, malformed, diverging) to
 show that the round completes with the rest. Prints a PHI-free JSON summary.
@@ -40,6 +41,7 @@ def _federated_demo(args: argparse.Namespace) -> int:
         config = FederatedJobConfig(model=args.model, num_rounds=args.rounds, local_epochs=args.local_epochs, min_sites=args.min_sites,
                                     fedprox_mu=args.fedprox_mu, server_momentum=args.server_momentum,
                                     server_learning_rate=args.server_learning_rate, dp_noise_multiplier=args.dp_noise_multiplier, faults=faults,
+                                    secure_aggregation=args.secure_aggregation,
                                     segmentation_recipe=args.segmentation_recipe or {}, **extra)
     except ValueError as error:
         raise SystemExit(f"federated-demo: {error}") from None
@@ -70,6 +72,9 @@ def register(subparsers) -> None:
     parser.add_argument("--server-momentum", type=float, default=0.0, help="FedAvgM: the server's momentum over rounds (0: FedAvg)")
     parser.add_argument("--server-learning-rate", type=float, default=1.0, help="the server's step along the averaged update (1: FedAvg)")
     parser.add_argument("--dp-noise-multiplier", type=float, default=0.0, help="DP-SGD noise multiplier at each site (0: off)")
+    parser.add_argument("--secure-aggregation", action="store_true",
+                        help="homomorphic encryption of every update (FLARE's HE provisioning, TenSEAL CKKS): the server averages "
+                        "ciphertexts it cannot decrypt (response model, plain FedAvg)")
     parser.add_argument("--fault", type=_fault, action="append", metavar="SITE:FAULT:ROUND",
                         help="make a site misbehave: FAULT is dropout, malformed or diverging (repeatable)")
     parser.set_defaults(func=_federated_demo)

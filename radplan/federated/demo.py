@@ -66,8 +66,9 @@ def run_federated_training(work_dir: Path, *, tracking_uri: str, artifact_root: 
     flare_dir = work_dir / "flare"
     shutil.rmtree(flare_dir, ignore_errors=True)
     try:
-        with FlareDeployment(flare_dir, list(site_dirs)) as deployment:
-            say(f"FLARE server and {len(site_dirs)} site processes running on 127.0.0.1; {config.num_rounds} rounds")
+        with FlareDeployment(flare_dir, list(site_dirs), secure_aggregation=config.secure_aggregation) as deployment:
+            say(f"FLARE server and {len(site_dirs)} site processes running on 127.0.0.1; {config.num_rounds} rounds"
+                + ("; updates encrypted (CKKS), the server averages ciphertexts" if config.secure_aggregation else ""))
             run = deployment.run(site_dirs, config, job_name=f"radplan-{config.model}-fedavg", champion_parameters=champion,
                                  timeout_s=600.0 if config.model == "response" else 7200.0)
         outcome = log_and_register(run, config, tracking_uri=tracking_uri, artifact_root=artifact_root, model_name=model_name)

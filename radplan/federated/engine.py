@@ -58,6 +58,9 @@ class FederatedJobConfig:
     dp_delta: float = 1e-5
     seed: int = 0
     faults: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)  # site -> (fault, rounds), see flare_client
+    # Homomorphic encryption of every update (radplan.federated.secure_aggregation): the server averages ciphertexts and
+    # never holds a key that decrypts them. Needs a deployment provisioned with it (FlareDeployment(secure_aggregation=True)).
+    secure_aggregation: bool = False
     model: str = "response"  # or "segmentation" (the lesion segmentation network on the sites' CT images)
     # segmentation only: overrides of the CPU recipe's fields (SegmentationTrainingConfig), the same at the server and
     # every site, e.g. a smaller network and crops for a quick run
@@ -71,6 +74,12 @@ class FederatedJobConfig:
             raise ValueError("dp_noise_multiplier and faults apply to the response model only (the segmentation sites do not run them)")
         if self.model == "response" and self.segmentation_recipe:
             raise ValueError("segmentation_recipe applies to the segmentation model only")
+        if self.secure_aggregation:
+            from radplan.federated.secure_aggregation import unsupported_settings
+
+            unsupported = unsupported_settings(self.model, self.server_momentum, self.server_learning_rate)
+            if unsupported:
+                raise ValueError(f"secure_aggregation: {unsupported}")
         if self.segmentation_recipe:  # a bad field fails here, not later inside the server's and sites' processes
             from radplan.federated.segmentation_site import federated_segmentation_config
 
@@ -116,10 +125,12 @@ def _read_jsonl(path: Path) -> list[dict]:
 class FlareDeployment:
     """A running FLARE project (server + one client per site) in ``workspace``; use as a context manager."""
 
-    def __init__(self, workspace: str | Path, sites: list[str], connect_timeout_s: float = 120.0) -> None:
+    def __init__(self, workspace: str | Path, sites: list[str], connect_timeout_s: float = 120.0, secure_aggregation: bool = False) -> None:
         self.workspace = Path(workspace).resolve()
         self.sites = list(sites)
         self.connect_timeout_s = connect_timeout_s
+        # FLARE's HE provisioning (HEBuilder): a TenSEAL CKKS context in every kit, the secret key only in the sites'
+        self.secure_aggregation = secure_aggregation
 
     def __enter__(self) -> "FlareDeployment":
         from nvflare.tool.poc.poc_commands import _start_poc, prepare_poc_provision
@@ -139,9 +150,12 @@ class FlareDeployment:
 
     def _project_file(self) -> Path:
         """FLARE's default POC project with these sites as clients and a free port (not the fixed 8002)."""
-        from nvflare.tool.poc.poc_commands import gen_project_config_file, load_yaml, save_project_config, update_clients, update_server_name
+        from nvflare.tool.poc.poc_commands import (add_he_builder, gen_project_config_file, load_yaml, save_project_config, update_clients,
+                                                   update_server_name)
 
         config = update_clients(self.sites, len(self.sites), update_server_name(load_yaml(gen_project_config_file(str(self.workspace)))))
+        # FLARE adds HEBuilder only to its own project file; this one is handed in as the user's
+        config = add_he_builder(self.secure_aggregation, config)
         server = next(p for p in config["participants"] if p["type"] == "server")
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -153,8 +167,8 @@ class FlareDeployment:
     def _loopback_only(self) -> None:
         """Point every startup kit at 127.0.0.1:<port>. FLARE's server binds its listener to the host of its service
         target when that host is a loopback address, and to every interface otherwise (the provisioned target is
-        ``server:<port>``). The POC kits carry no signature manifest, so editing them is what provisioning
-        with that host would have written."""
+        ``server:<port>``). Plain POC kits carry no signature manifest, and HE kits are signed again after the edit,
+        so the result is what provisioning with that host would have written."""
         for config_file in self.workspace.glob("*/prod_00/*/startup/fed_*.json"):
             config = json.loads(config_file.read_text())
             text = json.dumps(config, indent=2)
@@ -168,15 +182,38 @@ class FlareDeployment:
             if admin.get("host") in ("server", "localhost"):
                 admin["host"] = "127.0.0.1"
             config_file.write_text(json.dumps(config, indent=2))
+            if (config_file.parent / "signature.json").exists():
+                self._sign_again(config_file.parent)
+
+    def _sign_again(self, startup: Path) -> None:
+        """Sign an edited startup folder again with the project's root key, as provisioning signed it. FLARE signs the
+        kits of an HE project (so that the TenSEAL contexts load in secure mode) and refuses to start from an edited,
+        unsigned configuration."""
+        from nvflare.lighter.utils import load_private_key, sign_folders
+
+        state = json.loads(next(self.workspace.glob("*/state/cert.json")).read_text())
+        sign_folders(str(startup), load_private_key(state["root_pri_key"]), signature_file="signature.json")
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
 
-    def _admin_kit(self) -> str:
+    def _kit(self, participant: str) -> Path:
+        """The startup kit folder FLARE provisioned for ``participant`` (a site, ``server`` or the admin)."""
         from nvflare.tool.poc.poc_commands import get_prod_dir, setup_service_config
 
         project_config, _ = setup_service_config(str(self.workspace))
-        return str(Path(get_prod_dir(str(self.workspace), project_config.get("name"))) / ADMIN_USER)
+        return Path(get_prod_dir(str(self.workspace), project_config.get("name"))) / participant
+
+    def _admin_kit(self) -> str:
+        return str(self._kit(ADMIN_USER))
+
+    def he_context_file(self, participant: str) -> Path:
+        """The TenSEAL context HE provisioning gave ``participant``: a site's holds the secret key, the server's not."""
+        from radplan.federated.secure_aggregation import CLIENT_CONTEXT_FILE, SERVER_CONTEXT_FILE
+
+        if not self.secure_aggregation:
+            raise ValueError("this FLARE deployment was provisioned without secure aggregation (no HE contexts)")
+        return self._kit(participant) / "startup" / (SERVER_CONTEXT_FILE if participant == "server" else CLIENT_CONTEXT_FILE)
 
     @contextmanager
     def session(self) -> Iterator[Any]:
@@ -231,17 +268,24 @@ class FlareDeployment:
         unknown = sorted(set(site_dirs) - set(self.sites))
         if unknown:
             raise ValueError(f"sites {unknown} are not part of this FLARE deployment ({self.sites})")
+        if config.secure_aggregation and not self.secure_aggregation:
+            raise ValueError("secure_aggregation needs a deployment provisioned for it: FlareDeployment(..., secure_aggregation=True)")
         job = FedJob(name=job_name, min_clients=len(site_dirs))
         job.to_server(flare_server.RadplanFedAvg(num_rounds=config.num_rounds, min_sites=config.min_sites,
                                                  round_timeout_s=config.round_timeout_s, grace_s=config.grace_s,
                                                  fedprox_mu=config.fedprox_mu, model_kind=config.model, seed=config.seed,
                                                  server_momentum=config.server_momentum, server_learning_rate=config.server_learning_rate,
                                                  segmentation_recipe=config.segmentation_recipe,
+                                                 secure_aggregation=config.secure_aggregation,
                                                  champion_parameters=None if champion_parameters is None else
                                                  {k: np.asarray(v).tolist() for k, v in champion_parameters.items()}))
         for site, site_dir in site_dirs.items():
             job.to(ScriptRunner(script=str(SITE_SCRIPT), script_args=config.site_arguments(site, Path(site_dir).resolve()),
                                 framework=FrameworkType.NUMPY), site)
+            if config.secure_aggregation:
+                from radplan.federated.secure_aggregation import add_site_filters
+
+                add_site_filters(job, site)
         with tempfile.TemporaryDirectory() as exported, self.session() as session:
             job.export_job(exported)
             job_id = session.submit_job(str(Path(exported) / job_name))
@@ -256,7 +300,16 @@ class FlareDeployment:
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"status": "incomplete", "reason": f"{summary_path} missing"}
         model_path = server_files / flare_server.GLOBAL_MODEL_FILE
         global_parameters = None
-        if model_path.exists() and summary.get("status") == "complete":
+        if config.secure_aggregation:
+            # The server kept ciphertexts only; the model is decrypted here with a site's key, as the hospital that runs
+            # the pipeline (one of the sites) would.
+            from radplan.federated.secure_aggregation import ENCRYPTED_GLOBAL_MODEL_FILE, decrypt_global_model
+
+            encrypted_path = server_files / ENCRYPTED_GLOBAL_MODEL_FILE
+            if encrypted_path.exists() and summary.get("status") == "complete":
+                global_parameters = decrypt_global_model(encrypted_path, self.he_context_file(next(iter(site_dirs))),
+                                                         summary["parameter_shapes"])
+        elif model_path.exists() and summary.get("status") == "complete":
             with np.load(model_path) as stored:
                 global_parameters = {name: stored[name] for name in stored.files}
         return FederatedRun(job_id, job_status, summary, _read_jsonl(server_files / flare_server.EVENTS_FILE), global_parameters, server_files)

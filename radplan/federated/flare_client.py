@@ -20,7 +20,8 @@ import os
 
 import numpy as np
 
-from radplan.federated.model import LocalTrainer, TrainingConfig, auc_with_ci, design, predict
+from radplan.federated.model import LocalTrainer, TrainingConfig, auc_with_ci, design, initial_parameters, predict
+from radplan.federated.secure_aggregation import shaped_like
 from radplan.federated.sites import read_site
 
 FAULTS = ("none", "dropout", "malformed", "diverging")
@@ -75,11 +76,15 @@ def main(argv: list[str] | None = None) -> None:
                             dp_delta=args.dp_delta, seed=args.seed)
     fault_rounds = {int(r) for r in args.fault_rounds.split(",") if r.strip()}
     trainer = None
+    # what a model the site receives looks like: under secure aggregation FLARE's decryptor hands over flat values
+    template = initial_parameters()
+    template.update({f"{prefix}.{name}": value for prefix in ("global", "champion") for name, value in initial_parameters().items()})
     flare.init()
     while flare.is_running():
         received = flare.receive()
         if received is None:
             break
+        received.params = shaped_like(received.params or {}, template)
         if flare.is_evaluate():
             flare.send(FLModel(params={}, metrics=_finite_metrics(_held_out_metrics(received.params, X_test, y_test))))
             continue
