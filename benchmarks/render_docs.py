@@ -209,11 +209,18 @@ def _federated_rows(payload: dict) -> list[dict]:
          "segmentation"),
         ("transfer_segmentation_dice", "transfer.dice", "scratch.dice", "transfer_minus_scratch.dice", "training from scratch at the new site",
          ">= 0.1", "segmentation"),
+        ("federated_secure_response_auc", "federated_secure.auc", "federated.auc", None, "the same FedAvg in the clear", "", "response"),
     ):
         a, b = (payload.get(new) or {}).get("value"), (payload.get(peer) or {}).get("value")
+        if a is None and new not in payload and paired is None:
+            continue  # a results file from before this setting existed
         difference = payload.get(paired) or {}
         interval = (f"paired difference 95% CI [{difference['ci_low']:.3f}, {difference['ci_high']:.3f}]"
                     if difference.get("ci_low") is not None else None)
+        secure = payload.get("federated_secure.vs_federated") if new == "federated_secure.auc" else None
+        if secure:
+            interval = (f"max weight difference {secure['max_abs_weight_difference']:.1e}; job {secure['job_seconds']} s vs "
+                        f"{secure['plain_job_seconds']} s in the clear (x{secure['time_ratio']})")
         rows.append({"name": name, "radplan": a, "peer": b, "unit": new.split(".")[1], "peer_tool": peer_tool, "target": target,
                      "ratio": None if a is None or b is None else round(a - b, 4), "runs": 1, "quick": payload.get("quick"),
                      "load_average": (payload.get(f"{part}.timing") or {}).get("load_average"),
