@@ -77,7 +77,7 @@ class FederatedJobConfig:
         if self.secure_aggregation:
             from radplan.federated.secure_aggregation import unsupported_settings
 
-            unsupported = unsupported_settings(self.model, self.server_momentum, self.server_learning_rate)
+            unsupported = unsupported_settings(self.server_momentum, self.server_learning_rate)
             if unsupported:
                 raise ValueError(f"secure_aggregation: {unsupported}")
         if self.segmentation_recipe:  # a bad field fails here, not later inside the server's and sites' processes

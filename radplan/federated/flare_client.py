@@ -59,6 +59,12 @@ def _held_out_metrics(params: dict, X_test: np.ndarray, y_test: np.ndarray) -> d
     return metrics
 
 
+def _received_shapes(parameters: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What a model the site receives looks like, as a round's weights and as the validation's ``global.``/``champion.``
+    weights: under secure aggregation FLARE's decryptor hands over flat values, given back these shapes."""
+    return {**parameters, **{f"{prefix}.{name}": value for prefix in ("global", "champion") for name, value in parameters.items()}}
+
+
 def main(argv: list[str] | None = None) -> None:
     import nvflare.client as flare
     from nvflare.app_common.abstract.fl_model import FLModel
@@ -76,9 +82,7 @@ def main(argv: list[str] | None = None) -> None:
                             dp_delta=args.dp_delta, seed=args.seed)
     fault_rounds = {int(r) for r in args.fault_rounds.split(",") if r.strip()}
     trainer = None
-    # what a model the site receives looks like: under secure aggregation FLARE's decryptor hands over flat values
-    template = initial_parameters()
-    template.update({f"{prefix}.{name}": value for prefix in ("global", "champion") for name, value in initial_parameters().items()})
+    template = _received_shapes(initial_parameters())
     flare.init()
     while flare.is_running():
         received = flare.receive()
@@ -120,16 +124,19 @@ def segmentation_main(args: argparse.Namespace) -> None:
     import nvflare.client as flare
     from nvflare.app_common.abstract.fl_model import FLModel
 
-    from radplan.federated.segmentation_site import OptimizerMoments, federated_segmentation_config, held_out_dice, site_pairs, train_locally
+    from radplan.federated.segmentation_site import (OptimizerMoments, federated_segmentation_config, held_out_dice, initial_parameters,
+                                                     site_pairs, train_locally)
 
     train_pairs, test_pairs = site_pairs(args.site_dir)
     config = federated_segmentation_config(**{**args.segmentation_recipe, "seed": args.seed})
+    template = _received_shapes(initial_parameters(config))
     moments = OptimizerMoments()  # this site's optimizer state across its rounds (stays in this process)
     flare.init()
     while flare.is_running():
         received = flare.receive()
         if received is None:
             break
+        received.params = shaped_like(received.params or {}, template)
         if flare.is_evaluate():
             metrics = {"n_held_out": float(len(test_pairs))}
             for prefix in ("global", "champion"):

@@ -29,11 +29,8 @@ CLIENT_CONTEXT_FILE = "client_context.tenseal"
 ENCRYPTED_GLOBAL_MODEL_FILE = "global_model.encrypted.npz"
 
 
-def unsupported_settings(model: str, server_momentum: float, server_learning_rate: float) -> str | None:
+def unsupported_settings(server_momentum: float, server_learning_rate: float) -> str | None:
     """Why these job settings cannot run with secure aggregation, or None."""
-    if model != "response":
-        return (f"runs for the response model only, not {model!r} (the segmentation network's millions of weights would "
-                "be thousands of ciphertexts per site and round; not measured here)")
     if server_momentum or server_learning_rate != 1.0:
         return ("server_momentum and server_learning_rate need further multiplications on ciphertexts than the provisioned "
                 "CKKS context allows (one per round, used by the average): use plain FedAvg (0 and 1)")

@@ -3,7 +3,8 @@ contexts in every kit, the secret key only at the sites), its server and four si
 
 The same two-round job runs twice on the same sites, in the clear and encrypted; site-2 sends a malformed update in
 round 1 and site-4 has no eligible patient in both. The encrypted run must reach the plain run's global model, with
-the same sites accepted and the same events, while the server only ever holds ciphertexts it cannot decrypt.
+the same sites accepted and the same events, while the server only ever holds ciphertexts it cannot decrypt. A small
+segmentation network trains encrypted as well.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from radplan.federated.engine import FederatedJobConfig, FlareDeployment, server
 from radplan.federated.flare_server import GLOBAL_MODEL_FILE, RECEIVED_FILE
 from radplan.federated.reporting import log_and_register
 from radplan.federated.secure_aggregation import ENCRYPTED_GLOBAL_MODEL_FILE, decrypt_global_model
+from radplan.federated.segmentation_site import write_site_images
 from radplan.federated.sites import SiteSpec, default_site_specs, write_site_lakes
 from radplan.models import registry
 from radplan_assets.federated import federated_response_model
@@ -29,6 +31,7 @@ from radplan_resources import LakeResource, MlflowResource
 pytestmark = pytest.mark.slow
 
 SITES = ("site-1", "site-2", "site-3", "site-4")
+SMALL_SEGMENTATION_RECIPE = {"roi_size": [24, 24, 16], "samples_per_volume": 2, "batch_size": 2, "channels": [4, 8, 16, 32]}
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +40,10 @@ def secure_federation(tmp_path_factory):
     specs = default_site_specs((16, 14, 12))
     specs.append(SiteSpec("site-4", 0, 9901))  # a hospital with no eligible patient
     site_dirs = write_site_lakes(specs, root / "sites")
+    segmentation_specs = [SiteSpec(**{**spec.__dict__, "n_held_out": 1}) for spec in default_site_specs((3, 3, 3), base_seed=7300)]
+    segmentation_dirs = write_site_lakes(segmentation_specs, root / "segmentation-sites")
+    for spec in segmentation_specs:
+        write_site_images(spec, segmentation_dirs[spec.name])
     settings = {"num_rounds": 2, "min_sites": 2, "grace_s": 20, "round_timeout_s": 90, "faults": {"site-2": ("malformed", (1,))}}
     with FlareDeployment(root / "flare", list(SITES), secure_aggregation=True) as deployment:
         listening = sorted({c.laddr.ip for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == deployment.port})
@@ -45,7 +52,10 @@ def secure_federation(tmp_path_factory):
         plain = deployment.run(site_dirs, FederatedJobConfig(**settings), job_name="plain", timeout_s=240)
         encrypted_config = FederatedJobConfig(**settings, secure_aggregation=True)
         encrypted = deployment.run(site_dirs, encrypted_config, job_name="encrypted", timeout_s=240)
-    yield {"plain": plain, "encrypted": encrypted, "encrypted_config": encrypted_config, "contexts": contexts, "listening": listening,
+        segmentation = deployment.run(segmentation_dirs, FederatedJobConfig(
+            model="segmentation", num_rounds=2, local_epochs=1, min_sites=3, grace_s=20, round_timeout_s=180,
+            segmentation_recipe=SMALL_SEGMENTATION_RECIPE, secure_aggregation=True), job_name="segmentation", timeout_s=300)
+    yield {"plain": plain, "encrypted": encrypted, "segmentation": segmentation, "encrypted_config": encrypted_config, "contexts": contexts, "listening": listening,
            "server_context_file": server_context_file, "root": root,
            # what the server process kept of the encrypted job: its downloaded run folder (the plain job's is left out)
            "encrypted_server_files": [p for p in encrypted.server_files.rglob("*") if p.is_file()],
@@ -111,6 +121,20 @@ def test_the_server_holds_only_ciphertexts(secure_federation):
     assert scanned > 10
 
 
+def test_the_segmentation_network_trains_on_ciphertexts(secure_federation):
+    run = secure_federation["segmentation"]
+    assert run.complete, (run.job_status, run.summary.get("reason"), run.events)
+    assert all(r["sites_accepted"] == ["site-1", "site-2", "site-3"] for r in run.summary["rounds"])
+    updates = [r for r in _received(run) if r.get("task") != "validate"]
+    assert len(updates) == 6
+    # 38,145 weights in 37 tensors: each arrives as one encrypted vector of its size (several ciphertexts for the large ones)
+    assert all(set(value) == {"encrypted_values", "sha256"} for r in updates for value in r["params"].values())
+    shapes = run.summary["parameter_shapes"]
+    assert sum(r["params"][name]["encrypted_values"] for name in shapes for r in updates[:1]) == sum(int(np.prod(s)) for s in shapes.values())
+    assert {name: list(value.shape) for name, value in run.global_parameters.items()} == shapes
+    assert all(0.0 <= m["global_held_out_dice"] <= 1.0 for m in run.summary["evaluation"].values())
+
+
 def test_the_server_cannot_decrypt_the_model_it_kept_and_a_site_can(secure_federation):
     encrypted = secure_federation["encrypted"]
     stored = encrypted.server_files / ENCRYPTED_GLOBAL_MODEL_FILE
@@ -137,8 +161,6 @@ def test_secure_aggregation_is_registered_like_any_candidate_and_refuses_what_it
     assert client.get_run(result["run_id"]).data.params["secure_aggregation"] == "True"
     with pytest.raises(ValueError, match="server_momentum"):
         FederatedJobConfig(secure_aggregation=True, server_momentum=0.5)
-    with pytest.raises(ValueError, match="response model only"):
-        FederatedJobConfig(secure_aggregation=True, model="segmentation")
     with pytest.raises(ValueError, match="provisioned"):
         FlareDeployment(root / "unused", ["site-1"]).run({"site-1": root}, FederatedJobConfig(secure_aggregation=True))
 
