@@ -15,7 +15,8 @@ A per-patient read of a shared extract (a ``PatientScope``) skips the lines of e
 patient before they are typed or validated, so one patient's refresh costs a scan of the extract's
 lines, not a validation of the whole cohort's records. Its rejected lines are written to
 ``<source>.<patient label>.rejected.jsonl``; lines no registered patient owns go to
-``<source>.rejected.jsonl``, the same file whichever patient's run wrote it.
+``<source>.rejected.jsonl``, the same file whichever patient's run wrote it. A read with nothing left to reject
+removes the quarantine files it answers for (the extract was corrected since they were written).
 
 FHIR resources are parsed and validated with ``fhir.resources`` R4B models
 (FHIR 4.3, wire-compatible with R4 for the resources used here).
@@ -80,11 +81,15 @@ class PatientScope:
         """Whether a line of this patient (None: cannot be told) is read here."""
         return patient_id is None or patient_id.strip() not in self.others
 
+    def own_quarantine_name(self, name: str) -> str:
+        """The quarantine file (stem) of this patient's rejected lines of extract ``name``."""
+        return f"{name}.{self.label}"
+
     def quarantine_name(self, name: str, patient_id: str | None) -> str | None:
         """The quarantine file (stem) a rejected line goes to here; None when another patient's run writes it."""
         patient_id = patient_id.strip() if patient_id else None
         if patient_id in self.ids:
-            return f"{name}.{self.label}"
+            return self.own_quarantine_name(name)
         return None if patient_id in self.others else name
 
 
@@ -93,8 +98,14 @@ def _quarantine_record(table: str, line: int | None, reason: str) -> dict:
 
 
 def _write_quarantine(quarantine_dir: Path | None, name: str, source: Path, stage: str, rejected: list[dict]) -> None:
-    """Rejected raw lines with their reasons, one JSON object per line (PHI zone), in ``<name>.rejected.jsonl``."""
-    if quarantine_dir is None or not rejected:
+    """Rejected raw lines with their reasons, one JSON object per line (PHI zone), in ``<name>.rejected.jsonl``.
+
+    With none rejected, a file left by an earlier read is removed: the extract has been corrected since, and the
+    file would go on counting rejections that no longer exist (``deid.quarantined_rows_table``)."""
+    if quarantine_dir is None:
+        return
+    if not rejected:
+        (Path(quarantine_dir) / f"{name}.rejected.jsonl").unlink(missing_ok=True)
         return
     records = [{"file": source.name, "stage": stage, "error_class": InvalidEhrRecordError.__name__, "message": r["reason"], **r}
                for r in rejected]
@@ -108,11 +119,12 @@ def _quarantine_in_scope(quarantine_dir: Path | None, name: str, source: Path, s
     if scope is None:
         _write_quarantine(quarantine_dir, name, source, stage, rejected)
         return rejected
-    files: dict[str, list[dict]] = {}
+    # the two files this read answers for, written or (nothing rejected) removed: the patient's and the shared one
+    files: dict[str, list[dict]] = {scope.own_quarantine_name(name): [], name: []}
     for record in rejected:
         target = scope.quarantine_name(name, record["patient_id"])
         if target is not None:
-            files.setdefault(target, []).append(record)
+            files[target].append(record)
     for target, records in files.items():
         _write_quarantine(quarantine_dir, target, source, stage, records)
     return [record for records in files.values() for record in records]

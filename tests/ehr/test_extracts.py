@@ -259,6 +259,46 @@ def test_a_patient_scoped_csv_read_types_only_its_rows_and_quarantines_per_patie
     assert sorted(str(r["patient_id"]) for r in shared) == ["None", "orphan"]
 
 
+def test_a_corrected_extract_clears_the_quarantine_files_its_read_answers_for(shared_data, tmp_path):
+    from radplan.ehr.deid import quarantined_rows_table
+    from radplan.ehr.extracts import PatientScope
+    from radplan.pseudonym import Pseudonymizer
+
+    source = shared_data / "ehr" / "synthea_csv" / "conditions.csv"
+    header, *rows = source.read_text().splitlines()
+    patient_column = header.split(",").index("PATIENT")
+    first, second = sorted({row.split(",")[patient_column] for row in rows})[:2]
+
+    def bad_date(patient: str) -> str:
+        fields = rows[0].split(",")
+        fields[0], fields[patient_column] = "2023-13-45", patient
+        return ",".join(fields)
+
+    folder, quarantine = tmp_path / "csv", tmp_path / "q"
+    folder.mkdir()
+    extract = folder / "conditions.csv"
+    scopes = {"pa": PatientScope(frozenset({first}), "pa", frozenset({second})), "pb": PatientScope(frozenset({second}), "pb", frozenset({first}))}
+    extract.write_text("\n".join([header, *rows, bad_date(first), bad_date(second), "a,b"]) + "\n")
+    for scope in scopes.values():
+        read_synthea_csv(folder, quarantine_dir=quarantine, scope=scope)
+    files = lambda: sorted(p.name for p in quarantine.glob("*.rejected.jsonl"))  # noqa: E731
+    assert files() == ["synthea_conditions.pa.rejected.jsonl", "synthea_conditions.pb.rejected.jsonl", "synthea_conditions.rejected.jsonl"]
+    pseudonymizer = Pseudonymizer(b"k" * 32)
+    assert len(quarantined_rows_table(quarantine, pseudonymizer)) == 3
+    # The hospital corrects the first patient's row and removes the unreadable line; the second patient's stays bad.
+    extract.write_text("\n".join([header, *rows, bad_date(second)]) + "\n")
+    _, rejected = read_synthea_csv(folder, quarantine_dir=quarantine, scope=scopes["pa"])
+    assert rejected == []
+    # The first patient's run answers for its own file and the shared one: both gone; the second's waits for its run.
+    assert files() == ["synthea_conditions.pb.rejected.jsonl"]
+    assert len(quarantined_rows_table(quarantine, pseudonymizer)) == 1
+    extract.write_text("\n".join([header, *rows]) + "\n")
+    read_synthea_csv(folder, quarantine_dir=quarantine)  # a whole read answers for the shared file only
+    assert files() == ["synthea_conditions.pb.rejected.jsonl"]
+    read_synthea_csv(folder, quarantine_dir=quarantine, scope=scopes["pb"])
+    assert files() == []
+
+
 def test_patient_scope_refuses_a_label_that_is_not_a_pseudonym_file_name():
     from radplan.ehr.extracts import PatientScope
 
