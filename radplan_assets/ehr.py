@@ -17,7 +17,7 @@ from radplan.errors import InvalidNoteError
 from radplan_assets.ingest import patient_inventory
 from radplan_assets.partitions import patient_partitions
 from radplan_resources import DeidKeyResource, LakeResource, LandingZoneResource
-from radplan_resources.io_manager import table_metadata
+from radplan_resources.io_manager import one_table_of, table_metadata
 
 if TYPE_CHECKING:
     from radplan.ehr.notes import NoteDeidentifier
@@ -26,8 +26,8 @@ PATIENT_RESOURCE_FILE = "Patient.json"
 EHR_FHIR_TYPES = ("Patient", "Condition", "MedicationRequest", "Observation", "DocumentReference")
 
 
-def _source_patient_id(inventory: dict, patient_key: str) -> str | None:
-    rows = patient_inventory(inventory, "ehr_patients", patient_key)
+def _source_patient_id(ehr_patients: pd.DataFrame, patient_key: str) -> str | None:
+    rows = patient_inventory(ehr_patients, patient_key)
     return rows["source_patient_id"].iloc[0] if len(rows) else None
 
 
@@ -51,9 +51,10 @@ def _raw_tables(lake: LakeResource, patient_key: str) -> dict[str, pd.DataFrame]
     description="The patient's rows of the Synthea-style CSV extracts and FHIR R4 NDJSON (validated with fhir.resources), "
     "copied into the raw zone (PHI). Only this patient's lines are typed and validated (the other registered patients' are "
     "skipped unread). Malformed rows and invalid resources are quarantined with a reason and counted.",
+    ins={"landing_inventory": one_table_of("ehr_patients")},
 )
 def ehr_extracts(
-    context: AssetExecutionContext, landing_inventory: dict, lake: LakeResource, landing: LandingZoneResource
+    context: AssetExecutionContext, landing_inventory: pd.DataFrame, lake: LakeResource, landing: LandingZoneResource
 ) -> MaterializeResult:
     patient_key = context.partition_key
     source_id = _source_patient_id(landing_inventory, patient_key)
@@ -64,7 +65,7 @@ def ehr_extracts(
     if source_id is not None:
         # Only this patient's lines of the shared extracts are typed and validated; the other registered patients'
         # are skipped (their own runs read them), so a refresh does not revalidate the whole cohort's EHR.
-        registered = set(landing_inventory["ehr_patients"]["source_patient_id"])
+        registered = set(landing_inventory["source_patient_id"])
         scope = extracts.PatientScope(frozenset({source_id}), patient_key, frozenset(registered - {source_id}))
         tables, problems = extracts.read_synthea_csv(landing.ehr_csv_dir, quarantine_dir=quarantine_dir, scope=scope)
         resources, fhir_problems = extracts.read_fhir_ndjson(landing.ehr_fhir_dir, EHR_FHIR_TYPES, quarantine_dir=quarantine_dir, scope=scope)
@@ -167,8 +168,9 @@ def note_deidentifier() -> "NoteDeidentifier":
     metadata=table_metadata("deid_notes"),
     description="Notes de-identified with Presidio (spaCy NER when installed, pattern recognizers, and the patient's own "
     "known identifiers as deny-lists); dates shifted by the patient's shift so timelines survive.",
+    ins={"landing_inventory": one_table_of("ehr_patients")},
 )
-def deid_notes(context: AssetExecutionContext, landing_inventory: dict, lake: LakeResource, deid_key: DeidKeyResource) -> MaterializeResult:
+def deid_notes(context: AssetExecutionContext, landing_inventory: pd.DataFrame, lake: LakeResource, deid_key: DeidKeyResource) -> MaterializeResult:
     patient_key = context.partition_key
     pseudonymizer = deid_key.pseudonymizer()
     raw = _raw_tables(lake, patient_key)

@@ -14,6 +14,7 @@ from radplan.lake import atomic_path
 from radplan_assets.ingest import patient_inventory
 from radplan_assets.partitions import patient_partitions
 from radplan_resources import DeidKeyResource, LakeResource
+from radplan_resources.io_manager import one_table_of
 
 GENOMICS_KIND = "genomics"
 INDEX_SUFFIXES = (".tbi", ".csi", ".bai", ".crai")
@@ -31,10 +32,11 @@ def _raw_files(lake: LakeResource, patient_key: str, kind: str) -> list[Path]:
     group_name="genomics",
     partitions_def=patient_partitions,
     description="The patient's VCF/BCF and BAM/CRAM files copied from the landing zone into the raw zone (PHI: sample names).",
+    ins={"landing_inventory": one_table_of("genomics_files")},
 )
-def raw_genomics(context: AssetExecutionContext, landing_inventory: dict, lake: LakeResource) -> MaterializeResult:
+def raw_genomics(context: AssetExecutionContext, landing_inventory: pd.DataFrame, lake: LakeResource) -> MaterializeResult:
     patient_key = context.partition_key
-    files = patient_inventory(landing_inventory, "genomics_files", patient_key)
+    files = patient_inventory(landing_inventory, patient_key)
     with lake.rebuild_patient_dir("raw", GENOMICS_KIND, patient_key) as staging:
         for index, row in enumerate(files.itertuples()):
             source = Path(row.path)

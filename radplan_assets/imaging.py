@@ -17,7 +17,7 @@ from radplan.imaging.series import InstanceHeader, group_series, read_instance_h
 from radplan_assets.ingest import patient_inventory
 from radplan_assets.partitions import patient_partitions
 from radplan_resources import DeidKeyResource, LakeResource, PacsResource
-from radplan_resources.io_manager import optional_input
+from radplan_resources.io_manager import one_table_of, optional_input
 from radplan_resources.pacs import PACS_RETRY_POLICY, StudyLocation
 
 IMAGE_MODALITIES = {"CT", "MR", "PT"}
@@ -35,13 +35,14 @@ def _deid_headers(lake: LakeResource, patient_key: str) -> list[InstanceHeader]:
     retry_policy=PACS_RETRY_POLICY,
     description="The patient's studies fetched from the PACS into the raw zone (PHI). Each instance is validated; "
     "non-DICOM, truncated or pixel-less instances are quarantined and the rest of the study goes on.",
+    ins={"landing_inventory": one_table_of("dicom_studies")},
 )
 def pacs_studies(
-    context: AssetExecutionContext, landing_inventory: dict, lake: LakeResource, pacs: PacsResource, deid_key: DeidKeyResource
+    context: AssetExecutionContext, landing_inventory: pd.DataFrame, lake: LakeResource, pacs: PacsResource, deid_key: DeidKeyResource
 ) -> MaterializeResult:
     patient_key = context.partition_key
     pseudonymizer = deid_key.pseudonymizer()
-    studies = patient_inventory(landing_inventory, "dicom_studies", patient_key)
+    studies = patient_inventory(landing_inventory, patient_key)
     kept, quarantined = 0, []
     with lake.rebuild_patient_dir("raw", "dicom", patient_key) as staging:
         for row in studies.itertuples():

@@ -238,9 +238,8 @@ def _per_source(table: pd.DataFrame) -> dict[str, dict[str, str]]:
     return result
 
 
-def patient_inventory(inventory: dict[str, pd.DataFrame], name: str, patient_key: str) -> pd.DataFrame:
+def patient_inventory(frame: pd.DataFrame, patient_key: str) -> pd.DataFrame:
     """This patient's rows of one inventory table (PHI: use inside the asset only)."""
-    frame = inventory[name]
     if frame.empty:
         return frame
     return frame[frame["patient_key"] == patient_key].reset_index(drop=True)
