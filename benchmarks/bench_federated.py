@@ -9,7 +9,8 @@ same number of passes over each patient:
   of E local epochs; ``federated_fedprox``: the same with the FedProx term (mu), for the skewed case mixes;
   ``federated_dp``: FedAvg with DP-SGD (Opacus) at each site, with the privacy budget (epsilon at delta);
   ``federated_secure``: FedAvg with secure aggregation (radplan.federated.secure_aggregation: CKKS-encrypted updates
-  averaged by a server without the key), compared with ``federated`` weight by weight and in job time;
+  averaged by a server without the key), compared with ``federated`` weight by weight and in job time (the segmentation
+  part runs it too, when its server step is plain FedAvg);
 - ``pooled``: all sites' training patients in one place, R x E epochs;
 - ``site_alone``: each site trains on its own patients only and is scored on its own held-out patients.
 
@@ -35,7 +36,8 @@ learnt nothing, Dice < 0.03)
 Why 8 rounds of 6 local epochs (48 passes over each patient, pooled and site-alone trained as long): at 16 epochs per
 site (8 x 2) the global model reached 0.678 Dice against pooled 0.759 (this benchmark, 2026-12-07), and the fourth
 site's fine-tuning gained 0.083 over training from scratch; at 8 x 6 it reaches 0.771 against pooled 0.813 and the
-transfer gain is 0.112 (2026-12-07). The gap narrows with training without closing: each round averages three
+transfer gain is 0.112 (2026-12-07, Intel Xeon host; on an AMD EPYC host on 2026-12-08 the same run gave 0.768 against 0.809
+and a gain of 0.103: the figures move by a few thousandths between CPUs). The gap narrows with training without closing: each round averages three
 sites' steps where pooled training takes them one after another; at 144 passes per site (24 x 6) the global model
 reached 0.813, pooled's figure at 48, while pooled at 144 reached 0.839 (gap -0.026; -0.032 at 48 in the replay,
 -0.081 at 16). At 48 passes, 16 x 3 gave 0.775 (as 8 x 6) and FedProx mu 0.01 0.771 (replay, below).
@@ -59,6 +61,7 @@ import numpy as np
 from _common import QUICK, RESULTS_DIR, load_average, machine, now
 
 from radplan.federated.engine import SEGMENTATION_ROUND_TIMING, FederatedJobConfig, FlareDeployment
+from radplan.federated.secure_aggregation import unsupported_settings
 from radplan.federated.model import TrainingConfig, auc_with_ci, design, predict, train_centrally
 from radplan.federated.sites import ScannerSettings, SiteSpec, default_site_specs, read_site, write_site_lakes
 from radplan.lake import atomic_write_json
@@ -163,7 +166,7 @@ def response_part(args) -> dict:
             offset += len(y)
     if "federated" in predictions and "federated_secure" in predictions:
         # the same FedAvg on ciphertexts: how far CKKS's approximation moves the model, and what encryption costs in time
-        result["federated_secure.vs_federated"] = {
+        result["response.secure_vs_plain"] = {
             "max_abs_weight_difference": float(max(np.abs(runs["federated_secure"].global_parameters[n] - w).max()
                                                    for n, w in runs["federated"].global_parameters.items())),
             "max_abs_prediction_difference": float(np.abs(predictions["federated_secure"] - predictions["federated"]).max()),
@@ -207,8 +210,17 @@ def segmentation_part(args) -> dict:
         pairs = {name: site_pairs(path) for name, path in site_dirs.items()}
         federated_sites = {spec.name: site_dirs[spec.name] for spec in specs}
         start = initial_parameters(config)
-        with FlareDeployment(root / "flare", list(federated_sites)) as deployment:
+        secure_job = None if unsupported_settings(job.server_momentum, job.server_learning_rate) else FederatedJobConfig(
+            **{**job.__dict__, "secure_aggregation": True})
+        job_seconds = {}
+        with FlareDeployment(root / "flare", list(federated_sites), secure_aggregation=secure_job is not None) as deployment:
+            job_started = time.perf_counter()
             run = deployment.run(federated_sites, job, job_name="segmentation-fedavg", timeout_s=7200)
+            job_seconds["federated"] = round(time.perf_counter() - job_started, 1)
+            if secure_job is not None:  # the same FedAvg with secure aggregation
+                job_started = time.perf_counter()
+                secure_run = deployment.run(federated_sites, secure_job, job_name="segmentation-fedavg-secure", timeout_s=7200)
+                job_seconds["federated_secure"] = round(time.perf_counter() - job_started, 1)
         federated_seconds = time.perf_counter() - started
         pooled, _ = train_locally(start, [p for s in specs for p in pairs[s.name][0]], config, epochs)
         alone = {s.name: train_locally(start, pairs[s.name][0], config, epochs)[0] for s in specs}
@@ -216,8 +228,18 @@ def segmentation_part(args) -> dict:
         per_image = {"pooled": np.concatenate([held_out_dice(pooled, held[n], config) for n in held]),
                      "site_alone": np.concatenate([held_out_dice(alone[n], held[n], config) for n in held])}
         result: dict = {}
+        if secure_job is not None and secure_run.complete:
+            per_image["federated_secure"] = np.concatenate([held_out_dice(secure_run.global_parameters, held[n], config) for n in held])
+        elif secure_job is not None:
+            result["federated_secure.dice"] = {"value": None, "missing": f"secure run {secure_run.summary.get('status')}: {secure_run.summary.get('reason')}"}
         if run.complete:
             per_image["federated"] = np.concatenate([held_out_dice(run.global_parameters, held[n], config) for n in held])
+            if "federated_secure" in per_image:
+                result["segmentation.secure_vs_plain"] = {
+                    "max_abs_weight_difference": float(max(np.abs(secure_run.global_parameters[n] - w).max() for n, w in run.global_parameters.items())),
+                    "max_abs_dice_difference": float(np.abs(per_image["federated_secure"] - per_image["federated"]).max()),
+                    "job_seconds": job_seconds["federated_secure"], "plain_job_seconds": job_seconds["federated"],
+                    "time_ratio": round(job_seconds["federated_secure"] / job_seconds["federated"], 2)}
             new_train, new_held_out = pairs["site-4"]
             tuned, _ = train_locally(run.global_parameters, new_train, config, args.transfer_epochs)
             scratch_model, _ = train_locally(start, new_train, config, args.transfer_epochs)
@@ -243,7 +265,8 @@ def segmentation_part(args) -> dict:
                                     "fedprox_mu": args.seg_fedprox_mu,
                                     "transfer_site": {"training_patients": args.transfer_train, "held_out": args.transfer_held_out,
                                                       "epochs": args.transfer_epochs}, "recipe": "radplan.models.segmentation CPU defaults", "engine": ENGINE}
-    result["segmentation.timing"] = {"seconds": round(time.perf_counter() - started, 1), "federated_seconds": round(federated_seconds, 1), "load_average": load}
+    result["segmentation.timing"] = {"seconds": round(time.perf_counter() - started, 1), "federated_seconds": round(federated_seconds, 1),
+                                     "job_seconds": job_seconds, "load_average": load, "machine": machine()}
     return result
 
 

@@ -210,6 +210,8 @@ def _federated_rows(payload: dict) -> list[dict]:
         ("transfer_segmentation_dice", "transfer.dice", "scratch.dice", "transfer_minus_scratch.dice", "training from scratch at the new site",
          ">= 0.1", "segmentation"),
         ("federated_secure_response_auc", "federated_secure.auc", "federated.auc", None, "the same FedAvg in the clear", "", "response"),
+        ("federated_secure_segmentation_dice", "federated_secure.dice", "federated.dice", None, "the same FedAvg in the clear", "",
+         "segmentation"),
     ):
         a, b = (payload.get(new) or {}).get("value"), (payload.get(peer) or {}).get("value")
         if a is None and new not in payload and paired is None:
@@ -217,7 +219,7 @@ def _federated_rows(payload: dict) -> list[dict]:
         difference = payload.get(paired) or {}
         interval = (f"paired difference 95% CI [{difference['ci_low']:.3f}, {difference['ci_high']:.3f}]"
                     if difference.get("ci_low") is not None else None)
-        secure = payload.get("federated_secure.vs_federated") if new == "federated_secure.auc" else None
+        secure = payload.get(f"{part}.secure_vs_plain") if new.startswith("federated_secure.") else None
         if secure:
             interval = (f"max weight difference {secure['max_abs_weight_difference']:.1e}; job {secure['job_seconds']} s vs "
                         f"{secure['plain_job_seconds']} s in the clear (x{secure['time_ratio']})")
