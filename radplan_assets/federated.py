@@ -20,18 +20,19 @@ class _FederatedRoundsConfig(Config):
     fedprox_mu: float = 0.0
     server_momentum: float = 0.0
     server_learning_rate: float = 1.0
+    # Every update encrypted (FLARE's HE provisioning, TenSEAL CKKS): the server averages ciphertexts it cannot decrypt.
+    # Plain FedAvg only (no server momentum or learning rate); radplan.federated.secure_aggregation says why.
+    secure_aggregation: bool = False
 
     def job_settings(self) -> dict[str, Any]:
         """The FederatedJobConfig fields these settings give."""
         return {"num_rounds": self.num_rounds, "local_epochs": self.local_epochs, "min_sites": self.min_sites, "fedprox_mu": self.fedprox_mu,
-                "server_momentum": self.server_momentum, "server_learning_rate": self.server_learning_rate}
+                "server_momentum": self.server_momentum, "server_learning_rate": self.server_learning_rate,
+                "secure_aggregation": self.secure_aggregation}
 
 
 class FederatedTrainingConfig(_FederatedRoundsConfig):
     dp_noise_multiplier: float = 0.0
-    # Every update encrypted (FLARE's HE provisioning, TenSEAL CKKS): the server averages ciphertexts it cannot decrypt.
-    # Plain FedAvg only (no server momentum or learning rate); radplan.federated.secure_aggregation says why.
-    secure_aggregation: bool = False
 
 
 @asset(
@@ -47,8 +48,7 @@ def federated_response_model(context: AssetExecutionContext, config: FederatedTr
     from radplan.federated.demo import run_federated_training
     from radplan.federated.engine import FederatedJobConfig
 
-    job_config = FederatedJobConfig(**config.job_settings(), dp_noise_multiplier=config.dp_noise_multiplier,
-                                    secure_aggregation=config.secure_aggregation)
+    job_config = FederatedJobConfig(**config.job_settings(), dp_noise_multiplier=config.dp_noise_multiplier)
     summary = run_federated_training(lake.zone("models") / "federated", tracking_uri=mlflow.tracking_uri, artifact_root=mlflow.artifact_path,
                                      sizes=tuple(config.site_sizes), config=job_config, progress=context.log.info)
     return _federated_result(context, summary)
@@ -85,7 +85,8 @@ class FederatedSegmentationConfig(_FederatedRoundsConfig):
     group_name="models",
     description="The lesion segmentation network trained where the images live: FedAvg (FedProx with fedprox_mu > 0, FedAvgM "
     "with server_momentum > 0 or a server_learning_rate) on NVIDIA FLARE across synthetic hospital sites, each with its own "
-    "lake, key and CT scanner settings; the server aggregates weights only. Per-site Dice and losses in MLflow; the global "
+    "lake, key and CT scanner settings; the server aggregates weights only (with secure_aggregation: encrypted weights it cannot "
+    "decrypt). Per-site Dice and losses in MLflow; the global "
     "network is registered as radplan-segmentation-federated (champion/challenger on the sites' held-out images) only when "
     "every round completed.",
 )

@@ -74,7 +74,7 @@ def register(subparsers) -> None:
     parser.add_argument("--dp-noise-multiplier", type=float, default=0.0, help="DP-SGD noise multiplier at each site (0: off)")
     parser.add_argument("--secure-aggregation", action="store_true",
                         help="homomorphic encryption of every update (FLARE's HE provisioning, TenSEAL CKKS): the server averages "
-                        "ciphertexts it cannot decrypt (response model, plain FedAvg)")
+                        "ciphertexts it cannot decrypt (plain FedAvg: no server momentum or learning rate)")
     parser.add_argument("--fault", type=_fault, action="append", metavar="SITE:FAULT:ROUND",
                         help="make a site misbehave: FAULT is dropout, malformed or diverging (repeatable)")
     parser.set_defaults(func=_federated_demo)
