@@ -10,15 +10,15 @@ from radplan.federated.reporting import FEDERATED_SEGMENTATION_MODEL_NAME
 from radplan.models import registry
 from radplan_assets.federated import federated_segmentation_model
 from radplan_resources import LakeResource, MlflowResource
+from support.federation import SMALL_SEGMENTATION_RECIPE
 
 pytestmark = pytest.mark.slow
 
-SMALL = {"roi_size": [24, 24, 16], "samples_per_volume": 2, "batch_size": 2, "channels": [4, 8, 16, 32]}
 
 
 def test_the_asset_trains_across_site_processes_and_registers_the_global_network(tmp_path):
     mlflow = MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=str(tmp_path / "mlartifacts"))
-    config = {"site_sizes": [4, 4, 4], "num_rounds": 2, "local_epochs": 1, "min_sites": 3, "segmentation_recipe": SMALL}
+    config = {"site_sizes": [4, 4, 4], "num_rounds": 2, "local_epochs": 1, "min_sites": 3, "segmentation_recipe": SMALL_SEGMENTATION_RECIPE}
     result = materialize([federated_segmentation_model], resources={"lake": LakeResource(root=str(tmp_path / "lake")), "mlflow": mlflow},
                          run_config={"ops": {"federated_segmentation_model": {"config": config}}})
     assert result.success

@@ -17,7 +17,6 @@ import json
 
 import numpy as np
 import pandas as pd
-import psutil
 import pytest
 
 from radplan.federated.aggregation import ServerMomentum, SiteUpdate, weighted_average
@@ -25,34 +24,27 @@ from radplan.federated.engine import FederatedJobConfig, FlareDeployment, server
 from radplan.federated.flare_server import RECEIVED_FILE
 from radplan.federated.flare_server import initial_parameters as round_zero_parameters
 from radplan.federated.model import FEATURE_NAMES, initial_parameters
-from radplan.federated.segmentation_site import write_site_images
 from radplan.federated.reporting import FEDERATED_MODEL_NAME, FEDERATED_SEGMENTATION_MODEL_NAME, log_and_register
-from radplan.federated.sites import KEY_FILE, SiteSpec, default_site_specs, write_site_lakes
+from radplan.federated.sites import KEY_FILE
 from radplan.models import registry
 from radplan.synth.tabular import patient_key
+from support.federation import SITES, SMALL_SEGMENTATION_RECIPE, listening_addresses, tiny_sites
 
 pytestmark = pytest.mark.slow
 
-SITES = ("site-1", "site-2", "site-3", "site-4")
 ALLOWED_METRICS = {"train_loss", "n_train", "local_auc", "received_global_auc", "n_held_out", "n_held_out_responders",
                    "global_held_out_auc", "champion_held_out_auc", "dp_epsilon", "dp_delta", "global_held_out_dice", "champion_held_out_dice"}
-# A network and crops small enough for seconds per round on CPU (the benchmark trains the full CPU recipe).
-SMALL_SEGMENTATION_RECIPE = {"roi_size": [24, 24, 16], "samples_per_volume": 2, "batch_size": 2, "channels": [4, 8, 16, 32]}
 
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
     root = tmp_path_factory.mktemp("federation")
-    specs = default_site_specs((16, 14, 12))
-    specs.append(SiteSpec("site-4", 0, 9901))  # a hospital with no eligible patient
-    site_dirs = write_site_lakes(specs, root / "sites")
-    segmentation_specs = [SiteSpec(**{**spec.__dict__, "n_held_out": 1}) for spec in default_site_specs((3, 3, 3), base_seed=7300)]
-    segmentation_dirs = write_site_lakes(segmentation_specs, root / "segmentation-sites")
-    for spec in segmentation_specs:
-        write_site_images(spec, segmentation_dirs[spec.name])
+    sites = tiny_sites(root)
+    specs, site_dirs = sites["specs"], sites["site_dirs"]
+    segmentation_specs, segmentation_dirs = sites["segmentation_specs"], sites["segmentation_dirs"]
     tracking = {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "artifact_root": root / "mlartifacts"}
     with FlareDeployment(root / "flare", list(SITES)) as deployment:
-        listening = sorted({c.laddr.ip for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == deployment.port})
+        listening = listening_addresses(deployment.port)
         healthy_config = FederatedJobConfig(num_rounds=2, min_sites=2, grace_s=20, round_timeout_s=90, server_momentum=0.5)
         healthy = deployment.run({s: site_dirs[s] for s in SITES[:3]}, healthy_config, job_name="healthy", timeout_s=240)
         fault_config = FederatedJobConfig(num_rounds=4, min_sites=2, grace_s=6, round_timeout_s=90, faults={

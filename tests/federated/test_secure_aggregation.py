@@ -13,7 +13,6 @@ import json
 import struct
 
 import numpy as np
-import psutil
 import pytest
 import tenseal as ts
 from dagster import materialize
@@ -22,31 +21,23 @@ from radplan.federated.engine import FederatedJobConfig, FlareDeployment, server
 from radplan.federated.flare_server import GLOBAL_MODEL_FILE, RECEIVED_FILE
 from radplan.federated.reporting import log_and_register
 from radplan.federated.secure_aggregation import ENCRYPTED_GLOBAL_MODEL_FILE, decrypt_global_model
-from radplan.federated.segmentation_site import write_site_images
-from radplan.federated.sites import SiteSpec, default_site_specs, write_site_lakes
 from radplan.models import registry
 from radplan_assets.federated import federated_response_model
 from radplan_resources import LakeResource, MlflowResource
+from support.federation import SITES, SMALL_SEGMENTATION_RECIPE, listening_addresses, tiny_sites
 
 pytestmark = pytest.mark.slow
 
-SITES = ("site-1", "site-2", "site-3", "site-4")
-SMALL_SEGMENTATION_RECIPE = {"roi_size": [24, 24, 16], "samples_per_volume": 2, "batch_size": 2, "channels": [4, 8, 16, 32]}
 
 
 @pytest.fixture(scope="module")
 def secure_federation(tmp_path_factory):
     root = tmp_path_factory.mktemp("secure-federation")
-    specs = default_site_specs((16, 14, 12))
-    specs.append(SiteSpec("site-4", 0, 9901))  # a hospital with no eligible patient
-    site_dirs = write_site_lakes(specs, root / "sites")
-    segmentation_specs = [SiteSpec(**{**spec.__dict__, "n_held_out": 1}) for spec in default_site_specs((3, 3, 3), base_seed=7300)]
-    segmentation_dirs = write_site_lakes(segmentation_specs, root / "segmentation-sites")
-    for spec in segmentation_specs:
-        write_site_images(spec, segmentation_dirs[spec.name])
+    sites = tiny_sites(root)
+    site_dirs, segmentation_dirs = sites["site_dirs"], sites["segmentation_dirs"]
     settings = {"num_rounds": 2, "min_sites": 2, "grace_s": 20, "round_timeout_s": 90, "faults": {"site-2": ("malformed", (1,))}}
     with FlareDeployment(root / "flare", list(SITES), secure_aggregation=True) as deployment:
-        listening = sorted({c.laddr.ip for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == deployment.port})
+        listening = listening_addresses(deployment.port)
         contexts = {participant: ts.context_from(deployment.he_context_file(participant).read_bytes()) for participant in ("server", *SITES)}
         server_context_file = deployment.he_context_file("server")
         plain = deployment.run(site_dirs, FederatedJobConfig(**settings), job_name="plain", timeout_s=240)
