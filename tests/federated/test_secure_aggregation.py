@@ -43,10 +43,14 @@ def secure_federation(tmp_path_factory):
         plain = deployment.run(site_dirs, FederatedJobConfig(**settings), job_name="plain", timeout_s=240)
         encrypted_config = FederatedJobConfig(**settings, secure_aggregation=True)
         encrypted = deployment.run(site_dirs, encrypted_config, job_name="encrypted", timeout_s=240)
+        # DP-SGD and FedProx at the sites, their updates then encrypted: the site-side options compose with it
+        private = deployment.run({s: site_dirs[s] for s in SITES[:3]}, FederatedJobConfig(
+            num_rounds=2, min_sites=3, grace_s=20, round_timeout_s=90, dp_noise_multiplier=1.0, fedprox_mu=0.1, secure_aggregation=True),
+            job_name="private", timeout_s=240)
         segmentation = deployment.run(segmentation_dirs, FederatedJobConfig(
             model="segmentation", num_rounds=2, local_epochs=1, min_sites=3, grace_s=20, round_timeout_s=180,
             segmentation_recipe=SMALL_SEGMENTATION_RECIPE, secure_aggregation=True), job_name="segmentation", timeout_s=300)
-    yield {"plain": plain, "encrypted": encrypted, "segmentation": segmentation, "encrypted_config": encrypted_config, "contexts": contexts, "listening": listening,
+    yield {"plain": plain, "encrypted": encrypted, "segmentation": segmentation, "private": private, "encrypted_config": encrypted_config, "contexts": contexts, "listening": listening,
            "server_context_file": server_context_file, "root": root,
            # what the server process kept of the encrypted job: its downloaded run folder (the plain job's is left out)
            "encrypted_server_files": [p for p in encrypted.server_files.rglob("*") if p.is_file()],
@@ -110,6 +114,16 @@ def test_the_server_holds_only_ciphertexts(secure_federation):
         leaked = [n for n in needles if n in content]
         assert not leaked, f"{path} holds a site's update in the clear: {leaked[:3]}"
     assert scanned > 10
+
+
+def test_dp_sgd_and_fedprox_at_the_sites_compose_with_it(secure_federation):
+    run = secure_federation["private"]
+    assert run.complete, (run.job_status, run.summary.get("reason"), run.events)
+    assert run.summary["fedprox_mu"] == 0.1
+    epsilons = [m["dp_epsilon"] for r in run.summary["rounds"] for m in r["site_metrics"].values()]
+    assert len(epsilons) == 6 and all(0 < e < float("inf") for e in epsilons)
+    updates = [r for r in _received(run) if r.get("task") != "validate"]
+    assert len(updates) == 6 and all(set(v) == {"encrypted_values", "sha256"} for r in updates for v in r["params"].values())
 
 
 def test_the_segmentation_network_trains_on_ciphertexts(secure_federation):
