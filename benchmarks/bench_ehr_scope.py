@@ -162,7 +162,8 @@ def main() -> int:
         growth={"scoped": round(last["scoped_s"] / first["scoped_s"], 2), "whole": round(last["whole_s"] / first["whole_s"], 2),
                 "patients": round(last["patients"] / first["patients"], 1)},
         note="two patients' reads (one CSV, one FHIR) summed, median of the repeats; the scoped read still scans every line "
-             "(a CSV split or a JSON decode per line), so it grows with the extract, with a smaller constant",
+             "(a JSON decode per FHIR line; for a CSV line another patient owns, a byte split when the line has no quote), so it grows "
+             "with the extract, with a smaller constant",
         steps=steps,
     )
     intake = result_row(

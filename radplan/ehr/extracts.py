@@ -172,8 +172,23 @@ def _fhir_patient_id(text: str) -> str | None:
         return None
 
 
-def _csv_rows(path: Path, table: str, rejected: list[dict]) -> Iterator[tuple[int, list[str], list[str]]]:
-    """(line number, header, fields) of each well-formed line; bad lines go to ``rejected``."""
+def _plain_field(raw: bytes, width: int, column: int) -> str | None:
+    """Field ``column`` of a CSV line the csv module would split at every comma (no quote, carriage return or NUL
+    inside, ``width`` fields), stripped; None for any other line. Invalid UTF-8 in the field reads as U+FFFD, as the
+    reader's own patient-id lookup of a rejected line reads it."""
+    line = raw.rstrip(b"\r\n")
+    if b'"' in line or b"\r" in line or b"\x00" in line:
+        return None
+    fields = line.split(b",")
+    return fields[column].decode("utf-8", "replace").strip() if len(fields) == width else None
+
+
+def _csv_rows(path: Path, table: str, rejected: list[dict], skip_owner=None) -> Iterator[tuple[int, list[str], list[str]]]:
+    """(line number, header, fields) of each well-formed line; bad lines go to ``rejected``.
+
+    ``skip_owner(header)`` may give (column, ids): a line whose patient in that column is one of ``ids`` (another
+    registered patient's) is dropped before it is decoded or split, when its fields can be told from the bytes alone
+    (:func:`_plain_field`); any other line takes the full path, where the caller's own check decides."""
     with open(path, "rb") as handle:
         try:
             header = _split_csv_line(handle.readline().decode("utf-8-sig"))
@@ -181,8 +196,11 @@ def _csv_rows(path: Path, table: str, rejected: list[dict]) -> Iterator[tuple[in
             raise InvalidEhrRecordError(f"{table}: unreadable CSV header (not UTF-8)") from error
         if header is None:
             raise InvalidEhrRecordError(f"{table}: unreadable CSV header (not CSV, or carriage-return line endings)")
+        column, others = skip_owner(header) if skip_owner is not None else (-1, frozenset())
         for line_number, raw in enumerate(handle, start=2):
             if not raw.strip():
+                continue
+            if column >= 0 and (owner := _plain_field(raw, len(header), column)) and owner in others:
                 continue
             try:
                 text = raw.decode("utf-8")
@@ -247,7 +265,11 @@ def _read_csv_file(path: Path, table: str, spec: dict, patient_ids: set[str] | N
     buffer: list[tuple[int, list[str]]] = []
     header: list[str] = []
     column: int | None = None
-    for line_number, header, fields in _csv_rows(path, table, rejected):
+    skip_owner = None
+    if scope is not None:
+        def skip_owner(header: list[str]) -> tuple[int, frozenset[str]]:
+            return (header.index(spec["patient_column"]) if spec["patient_column"] in header else -1), scope.others
+    for line_number, header, fields in _csv_rows(path, table, rejected, skip_owner):
         if scope is not None:
             if column is None:
                 column = header.index(spec["patient_column"]) if spec["patient_column"] in header else -1

@@ -259,6 +259,47 @@ def test_a_patient_scoped_csv_read_types_only_its_rows_and_quarantines_per_patie
     assert sorted(str(r["patient_id"]) for r in shared) == ["None", "orphan"]
 
 
+def test_the_byte_level_skip_of_other_patients_csv_lines_changes_nothing(shared_data, tmp_path, monkeypatch):
+    """Other patients' plain lines are dropped from their bytes; every line the fast check cannot tell (quotes, a bare
+    carriage return, NUL, invalid UTF-8, a wrong field count, a blank id) must come out as the full path makes it."""
+    from radplan.ehr import extracts
+    from radplan.ehr.extracts import PatientScope
+
+    source = shared_data / "ehr" / "synthea_csv" / "conditions.csv"
+    header, *rows = source.read_text().splitlines()
+    column = header.split(",").index("PATIENT")
+    patients = sorted({row.split(",")[column] for row in rows})
+    me, other = patients[:2]
+
+    def line(patient: str, first: str | None = None) -> bytes:
+        fields = rows[0].split(",")
+        fields[column] = patient
+        if first is not None:
+            fields[0] = first
+        return ",".join(fields).encode()
+
+    odd = [line(other, '"2020-01-01"'), line(other) + b"\r", line(other, "2020\x0001-01"), line(other, "2023-13-45"),
+           line(other).replace(b"2", b"\xff", 1), line(f"  {other}  "), line(other) + b",extra", line(""), line(" "),
+           line(me, "2023-13-45"), line(me).replace(b"2", b"\xff", 1), line("orphan"), b"a,b"]
+    data = b"\n".join([header.encode(), *(r.encode() for r in rows), *odd]) + b"\r\n"
+    outputs = []
+    for fast in (True, False):
+        folder, quarantine = tmp_path / f"csv-{fast}", tmp_path / f"q-{fast}"
+        folder.mkdir()
+        (folder / "conditions.csv").write_bytes(data)
+        if not fast:
+            monkeypatch.setattr(extracts, "_plain_field", lambda *args: None)
+        tables, rejected = read_synthea_csv(folder, quarantine_dir=quarantine, scope=PatientScope(frozenset({me}), "pa", frozenset(patients) - {me}))
+        files = {p.name: p.read_text() for p in sorted(quarantine.glob("*.rejected.jsonl"))}
+        outputs.append((tables, rejected, files))
+    (fast_tables, fast_rejected, fast_files), (slow_tables, slow_rejected, slow_files) = outputs
+    assert set(fast_tables) == set(slow_tables)
+    for name in fast_tables:
+        pd.testing.assert_frame_equal(fast_tables[name], slow_tables[name])
+    assert fast_rejected == slow_rejected and fast_files == slow_files
+    assert len(fast_rejected) >= 4 and set(fast_tables["conditions"]["PATIENT"]) == {me}
+
+
 def test_a_corrected_extract_clears_the_quarantine_files_its_read_answers_for(shared_data, tmp_path):
     from radplan.ehr.deid import quarantined_rows_table
     from radplan.ehr.extracts import PatientScope
