@@ -183,12 +183,13 @@ def _plain_field(raw: bytes, width: int, column: int) -> str | None:
     return fields[column].decode("utf-8", "replace").strip() if len(fields) == width else None
 
 
-def _csv_rows(path: Path, table: str, rejected: list[dict], skip_owner=None) -> Iterator[tuple[int, list[str], list[str]]]:
+def _csv_rows(path: Path, table: str, rejected: list[dict], scope: PatientScope | None = None,
+              patient_column: str | None = None) -> Iterator[tuple[int, list[str], list[str]]]:
     """(line number, header, fields) of each well-formed line; bad lines go to ``rejected``.
 
-    ``skip_owner(header)`` may give (column, ids): a line whose patient in that column is one of ``ids`` (another
-    registered patient's) is dropped before it is decoded or split, when its fields can be told from the bytes alone
-    (:func:`_plain_field`); any other line takes the full path, where the caller's own check decides."""
+    With a ``scope``, a line whose ``patient_column`` names a patient the scope does not read (another registered
+    patient's) is dropped: from its bytes alone when they tell its fields (:func:`_plain_field`), before it is decoded
+    or split; otherwise once it is split. Bad lines are never dropped here (their quarantine file follows the scope)."""
     with open(path, "rb") as handle:
         try:
             header = _split_csv_line(handle.readline().decode("utf-8-sig"))
@@ -196,11 +197,11 @@ def _csv_rows(path: Path, table: str, rejected: list[dict], skip_owner=None) -> 
             raise InvalidEhrRecordError(f"{table}: unreadable CSV header (not UTF-8)") from error
         if header is None:
             raise InvalidEhrRecordError(f"{table}: unreadable CSV header (not CSV, or carriage-return line endings)")
-        column, others = skip_owner(header) if skip_owner is not None else (-1, frozenset())
+        column = header.index(patient_column) if scope is not None and patient_column in header else -1
         for line_number, raw in enumerate(handle, start=2):
             if not raw.strip():
                 continue
-            if column >= 0 and (owner := _plain_field(raw, len(header), column)) and owner in others:
+            if column >= 0 and (owner := _plain_field(raw, len(header), column)) and not scope.reads(owner):
                 continue
             try:
                 text = raw.decode("utf-8")
@@ -213,6 +214,8 @@ def _csv_rows(path: Path, table: str, rejected: list[dict], skip_owner=None) -> 
                 continue
             if len(fields) != len(header):
                 rejected.append({"line": line_number, "reason": f"expected {len(header)} columns, found {len(fields)}", "raw": text})
+                continue
+            if column >= 0 and not scope.reads(fields[column] or None):
                 continue
             yield line_number, header, fields
 
@@ -264,17 +267,7 @@ def _read_csv_file(path: Path, table: str, spec: dict, patient_ids: set[str] | N
     chunks: list[pd.DataFrame] = []
     buffer: list[tuple[int, list[str]]] = []
     header: list[str] = []
-    column: int | None = None
-    skip_owner = None
-    if scope is not None:
-        def skip_owner(header: list[str]) -> tuple[int, frozenset[str]]:
-            return (header.index(spec["patient_column"]) if spec["patient_column"] in header else -1), scope.others
-    for line_number, header, fields in _csv_rows(path, table, rejected, skip_owner):
-        if scope is not None:
-            if column is None:
-                column = header.index(spec["patient_column"]) if spec["patient_column"] in header else -1
-            if column >= 0 and not scope.reads(fields[column] or None):
-                continue
+    for line_number, header, fields in _csv_rows(path, table, rejected, scope, spec["patient_column"]):
         buffer.append((line_number, fields))
         if len(buffer) >= chunksize:
             chunks.append(_filter_patients(_typed_chunk(table, buffer, header, spec, rejected), spec, patient_ids))
